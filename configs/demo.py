@@ -1,0 +1,58 @@
+r"""Co-training demo: one shared ViT for image, video (two tasks) and audio digits.
+
+  python -m mmvit.main --config=configs/demo.py --workdir=/tmp/mmvit_demo
+  python -m mmvit.main --config=configs/demo.py:uniform --workdir=...   # another schedule
+
+The argument picks the schedule: weighted (default), uniform, alternating, task_by_task,
+accumulated. Every task trains on the same number of batches (its `steps`) under every
+schedule but accumulated, where each of the U/T updates uses one batch of every task.
+"""
+
+import ml_collections
+
+# Per-task batches: the same under every schedule and in configs/single_task.py.
+STEPS = {"image": 300, "video_direction": 300, "video_digit": 450, "audio": 450}
+
+
+def model_config() -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict(dict(
+      width=96, depth=4, num_heads=4, mlp_dim=192, dropout=0.0, attention_dropout=0.0,
+      stochastic_depth=0.0, pool="token", adapter_depth=0, class_token=True,
+      tokenizers=dict(
+          image=dict(kind="image", patch=(4, 4)),                 # 32x32x1 -> 64 tokens
+          video=dict(kind="tubelet", patch=(2, 8, 8)),            # 8x32x32x1 -> 64 tokens
+          audio=dict(kind="spectrogram", patch=(8, 8)),           # 64x32 log-mel -> 32 tokens
+      )))
+
+
+def task_configs() -> dict:
+  common = dict(batch_size=64)
+  return dict(
+      image=dict(dataset="digits_image", modalities="image", labels="label", **common),
+      video_direction=dict(dataset="digits_video", modalities="video", labels="direction",
+                           **common),
+      video_digit=dict(dataset="digits_video", modalities="video", labels="digit", **common),
+      audio=dict(dataset="digits_audio", modalities="audio", labels="label", **common),
+  )
+
+
+def get_config(arg: str = "weighted"):
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.data_dir = None  # default: $MMVIT_DATA_DIR or ~/.cache/mmvit/data
+  c.model = model_config()
+  tasks = task_configs()
+  for name, t in tasks.items():
+    t["steps"] = STEPS[name]
+  c.tasks = tasks
+  c.schedule = dict(kind=arg)
+  c.total_steps = None  # sum of the tasks' steps (accumulated: that sum / number of tasks)
+  c.optimizer = dict(name="adamw", lr=1e-3, warmup_steps=100, lr_schedule="cosine",
+                     weight_decay=1e-4, b1=0.9, b2=0.999, grad_clip_norm=1.0)
+  c.eval_every = 300
+  c.eval_batch_size = 256
+  c.log_every = 100
+  c.checkpoint_every = 500
+  c.keep_checkpoints = 2
+  c.mesh = dict(data=-1)
+  return c

@@ -1,0 +1,183 @@
+"""Validation at the door: every ConfigError is one line naming the field and what is allowed,
+raised before anything is built or compiled. Code behind this door trusts its config."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import ml_collections
+
+from mmvit.models.heads import HEAD_KINDS, POOLS
+from mmvit.models.tokenizers import KINDS as TOKENIZER_KINDS
+from mmvit.schedules import KINDS as SCHEDULE_KINDS
+
+OPTIMIZERS = ("adamw", "sgd")
+LR_SCHEDULES = ("cosine", "constant", "linear")
+
+TOP_LEVEL = {
+    "seed", "data_dir", "total_steps", "schedule", "model", "tasks", "optimizer", "eval_every",
+    "eval_batch_size", "log_every", "checkpoint_every", "keep_checkpoints", "mesh", "test_split",
+    "eval_split", "augment",
+}
+MODEL_KEYS = {
+    "width", "depth", "num_heads", "mlp_dim", "dropout", "attention_dropout", "stochastic_depth",
+    "pool", "adapter_depth", "class_token", "posemb_includes_cls", "tokenizers",
+}
+TOKENIZER_KEYS = {"kind", "patch", "input_key"}
+TASK_KEYS = {
+    "dataset", "modalities", "head", "labels", "batch_size", "lr", "lr_mult", "warmup_steps",
+    "lr_schedule", "loss_weight", "label_smoothing", "stochastic_depth", "steps", "epochs",
+    "augment",
+}
+OPTIMIZER_KEYS = {
+    "name", "lr", "warmup_steps", "lr_schedule", "weight_decay", "momentum", "b1", "b2",
+    "grad_clip_norm", "nesterov",
+}
+SCHEDULE_KEYS = {"kind", "ratios"}
+MESH_AXES = ("data", "fsdp", "tensor")
+
+
+class ConfigError(ValueError):
+  """A bad config: the message is one line naming the field and what was expected."""
+
+
+def _check_keys(d: Mapping, allowed: set[str], where: str):
+  for k in d.keys():
+    if k not in allowed:
+      raise ConfigError(f"{where}.{k}: unknown field; allowed: {', '.join(sorted(allowed))}")
+
+
+def _int(value, field: str, minimum: int = 1) -> int:
+  if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+    raise ConfigError(f"{field}={value!r}: expected an integer >= {minimum}")
+  return value
+
+
+def _float(value, field: str, lo: float = 0.0, hi: float | None = None,
+           hi_open: bool = False) -> float:
+  if isinstance(value, bool) or not isinstance(value, (int, float)):
+    raise ConfigError(f"{field}={value!r}: expected a number")
+  bad = value < lo or (hi is not None and (value >= hi if hi_open else value > hi))
+  if bad or value != value:
+    upper = "" if hi is None else (f" and < {hi}" if hi_open else f" and <= {hi}")
+    raise ConfigError(f"{field}={value!r}: expected a number >= {lo}{upper}")
+  return float(value)
+
+
+def _choice(value, field: str, allowed) -> str:
+  if value not in allowed:
+    raise ConfigError(f"{field}={value!r}: expected one of {', '.join(allowed)}")
+  return value
+
+
+def as_tuple(v) -> tuple:
+  if isinstance(v, str):
+    return (v,)
+  return tuple(v)
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Checks everything that can be checked without data. Dataset-dependent checks (missing or
+  empty datasets, input sizes against patch sizes) happen in tasks.resolve, also before jit."""
+  _check_keys(config, TOP_LEVEL, "config")
+  _int(config.get("seed", 0), "config.seed", 0)
+  m = config.model
+  _check_keys(m, MODEL_KEYS, "model")
+  for f in ("width", "depth", "num_heads", "mlp_dim"):
+    _int(m[f], f"model.{f}", 1 if f != "depth" else 0)
+  if m.width % m.num_heads:
+    raise ConfigError(f"model.width={m.width}: expected a multiple of model.num_heads={m.num_heads}")
+  _int(m.get("adapter_depth", 0), "model.adapter_depth", 0)
+  for f in ("dropout", "attention_dropout", "stochastic_depth"):
+    _float(m.get(f, 0.0), f"model.{f}", 0.0, 1.0, hi_open=True)
+  _choice(m.get("pool", "token"), "model.pool", POOLS)
+  if m.get("pool", "token") == "token" and not m.get("class_token", True):
+    raise ConfigError("model.pool='token' needs model.class_token=True; use pool='gap' without it")
+  if not m.tokenizers:
+    raise ConfigError("model.tokenizers: expected at least one modality")
+  for name, tok in m.tokenizers.items():
+    _check_keys(tok, TOKENIZER_KEYS, f"model.tokenizers.{name}")
+    _choice(tok.get("kind"), f"model.tokenizers.{name}.kind", tuple(TOKENIZER_KINDS))
+    patch = tok.get("patch")
+    if patch is None or isinstance(patch, (str, int)) or not all(
+        isinstance(p, int) and not isinstance(p, bool) and p > 0 for p in patch):
+      raise ConfigError(f"model.tokenizers.{name}.patch={patch!r}: expected a tuple of positive "
+                        "integers")
+
+  o = config.optimizer
+  _check_keys(o, OPTIMIZER_KEYS, "optimizer")
+  _choice(o.get("name"), "optimizer.name", OPTIMIZERS)
+  _float(o.get("lr"), "optimizer.lr", 0.0)
+  _int(o.get("warmup_steps", 0), "optimizer.warmup_steps", 0)
+  _choice(o.get("lr_schedule", "cosine"), "optimizer.lr_schedule", LR_SCHEDULES)
+  _float(o.get("weight_decay", 0.0), "optimizer.weight_decay", 0.0)
+  _float(o.get("momentum", 0.9), "optimizer.momentum", 0.0, 1.0, hi_open=True)
+  if o.get("grad_clip_norm") is not None:
+    _float(o.grad_clip_norm, "optimizer.grad_clip_norm", 0.0)
+
+  s = config.schedule
+  _check_keys(s, SCHEDULE_KEYS, "schedule")
+  _choice(s.get("kind"), "schedule.kind", SCHEDULE_KINDS)
+  if config.get("total_steps") is not None:
+    _int(config.total_steps, "config.total_steps", 1)
+
+  if not config.tasks:
+    raise ConfigError("config.tasks: expected at least one task")
+  for name, t in config.tasks.items():
+    where = f"tasks.{name}"
+    _check_keys(t, TASK_KEYS, where)
+    if not isinstance(t.get("dataset"), str):
+      raise ConfigError(f"{where}.dataset={t.get('dataset')!r}: expected a dataset name")
+    mods = as_tuple(t.get("modalities", ()))
+    if not mods:
+      raise ConfigError(f"{where}.modalities: expected one or more of "
+                        f"{', '.join(m.tokenizers.keys())}")
+    for mod in mods:
+      if mod not in m.tokenizers:
+        raise ConfigError(f"{where}.modalities: unknown modality {mod!r}; expected one of "
+                          f"{', '.join(m.tokenizers.keys())} (model.tokenizers)")
+    _choice(t.get("head", "multiclass"), f"{where}.head", HEAD_KINDS)
+    labels = as_tuple(t.get("labels", "label"))
+    if not labels or (t.get("head", "multiclass") != "multihead" and len(labels) != 1):
+      raise ConfigError(f"{where}.labels={labels!r}: expected one label key (several only with "
+                        "head='multihead')")
+    _int(t.get("batch_size"), f"{where}.batch_size", 1)
+    for f in ("lr", "lr_mult", "loss_weight", "label_smoothing", "stochastic_depth"):
+      if t.get(f) is not None:
+        hi = 1.0 if f in ("label_smoothing", "stochastic_depth") else None
+        _float(t[f], f"{where}.{f}", 0.0, hi, hi_open=f == "stochastic_depth")
+    if t.get("warmup_steps") is not None:
+      _int(t.warmup_steps, f"{where}.warmup_steps", 0)
+    if t.get("lr_schedule") is not None:
+      _choice(t.lr_schedule, f"{where}.lr_schedule", LR_SCHEDULES)
+    if t.get("steps") is not None:
+      _int(t.steps, f"{where}.steps", 1)
+    if t.get("epochs") is not None:
+      _float(t.epochs, f"{where}.epochs", 0.0)
+  weights = [config.tasks[t].get("loss_weight", 1.0) or 0.0 for t in config.tasks]
+  if sum(weights) <= 0:
+    raise ConfigError("tasks.*.loss_weight: the loss weights sum to 0; expected a positive sum")
+  if s.kind == "ratios":
+    ratios = s.get("ratios") or {}
+    for t in ratios:
+      if t not in config.tasks:
+        raise ConfigError(f"schedule.ratios.{t}: unknown task; expected one of "
+                          f"{', '.join(config.tasks.keys())}")
+    for t in config.tasks:
+      if t not in ratios:
+        raise ConfigError(f"schedule.ratios: missing a weight for task {t!r}")
+      _float(ratios[t], f"schedule.ratios.{t}", 0.0)
+    if sum(ratios.values()) <= 0:
+      raise ConfigError("schedule.ratios: the weights sum to 0; expected a positive sum")
+
+  mesh = config.get("mesh", {}) or {}
+  _check_keys(mesh, set(MESH_AXES), "mesh")
+  for a, v in mesh.items():
+    if not isinstance(v, int) or isinstance(v, bool) or (v < 1 and v != -1):
+      raise ConfigError(f"mesh.{a}={v!r}: expected a positive integer or -1 (all remaining "
+                        "devices)")
+  for f in ("eval_every", "log_every", "checkpoint_every"):
+    if config.get(f) is not None:
+      _int(config[f], f"config.{f}", 0)
+  if config.get("keep_checkpoints") is not None:
+    _int(config.keep_checkpoints, "config.keep_checkpoints", 1)

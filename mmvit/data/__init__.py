@@ -1,0 +1,326 @@
+"""Offline "digits" suite: image, video and audio datasets read with grain.
+
+Three TFDS datasets (array_record files, built locally on first use, never
+downloaded, no TensorFlow needed):
+
+* ``digits_image``: sklearn's 8x8 digit scans upsampled to 32x32; ``label``.
+* ``digits_video``: 8-frame clips of a scan moving in one of 8 directions;
+  ``direction`` and ``digit``. A split's clips come only from the same split's
+  scans of ``digits_image``.
+* ``digits_audio``: "zero".."nine" spoken by espeak-ng voices with background
+  noise; ``label``. Validation/test speakers (espeak-ng variants) are absent
+  from train.
+
+Each split is ``train`` / ``validation`` / ``test``. Data live in
+``<data_dir>/<name>/<version>/`` with ``data_dir`` defaulting to
+``$MMVIT_DATA_DIR`` or ``~/.cache/mmvit/data``. Builds take a file lock and tfds
+publishes a finished dataset with an atomic rename, so concurrent processes
+are safe.
+
+    it = train_iterator('digits_image', batch_size=64, seed=0)
+    batch = next(it)                # {'image': (64,32,32,1) f32, 'label': (64,) i32}
+    state = it.get_state()          # ... later: it.set_state(state)
+    for b in eval_batches('digits_image', split='test', batch_size=256):
+      ...                           # b['mask'] marks real (non-padding) rows
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+  import grain
+
+__all__ = [
+    'DATASETS', 'DataError', 'DatasetInfo', 'data_source', 'dataset_info',
+    'default_data_dir', 'ensure_built', 'eval_batches', 'train_iterator',
+]
+
+DATASETS: tuple[str, ...] = ('digits_image', 'digits_video', 'digits_audio')
+SPLITS: tuple[str, ...] = ('train', 'validation', 'test')
+
+_log = logging.getLogger(__name__)
+
+
+class DataError(ValueError):
+  """A dataset of the suite is unknown, missing, empty or misused."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+  """What a dataset looks like after preprocessing.
+
+  Attributes:
+    name: dataset name (one of `DATASETS`).
+    splits: split name -> number of examples (from the built data).
+    features: key -> (shape, dtype) of one preprocessed element (no batch dim;
+      eval batches add a boolean 'mask').
+    num_classes: label key -> number of classes (from the built data).
+  """
+
+  name: str
+  splits: dict[str, int]
+  features: dict[str, tuple[tuple[int, ...], np.dtype]]
+  num_classes: dict[str, int]
+
+
+def default_data_dir() -> str:
+  """``$MMVIT_DATA_DIR`` or ``~/.cache/mmvit/data`` (user-expanded)."""
+  return os.path.abspath(os.path.expanduser(
+      os.environ.get('MMVIT_DATA_DIR', '~/.cache/mmvit/data')))
+
+
+def _resolve(name: str, data_dir: str | os.PathLike | None) -> tuple[str, str]:
+  if not isinstance(name, str) or name not in DATASETS:
+    raise DataError(
+        f'unknown dataset {name!r}: expected one of {", ".join(DATASETS)}')
+  if data_dir is None:
+    data_dir = default_data_dir()
+  return name, os.path.abspath(os.path.expanduser(os.fspath(data_dir)))
+
+
+# ------------------------------------------------------------ building -----
+
+_LOCK = threading.RLock()
+_BUILDERS: dict[tuple[str, str], Any] = {}
+_INFOS: dict[tuple[str, str], DatasetInfo] = {}
+
+
+@contextlib.contextmanager
+def _file_lock(path: str):
+  with open(path, 'a+') as f:
+    fcntl.flock(f, fcntl.LOCK_EX)
+    try:
+      yield
+    finally:
+      fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _prepare(builder) -> None:
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  from tensorflow_datasets.core.utils import tqdm_utils  # pylint: disable=g-import-not-at-top
+
+  was_active = tqdm_utils._active  # pylint: disable=protected-access
+  tfds.display_progress_bar(False)
+  try:
+    builder.download_and_prepare(
+        download_config=tfds.download.DownloadConfig(
+            compute_stats=tfds.download.ComputeStatsMode.SKIP))
+  finally:
+    tfds.display_progress_bar(was_active)
+
+
+def _builder(name: str, data_dir: str | os.PathLike | None):
+  """The tfds builder of a built, checked dataset (building it if absent)."""
+  name, data_dir = _resolve(name, data_dir)
+  key = (name, data_dir)
+  with _LOCK:
+    if key in _BUILDERS:
+      return _BUILDERS[key]
+    from mmvit.data import builders  # pylint: disable=g-import-not-at-top
+
+    cls = builders.BUILDERS[name]
+
+    def make():
+      return cls(data_dir=data_dir, file_format='array_record')
+
+    try:
+      builder = make()
+      if not builder.is_prepared():
+        os.makedirs(data_dir, exist_ok=True)
+        with _file_lock(os.path.join(data_dir, f'.{name}.lock')):
+          builder = make()  # another process may have built it meanwhile
+          if not builder.is_prepared():
+            t0 = time.perf_counter()
+            _prepare(builder)
+            _log.info('built %s in %s in %.1f s', name, data_dir,
+                      time.perf_counter() - t0)
+            builder = make()
+    except DataError:
+      raise
+    except Exception as e:  # pylint: disable=broad-except
+      msg = ' '.join(str(e).split())[:300]
+      raise DataError(
+          f'{name}: could not build/read it in {data_dir}: '
+          f'{type(e).__name__}: {msg}') from e
+    splits = builder.info.splits
+    for split in SPLITS:
+      n = splits[split].num_examples if split in splits else 0
+      if n <= 0:
+        raise DataError(
+            f'{name}: split {split!r} is missing or empty in {builder.data_dir}'
+            ' (delete that directory to rebuild)')
+    _BUILDERS[key] = builder
+    return builder
+
+
+def ensure_built(name: str, data_dir: str | None = None) -> None:
+  """Builds dataset `name` into `data_dir` unless it is already there.
+
+  Raises:
+    DataError: unknown name, failed build, or a missing/empty split.
+  """
+  _builder(name, data_dir)
+
+
+def data_source(name: str, split: str, data_dir: str | None = None):
+  """The raw tfds array_record data source of a split (random access, numpy).
+
+  Elements are the stored examples (e.g. uint8 images plus metadata such as
+  the source scan ``id`` / ``source_id`` or the audio ``speaker``), in file
+  order. Builds the dataset if needed.
+  """
+  builder = _builder(name, data_dir)
+  if split not in builder.info.splits:
+    raise DataError(
+        f'{name}: unknown split {split!r} (have: '
+        f'{", ".join(builder.info.splits.keys())})')
+  return builder.as_data_source(split=split)
+
+
+def dataset_info(name: str, data_dir: str | None = None) -> DatasetInfo:
+  """Split sizes, preprocessed feature shapes and class counts of `name`."""
+  name, data_dir = _resolve(name, data_dir)
+  key = (name, data_dir)
+  with _LOCK:
+    if key in _INFOS:
+      return _INFOS[key]
+  from mmvit.data import preprocess  # pylint: disable=g-import-not-at-top
+
+  builder = _builder(name, data_dir)
+  info = builder.info
+  example = data_source(name, 'train', data_dir)[0]
+  element = preprocess.Featurize(name).map(preprocess.Decode(name).map(example))
+  result = DatasetInfo(
+      name=name,
+      splits={s: int(info.splits[s].num_examples) for s in SPLITS},
+      features={k: (tuple(np.shape(v)), np.asarray(v).dtype)
+                for k, v in element.items()},
+      num_classes={k: int(info.features[k].num_classes)
+                   for k in preprocess.LABEL_KEYS[name]},
+  )
+  with _LOCK:
+    _INFOS[key] = result
+  return result
+
+
+# ------------------------------------------------------------ pipelines ----
+
+def _read_options():
+  import grain  # pylint: disable=g-import-not-at-top
+
+  # Small pools: this runs on 2-core machines next to the training process.
+  return grain.ReadOptions(num_threads=2, prefetch_buffer_size=128)
+
+
+def _check_int(what: str, value: Any, lo: int, hi: int | None = None) -> int:
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or (
+      value < lo or (hi is not None and value > hi)):
+    bound = f'>= {lo}' if hi is None else f'in [{lo}, {hi}]'
+    raise DataError(f'{what} must be an int {bound}, got {value!r}')
+  return int(value)
+
+
+def train_iterator(name: str, *, batch_size: int, seed: int,
+                   data_dir: str | None = None, split: str = 'train',
+                   augment: dict | None = None) -> grain.DatasetIterator:
+  """Infinite, shuffled, batched iterator over a split (default 'train').
+
+  Each epoch is reshuffled; order and augmentations are a deterministic
+  function of `seed`; batches drop no examples within an epoch boundary but
+  the stream is cut into full batches (drop_remainder). The returned grain
+  iterator supports `get_state()` / `set_state(state)`: restoring a state into
+  a fresh iterator built with the same arguments yields exactly the batches
+  that followed it.
+
+  Args:
+    name: one of `DATASETS`.
+    batch_size: examples per batch (>= 1).
+    seed: pipeline seed in [0, 2**32 - 1].
+    data_dir: data directory (default: `default_data_dir()`).
+    split: split to read.
+    augment: None or a dict with keys among 'noise_std' (float >= 0: Gaussian
+      noise added to every float input), 'max_shift' (int px, image/video:
+      random translation), 'time_shift' (int samples, audio: random circular
+      shift of the waveform before the spectrogram). Unknown keys raise
+      DataError.
+
+  Yields:
+    dict[str, np.ndarray] with the keys of `dataset_info(name).features`, each
+    with a leading batch dimension.
+  """
+  import grain  # pylint: disable=g-import-not-at-top
+  from mmvit.data import preprocess  # pylint: disable=g-import-not-at-top
+
+  name, data_dir = _resolve(name, data_dir)
+  batch_size = _check_int('batch_size', batch_size, 1)
+  seed = _check_int('seed', seed, 0, 2**32 - 1)
+  try:
+    augment = preprocess.validate_augment(name, augment)
+  except ValueError as e:
+    raise DataError(f'{name}: {e}') from e
+  before, after = preprocess.augment_transforms(name, augment)
+  source = data_source(name, split, data_dir)
+
+  ds = grain.MapDataset.source(source).seed(seed).shuffle().repeat()
+  ds = ds.map(preprocess.Decode(name))
+  for t in before:
+    ds = ds.random_map(t)
+  ds = ds.map(preprocess.Featurize(name))
+  for t in after:
+    ds = ds.random_map(t)
+  ds = ds.to_iter_dataset(_read_options())
+  ds = ds.batch(batch_size, drop_remainder=True)
+  return iter(ds)
+
+
+@dataclasses.dataclass(frozen=True)
+class _WithMask:
+  mask: bool
+
+  def __call__(self, element):
+    return {**element, 'mask': np.bool_(self.mask)}
+
+
+def eval_batches(name: str, *, split: str, batch_size: int,
+                 data_dir: str | None = None
+                 ) -> Iterator[dict[str, np.ndarray]]:
+  """One deterministic pass over a whole split, in stored order.
+
+  Every batch has exactly `batch_size` rows; the last one is padded with
+  zero elements. The boolean 'mask' key is True for real examples, so
+  ``sum(b['mask'].sum() for b in eval_batches(...))`` equals the split size.
+  Argument errors are raised here, not at the first `next()`.
+  """
+  import grain  # pylint: disable=g-import-not-at-top
+  from mmvit.data import preprocess  # pylint: disable=g-import-not-at-top
+
+  name, data_dir = _resolve(name, data_dir)
+  batch_size = _check_int('batch_size', batch_size, 1)
+  source = data_source(name, split, data_dir)
+  spec = dataset_info(name, data_dir).features
+  n = len(source)
+
+  ds = grain.MapDataset.source(source)
+  ds = ds.map(preprocess.Decode(name)).map(preprocess.Featurize(name))
+  ds = ds.map(_WithMask(True))
+  if pad := (-n) % batch_size:
+    blank = {k: np.zeros(shape, dtype) for k, (shape, dtype) in spec.items()}
+    blank['mask'] = np.bool_(False)
+    ds = grain.MapDataset.concatenate([ds, grain.MapDataset.source([blank] * pad)])
+  ds = ds.to_iter_dataset(_read_options()).batch(batch_size)
+
+  def generate():
+    yield from ds
+
+  return generate()

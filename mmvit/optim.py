@@ -1,0 +1,58 @@
+"""Optimizers per parameter group, and learning rates per task.
+
+Each parameter group ("shared", "tokenizers.<m>", "adapters.<m>", "heads.<t>") has its own
+optimizer state. The group transform is lr-free (momentum or Adam moments, then decoupled weight
+decay); the step multiplies its output by the learning rate of the task being trained, evaluated
+at that task's own step count. Hence:
+  * a step of task A touches only A's groups: B's head gets no momentum, decay or count;
+  * the per-task lr, warm-up and schedule apply to everything A's step updates;
+  * in the accumulated schedule (one update from every task) a group read by exactly one task
+    uses that task's lr; groups read by several tasks (the shared encoder, a tokenizer two tasks
+    share) use the base optimizer.lr schedule over the global step. Loss weights scale each
+    task's gradient before the sum. Global-norm clipping is over all gradients of the update.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+
+
+def group_transform(o) -> optax.GradientTransformation:
+  """The lr-free part of the optimizer for one group. The step applies -lr afterwards."""
+  wd = float(o.get("weight_decay", 0.0) or 0.0)
+  # Decay matrices and kernels only; biases, norms, position embeddings and class tokens keep
+  # their values (they are vectors or carry a leading singleton axis).
+  mask = lambda params: jax.tree.map(lambda p: p.ndim >= 2 and p.shape[0] != 1, params)
+  if o.name == "sgd":
+    base = optax.trace(decay=float(o.get("momentum", 0.9)), nesterov=bool(o.get("nesterov", False)))
+  else:
+    base = optax.scale_by_adam(b1=float(o.get("b1", 0.9)), b2=float(o.get("b2", 0.999)))
+  if not wd:
+    return base
+  if o.name == "sgd":  # coupled L2, as SGD users expect: decay goes through momentum
+    return optax.chain(optax.add_decayed_weights(wd, mask), base)
+  return optax.chain(base, optax.add_decayed_weights(wd, mask))
+
+
+def lr_at(count: jax.Array, base_lr: float, warmup: int, total: int, kind: str) -> jax.Array:
+  """Linear warm-up over `warmup` steps, then constant / linear / cosine decay to 0 at `total`."""
+  count = jnp.asarray(count, jnp.float32)
+  warm = jnp.minimum(1.0, (count + 1.0) / max(warmup, 1)) if warmup else 1.0
+  frac = jnp.clip((count - warmup) / max(total - warmup, 1), 0.0, 1.0)
+  if kind == "cosine":
+    decay = 0.5 * (1.0 + jnp.cos(jnp.pi * frac))
+  elif kind == "linear":
+    decay = 1.0 - frac
+  else:
+    decay = 1.0
+  return base_lr * warm * decay
+
+
+def clip_by_global_norm(grads, max_norm: float | None):
+  norm = optax.global_norm(grads)
+  if not max_norm:
+    return grads, norm
+  scale = jnp.minimum(1.0, max_norm / (norm + 1e-12))
+  return jax.tree.map(lambda g: g * scale, grads), norm

@@ -1,0 +1,117 @@
+"""Task-sampling schedules (PolyViT, FIG. 3): which task(s) training step s uses.
+
+A schedule is a pure function of (kind, task list, per-task batch counts, seed): the whole plan
+is derived at start-up, identically on every host and after a resume, and step s simply reads
+plan[s]. Nothing about it is carried in a checkpoint except the inputs that derive it.
+
+Kinds (U_j = batches of task j, U = sum_j U_j, T = number of tasks):
+  task_by_task  tasks in a random order, all U_j batches of one task before the next (forgets).
+  alternating   a fixed repeating order t_0, t_1, ..., t_{T-1}, t_0, ...; U steps.
+  uniform       a random permutation of an array holding U/T entries of each task.
+  weighted      a random permutation of an array holding U_j entries of task j.
+  accumulated   U/T steps; each makes one update from one batch of every task.
+  ratios        like weighted, with U_j = U * r_j / sum(r) (largest remainder rounding).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+KINDS = ("task_by_task", "alternating", "uniform", "weighted", "accumulated", "ratios")
+
+
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+  kind: str
+  tasks: tuple[str, ...]
+  plan: np.ndarray  # (num_steps,) task index per step; -1 means "every task" (accumulated)
+
+  @property
+  def num_steps(self) -> int:
+    return int(self.plan.shape[0])
+
+  def tasks_at(self, step: int) -> tuple[str, ...]:
+    """The tasks whose batches step `step` consumes, in a fixed order."""
+    i = int(self.plan[step])
+    return self.tasks if i < 0 else (self.tasks[i],)
+
+  def batches_per_task(self) -> dict[str, int]:
+    if self.kind == "accumulated":
+      return {t: self.num_steps for t in self.tasks}
+    counts = np.bincount(self.plan, minlength=len(self.tasks))
+    return {t: int(c) for t, c in zip(self.tasks, counts)}
+
+
+def _rng(seed: int) -> np.random.Generator:
+  # A dedicated stream so that the plan does not depend on any other use of the seed.
+  return np.random.default_rng([int(seed), 0x5C4ED])
+
+
+def _split_evenly(total: int, n: int) -> list[int]:
+  return [total // n + (1 if i < total % n else 0) for i in range(n)]
+
+
+def _largest_remainder(total: int, weights: Sequence[float]) -> list[int]:
+  w = np.asarray(weights, np.float64)
+  exact = total * w / w.sum()
+  counts = np.floor(exact).astype(np.int64)
+  order = np.argsort(-(exact - counts), kind="stable")
+  counts[order[: total - counts.sum()]] += 1
+  return [int(c) for c in counts]
+
+
+def _permuted(counts: Sequence[int], rng: np.random.Generator) -> np.ndarray:
+  plan = np.repeat(np.arange(len(counts)), counts)
+  return rng.permutation(plan)
+
+
+def make_schedule(
+    kind: str,
+    tasks: Sequence[str],
+    *,
+    seed: int,
+    steps_per_task: Mapping[str, int] | None = None,
+    total_steps: int | None = None,
+    ratios: Mapping[str, float] | None = None,
+) -> Schedule:
+  """Builds the plan.
+
+  `steps_per_task` (U_j) drives task_by_task and weighted, and gives U = sum U_j for the others
+  when `total_steps` is not set. `total_steps` is the number of training steps (U); for
+  `accumulated` it is the number of updates, each of which uses one batch of every task.
+  """
+  tasks = tuple(tasks)
+  if kind not in KINDS:
+    raise ValueError(f"schedule.kind={kind!r}: expected one of {', '.join(KINDS)}")
+  if not tasks:
+    raise ValueError("schedule: no tasks to schedule")
+  rng = _rng(seed)
+  u_j = [int(steps_per_task[t]) for t in tasks] if steps_per_task else None
+  if total_steps is None:
+    if u_j is None:
+      raise ValueError("schedule: give total_steps or steps per task")
+    total_steps = sum(u_j) // len(tasks) if kind == "accumulated" else sum(u_j)
+  total_steps = int(total_steps)
+
+  if kind in ("task_by_task", "weighted"):
+    if u_j is None:
+      raise ValueError(f"schedule.kind={kind!r} needs the number of batches of each task")
+    if kind == "weighted":
+      plan = _permuted(u_j, rng)
+    else:
+      order = rng.permutation(len(tasks))
+      plan = np.concatenate([np.full(u_j[i], i) for i in order])
+  elif kind == "alternating":
+    plan = np.arange(total_steps) % len(tasks)
+  elif kind == "uniform":
+    plan = _permuted(_split_evenly(total_steps, len(tasks)), rng)
+  elif kind == "ratios":
+    if not ratios:
+      raise ValueError("schedule.ratios: give a weight per task for kind='ratios'")
+    plan = _permuted(_largest_remainder(total_steps, [ratios[t] for t in tasks]), rng)
+  else:  # accumulated
+    plan = np.full(total_steps, -1)
+  return Schedule(kind=kind, tasks=tasks, plan=np.asarray(plan, np.int64))

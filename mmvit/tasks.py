@@ -1,0 +1,130 @@
+"""Tasks, resolved once from the config and the datasets. Everything downstream takes Tasks."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+
+import ml_collections
+
+from mmvit import data as data_lib
+from mmvit.config import ConfigError, as_tuple
+from mmvit.models.heads import HeadSpec
+from mmvit.models.tokenizers import TokenizerSpec, full_patch
+
+DEFAULT_INPUT_KEY = {
+    "image": "image", "tubelet": "video", "frames": "video", "temporal_slices": "video",
+    "spectrogram": "spectrogram", "waveform": "waveform",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+  name: str
+  index: int
+  dataset: str
+  modalities: tuple[str, ...]
+  head: HeadSpec
+  batch_size: int
+  lr: float
+  warmup_steps: int
+  lr_schedule: str
+  loss_weight: float
+  label_smoothing: float
+  stochastic_depth: float
+  num_train: int
+  steps: int | None  # U_j when known from the config (steps or epochs)
+  augment: tuple = ()  # sorted (key, value) pairs
+
+
+def tokenizer_specs(config, infos: dict[str, data_lib.DatasetInfo], tasks_cfg
+                    ) -> dict[str, TokenizerSpec]:
+  """One spec per modality; every task that reads a modality must give it the same shape."""
+  m = config.model
+  specs: dict[str, TokenizerSpec] = {}
+  for name, tok in m.tokenizers.items():
+    key = tok.get("input_key") or DEFAULT_INPUT_KEY[tok.kind]
+    shapes = {}
+    for tname, t in tasks_cfg.items():
+      if name in as_tuple(t.modalities):
+        feats = infos[t.dataset].features
+        if key not in feats:
+          raise ConfigError(f"tasks.{tname}: dataset {t.dataset!r} has no input {key!r} for "
+                            f"modality {name!r}; it has {', '.join(sorted(feats))}")
+        shapes[tname] = tuple(feats[key][0])
+    if not shapes:
+      continue  # a tokenizer no task reads is not built
+    if len(set(shapes.values())) > 1:
+      raise ConfigError(f"model.tokenizers.{name}: tasks give it different input shapes {shapes}")
+    shape = next(iter(shapes.values()))
+    from mmvit.models.tokenizers import KINDS  # noqa: PLC0415
+    if len(shape) != KINDS[tok.kind]:
+      raise ConfigError(f"model.tokenizers.{name}.kind={tok.kind!r}: expects inputs of rank "
+                        f"{KINDS[tok.kind]}, but {key!r} has shape {shape}")
+    patch = full_patch(tok.kind, shape, tuple(tok.patch))
+    grid_dims = shape if tok.kind == "waveform" else shape[:-1]
+    if len(patch) != len(grid_dims) or any(d % p for d, p in zip(grid_dims, patch)):
+      raise ConfigError(f"model.tokenizers.{name}.patch={tuple(tok.patch)}: input {key!r} of "
+                        f"shape {shape} is not divisible into patches {patch}")
+    specs[name] = TokenizerSpec(
+        kind=tok.kind, input_key=key, input_shape=shape, patch=patch,
+        class_token=bool(m.get("class_token", True)),
+        posemb_includes_cls=bool(m.get("posemb_includes_cls", False)))
+  return specs
+
+
+def resolve(config: ml_collections.ConfigDict,
+            info_fn: Callable[[str], data_lib.DatasetInfo] | None = None,
+            ) -> tuple[list[Task], dict[str, TokenizerSpec]]:
+  """Reads dataset metadata (building missing datasets) and returns Tasks and tokenizer specs.
+  Raises ConfigError for datasets that are missing, empty or lack the named labels."""
+  data_dir = config.get("data_dir")
+  if info_fn is None:
+    def info_fn(name):
+      data_lib.ensure_built(name, data_dir)
+      return data_lib.dataset_info(name, data_dir)
+  o = config.optimizer
+  infos: dict[str, data_lib.DatasetInfo] = {}
+  for tname, t in config.tasks.items():
+    if t.dataset not in infos:
+      try:
+        infos[t.dataset] = info_fn(t.dataset)
+      except data_lib.DataError as e:
+        raise ConfigError(f"tasks.{tname}.dataset={t.dataset!r}: {e}") from None
+    n = infos[t.dataset].splits.get("train", 0)
+    if n <= 0:
+      raise ConfigError(f"tasks.{tname}.dataset={t.dataset!r}: the train split is empty")
+  specs = tokenizer_specs(config, infos, config.tasks)
+
+  tasks = []
+  for i, (tname, t) in enumerate(config.tasks.items()):
+    info = infos[t.dataset]
+    kind = t.get("head", "multiclass")
+    labels = as_tuple(t.get("labels", "label"))
+    for k in labels:
+      if k not in info.num_classes:
+        raise ConfigError(f"tasks.{tname}.labels: dataset {t.dataset!r} has no label {k!r}; it "
+                          f"has {', '.join(sorted(info.num_classes))}")
+    n_train = info.splits["train"]
+    if t.batch_size > n_train:
+      raise ConfigError(f"tasks.{tname}.batch_size={t.batch_size}: larger than the train split "
+                        f"of {t.dataset!r} ({n_train} examples)")
+    steps = t.get("steps")
+    if steps is None and t.get("epochs") is not None:
+      steps = max(1, math.ceil(t.epochs * n_train / t.batch_size))
+    base_lr = t.get("lr") if t.get("lr") is not None else o.lr
+    tasks.append(Task(
+        name=tname, index=i, dataset=t.dataset, modalities=as_tuple(t.modalities),
+        head=HeadSpec(kind, labels, tuple(info.num_classes[k] for k in labels)),
+        batch_size=int(t.batch_size),
+        lr=float(base_lr) * float(t.get("lr_mult", 1.0) or 1.0),
+        warmup_steps=int(t.get("warmup_steps", o.get("warmup_steps", 0)) or 0),
+        lr_schedule=t.get("lr_schedule") or o.get("lr_schedule", "cosine"),
+        loss_weight=float(t.get("loss_weight", 1.0)),
+        label_smoothing=float(t.get("label_smoothing", 0.0) or 0.0),
+        stochastic_depth=float(t.get("stochastic_depth", config.model.get("stochastic_depth", 0.0))
+                               or 0.0),
+        num_train=n_train, steps=steps,
+        augment=tuple(sorted((t.get("augment") or {}).items()))))
+  return tasks, specs

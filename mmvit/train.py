@@ -1,0 +1,404 @@
+"""The trainer, top to bottom: validate, tasks, mesh, model, state, steps, restore, loop, test.
+
+The trainer never asks which model it trains: a task names its modalities and head, the model
+routes, and the loop only picks tasks from the schedule and calls their compiled steps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax import nnx
+
+from mmvit import checkpointing, config as config_lib, data as data_lib, evaluate, optim
+from mmvit import schedules, sharding, tasks as tasks_lib
+from mmvit.models import heads as heads_lib
+from mmvit.models.model import Model, ModelSpec, count, join_groups, split_groups, task_groups
+from mmvit.writers import MetricWriter
+
+log = logging.getLogger("mmvit")
+
+
+def derive_key(seed: int, step, task_index: int) -> jax.Array:
+  """Every random key is fold_in(seed, step, task): nothing random is carried in the state."""
+  key = jax.random.fold_in(jax.random.key(seed), step)
+  return jax.random.fold_in(key, task_index)
+
+
+def steps_per_task(config, tasks: list[tasks_lib.Task]) -> dict[str, int] | None:
+  """U_j for each task: explicit (steps/epochs); else, with config.total_steps, proportional
+  to each task's number of train batches (n_j / b_j), as the weighted schedule prescribes."""
+  known = {t.name: t.steps for t in tasks if t.steps is not None}
+  if len(known) == len(tasks):
+    return known
+  total = config.get("total_steps")
+  if total is None:
+    return None
+  if known:
+    missing = [t.name for t in tasks if t.steps is None]
+    raise config_lib.ConfigError(f"tasks.{missing[0]}.steps: set steps (or epochs) for every "
+                                 "task, or for none and use config.total_steps")
+  counts = schedules._largest_remainder(total, [t.num_train / t.batch_size for t in tasks])
+  return {t.name: max(c, 1) for t, c in zip(tasks, counts)}
+
+
+def make_schedule(config, tasks) -> schedules.Schedule:
+  kind = config.schedule.kind
+  u = steps_per_task(config, tasks)
+  total = config.get("total_steps")
+  if kind in ("task_by_task", "weighted") and u is None:
+    raise config_lib.ConfigError(f"schedule.kind={kind!r}: needs tasks.*.steps or epochs, or "
+                                 "config.total_steps")
+  if total is None and u is None:
+    raise config_lib.ConfigError("config.total_steps: required unless every task sets steps")
+  ratios = dict(config.schedule.get("ratios") or {}) or None
+  return schedules.make_schedule(kind, [t.name for t in tasks], seed=config.get("seed", 0),
+                                 steps_per_task=u, total_steps=total, ratios=ratios)
+
+
+@dataclasses.dataclass
+class Experiment:
+  """Everything built from a config before the first step; no data has been read yet."""
+  config: ml_collections.ConfigDict
+  tasks: list[tasks_lib.Task]
+  schedule: schedules.Schedule
+  mesh: jax.sharding.Mesh
+  model_spec: ModelSpec
+  graphdef: nnx.GraphDef
+  state: dict
+  state_shardings: dict
+  groups: dict[str, tuple[str, ...]]  # task -> groups its step updates
+  train_steps: dict[str, Callable]
+  eval_steps: dict[str, Callable]
+  accumulated_step: Callable | None
+  traces: dict[str, int]  # how many times each step function was traced (compiled)
+
+  @property
+  def task_by_name(self) -> dict[str, tasks_lib.Task]:
+    return {t.name: t for t in self.tasks}
+
+
+def build_model(config, tasks, tok_specs, seed: int) -> Model:
+  spec = ModelSpec.from_config(config.model)
+  heads = {t.name: (t.modalities, t.head) for t in tasks}
+  return Model(spec, tok_specs, heads, rngs=nnx.Rngs(params=seed))
+
+
+def parameter_report(groups: dict[str, dict], tasks) -> dict:
+  """Total, shared, per-modality and per-task counts, and the fraction shared (seed claim 5);
+  and what T separate single-task models would need."""
+  counts = {g: count(p) for g, p in groups.items()}
+  total = sum(counts.values())
+  modality = {}
+  for g, c in counts.items():
+    if g.startswith(("tokenizers.", "adapters.")):
+      m = g.split(".", 1)[1]
+      modality[m] = modality.get(m, 0) + c
+  per_task = {g.split(".", 1)[1]: c for g, c in counts.items() if g.startswith("heads.")}
+  single = {t.name: counts["shared"] + sum(counts.get(f"{k}.{m}", 0) for m in t.modalities
+                                          for k in ("tokenizers", "adapters"))
+            + counts[f"heads.{t.name}"] for t in tasks}
+  return {"total": total, "shared": counts["shared"], "fraction_shared": counts["shared"] / total,
+          "per_modality": modality, "per_task_head": per_task,
+          "single_task_models": single, "single_task_total": sum(single.values()),
+          "ratio_cotrained_to_single_total": total / sum(single.values())}
+
+
+def build(config: ml_collections.ConfigDict, *, devices=None, info_fn=None) -> Experiment:
+  """Validates the config, resolves tasks and builds model, state and compiled-step wrappers."""
+  config_lib.validate(config)
+  tasks, tok_specs = tasks_lib.resolve(config, info_fn)
+  schedule = make_schedule(config, tasks)
+  mesh = sharding.make_mesh(dict(config.get("mesh") or {}), devices)
+  for t in tasks:
+    n_batch = math.prod(mesh.shape[a] for a in ("data", "fsdp"))
+    if t.batch_size % n_batch:
+      raise config_lib.ConfigError(f"tasks.{t.name}.batch_size={t.batch_size}: expected a "
+                                   f"multiple of the data-parallel size {n_batch}")
+  seed = int(config.get("seed", 0))
+  o = config.optimizer
+  model = build_model(config, tasks, tok_specs, seed)
+  graphdef, params_state = nnx.split(model, nnx.Param)
+  param_sh = split_groups(sharding.param_shardings(model, mesh))
+  params = split_groups(nnx.to_pure_dict(params_state))
+  del model
+
+  tx = optim.group_transform(o)
+  adapters = bool(config.model.get("adapter_depth", 0))
+  modalities = {t.name: t.modalities for t in tasks}
+  groups = {t.name: task_groups(modalities, t.name, adapters) for t in tasks}
+
+  with jax.set_mesh(mesh):
+    params = jax.device_put(params, param_sh)
+    opt = {g: tx.init(p) for g, p in params.items()}
+  rep = sharding.replicated(mesh)
+  # Optimizer moments take the sharding of their parameters; counters are replicated.
+  opt_sh = {g: optax.tree_map_params(tx, lambda _, s: s, opt[g], param_sh[g],
+                                     transform_non_params=lambda _: rep)
+            for g in params}
+  state = {"params": params, "opt": opt,
+           "counts": {t.name: jnp.zeros((), jnp.int32) for t in tasks}}
+  state_sh = {"params": param_sh, "opt": opt_sh, "counts": {t.name: rep for t in tasks}}
+  state = jax.device_put(state, state_sh)
+
+  horizon = schedule.batches_per_task()
+  traces: dict[str, int] = {}
+  grad_clip = o.get("grad_clip_norm")
+
+  def forward_loss(task, params_all, batch, key):
+    model = nnx.merge(graphdef, join_groups(params_all))
+    logits = model(task.name, batch, key=key, drop_path_rate=task.stochastic_depth)
+    per_example = heads_lib.loss(task.head, logits, batch, task.label_smoothing)
+    loss = per_example.mean()
+    first = task.head.labels[0]
+    if task.head.kind == "multilabel":
+      acc = jnp.float32(0)
+    else:
+      acc = (logits[first].argmax(-1) == batch[first]).mean()
+    return loss * task.loss_weight, (loss, acc)
+
+  def task_grads(task, params, batch, step):
+    trainable = {g: params[g] for g in groups[task.name]}
+    fn = lambda tr: forward_loss(task, {**params, **tr}, batch, derive_key(seed, step, task.index))
+    (_, (loss, acc)), grads = jax.value_and_grad(fn, has_aux=True)(trainable)
+    return grads, loss, acc
+
+  def apply(state, grads, lrs):
+    new_params, new_opt = dict(state["params"]), dict(state["opt"])
+    for g, grad in grads.items():
+      update, new_opt[g] = tx.update(grad, state["opt"][g], state["params"][g])
+      new_params[g] = jax.tree.map(lambda p, u, lr=lrs[g]: p - lr * u, state["params"][g], update)
+    return new_params, new_opt
+
+  def make_train_step(task):
+    def step_fn(state, batch, step):
+      traces[task.name] = traces.get(task.name, 0) + 1
+      grads, loss, acc = task_grads(task, state["params"], batch, step)
+      grads, gnorm = optim.clip_by_global_norm(grads, grad_clip)
+      c = state["counts"][task.name]
+      lr = optim.lr_at(c, task.lr, task.warmup_steps, horizon[task.name], task.lr_schedule)
+      new_params, new_opt = apply(state, grads, {g: lr for g in grads})
+      counts = {**state["counts"], task.name: c + 1}
+      new_state = {"params": new_params, "opt": new_opt, "counts": counts}
+      return new_state, {"loss": loss, "accuracy": acc, "grad_norm": gnorm, "lr": lr}
+    batch_sh = None  # batches arrive already placed (sharding.shard_batch)
+    return jax.jit(step_fn, in_shardings=(state_sh, batch_sh, rep),
+                   out_shardings=(state_sh, rep), donate_argnums=(0,))
+
+  def make_accumulated_step():
+    owners: dict[str, list[str]] = {}
+    for t in tasks:
+      for g in groups[t.name]:
+        owners.setdefault(g, []).append(t.name)
+
+    def step_fn(state, batches, step):
+      traces["accumulated"] = traces.get("accumulated", 0) + 1
+      total: dict = {}
+      metrics = {}
+      for t in tasks:
+        grads, loss, acc = task_grads(t, state["params"], batches[t.name], step)
+        for g, gr in grads.items():
+          total[g] = gr if g not in total else jax.tree.map(jnp.add, total[g], gr)
+        metrics[f"{t.name}/loss"] = loss
+        metrics[f"{t.name}/accuracy"] = acc
+      total, gnorm = optim.clip_by_global_norm(total, grad_clip)
+      by_name = {t.name: t for t in tasks}
+      base = optim.lr_at(step, float(o.lr), int(o.get("warmup_steps", 0)), schedule.num_steps,
+                         o.get("lr_schedule", "cosine"))
+      lrs = {}
+      for g in total:
+        if len(owners[g]) == 1:
+          t = by_name[owners[g][0]]
+          lrs[g] = optim.lr_at(state["counts"][t.name], t.lr, t.warmup_steps, horizon[t.name],
+                               t.lr_schedule)
+        else:
+          lrs[g] = base
+      new_params, new_opt = apply(state, total, lrs)
+      counts = {k: c + 1 for k, c in state["counts"].items()}
+      metrics.update(loss=sum(metrics[f"{t.name}/loss"] * t.loss_weight for t in tasks),
+                     grad_norm=gnorm, lr=base)
+      return {"params": new_params, "opt": new_opt, "counts": counts}, metrics
+    return jax.jit(step_fn, in_shardings=(state_sh, None, rep), out_shardings=(state_sh, rep),
+                   donate_argnums=(0,))
+
+  def make_eval_step(task):
+    def eval_fn(params, batch):
+      traces[f"eval/{task.name}"] = traces.get(f"eval/{task.name}", 0) + 1
+      model = nnx.merge(graphdef, join_groups(params))
+      return model(task.name, batch)
+    return jax.jit(eval_fn, in_shardings=(param_sh, None), out_shardings=rep)
+
+  train_steps = {t.name: make_train_step(t) for t in tasks}
+  eval_steps = {t.name: make_eval_step(t) for t in tasks}
+  acc = make_accumulated_step() if schedule.kind == "accumulated" else None
+  return Experiment(config=config, tasks=tasks, schedule=schedule, mesh=mesh,
+                    model_spec=ModelSpec.from_config(config.model), graphdef=graphdef,
+                    state=state, state_shardings=state_sh, groups=groups,
+                    train_steps=train_steps, eval_steps=eval_steps, accumulated_step=acc,
+                    traces=traces)
+
+
+def task_seed(seed: int, task_index: int) -> int:
+  return int(np.random.default_rng([seed, task_index, 0xDA7A]).integers(2**31 - 1))
+
+
+def train_iterators(exp: Experiment) -> dict:
+  cfg = exp.config
+  return {t.name: data_lib.train_iterator(
+      t.dataset, batch_size=t.batch_size, seed=task_seed(int(cfg.get("seed", 0)), t.index),
+      data_dir=cfg.get("data_dir"), augment=dict(t.augment) or None) for t in exp.tasks}
+
+
+def evaluate_all(exp: Experiment, params, split: str) -> dict[str, dict[str, float]]:
+  cfg = exp.config
+  bs = int(cfg.get("eval_batch_size", 256))
+  n_batch = math.prod(exp.mesh.shape[a] for a in ("data", "fsdp"))
+  bs = max(n_batch, bs - bs % n_batch)
+  out = {}
+  for t in exp.tasks:
+    batches = data_lib.eval_batches(t.dataset, split=split, batch_size=bs,
+                                    data_dir=cfg.get("data_dir"))
+    step = exp.eval_steps[t.name]
+    fn = lambda b, step=step: step(params, sharding.shard_batch(_inputs(b), exp.mesh))
+    out[t.name] = evaluate.run(t.head, fn, batches)
+  return out
+
+
+def _inputs(batch: dict) -> dict:
+  return {k: v for k, v in batch.items() if k != "mask"}
+
+
+def _format_eta(seconds: float) -> str:
+  seconds = int(max(seconds, 0))
+  return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def run(config: ml_collections.ConfigDict, workdir: str | None, *, devices=None,
+        stop_at: int | None = None, info_fn=None) -> dict:
+  """Trains (resuming from workdir's latest checkpoint), evaluates on the test split and
+  returns {'test': {task: metrics}, 'params': report, 'steps': n, 'state': final state}.
+  `stop_at` ends the loop early (the schedule, hence the lr horizon, is unchanged)."""
+  exp = build(config, devices=devices, info_fn=info_fn)
+  cfg = exp.config
+  seed = int(cfg.get("seed", 0))
+  writer = MetricWriter(workdir, enabled=workdir is not None)
+  ckpt = checkpointing.Checkpointer(workdir or "", keep=int(cfg.get("keep_checkpoints", 3)),
+                                    enabled=workdir is not None)
+  report = parameter_report(exp.state["params"], exp.tasks)
+  log.info("parameters: %s", json.dumps(report))
+  if workdir:
+    checkpointing.save_config(workdir, cfg)
+    with open(os.path.join(workdir, "params.json"), "w") as f:
+      json.dump(report, f, indent=2)
+
+  iters = train_iterators(exp)
+  state = exp.state
+  start = 0
+  latest = ckpt.latest_step()
+  if latest is not None:
+    abstract = checkpointing.abstract(state, exp.state_shardings)
+    state, data_states, meta = ckpt.restore(latest, abstract)
+    for name, it in iters.items():
+      it.set_state(data_states[name])
+    start = int(meta["step"])
+    log.info("resumed from %s at step %d", ckpt.directory, start)
+
+  schedule = exp.schedule
+  end = schedule.num_steps if stop_at is None else min(stop_at, schedule.num_steps)
+  eval_every = int(cfg.get("eval_every", 0) or 0)
+  log_every = int(cfg.get("log_every", 50) or 0)
+  ckpt_every = int(cfg.get("checkpoint_every", 0) or 0)
+  eval_split = cfg.get("eval_split", "validation")
+  compiled: set[str] = set()
+  # Honest timing: wall time of training steps only. Steps that compile, evaluation and
+  # checkpoint saves are measured and excluded; the clock is read after blocking on the state.
+  train_time, timed_steps, excluded, seg_steps = 0.0, 0, 0.0, 0
+  seg_start = time.perf_counter()
+  last = {}
+
+  def data_states():
+    return {name: it.get_state() for name, it in iters.items()}
+
+  def meta(step):
+    return {"step": step, "seed": seed, "schedule": schedule.kind,
+            "config_digest": checkpointing.config_digest(cfg)}
+
+  with jax.set_mesh(exp.mesh):
+    for step in range(start, end):
+      names = schedule.tasks_at(step)
+      key = "accumulated" if schedule.kind == "accumulated" else names[0]
+      t0 = time.perf_counter()
+      step_arr = jnp.asarray(step, jnp.int32)
+      if schedule.kind == "accumulated":
+        batches = {n: sharding.shard_batch(next(iters[n]), exp.mesh) for n in names}
+        state, metrics = exp.accumulated_step(state, batches, step_arr)
+      else:
+        batch = sharding.shard_batch(next(iters[key]), exp.mesh)
+        state, metrics = exp.train_steps[key](state, batch, step_arr)
+      last[key] = metrics
+      if key not in compiled:
+        jax.block_until_ready(metrics)
+        compiled.add(key)
+        excluded += time.perf_counter() - t0
+      else:
+        seg_steps += 1
+      done = step + 1
+      if log_every and (done % log_every == 0 or done == end):
+        m = jax.device_get(last[key])
+        jax.block_until_ready(state["counts"])
+        now = time.perf_counter()
+        train_time += now - seg_start - excluded
+        timed_steps += seg_steps
+        seg_start, excluded, seg_steps = now, 0.0, 0
+        rate = timed_steps / train_time if train_time > 0 else float("nan")
+        eta = (end - done) / rate if rate == rate and rate else 0.0
+        log.info("step %d/%d task=%s loss=%.4f lr=%.2e %.2f steps/s (excl. compile/eval/ckpt) "
+                 "eta %s", done, end, key, float(m["loss"]), float(m["lr"]), rate,
+                 _format_eta(eta))
+        writer.write(done, key, "train", {k: float(v) for k, v in m.items()})
+      t1 = time.perf_counter()
+      if eval_every and done % eval_every == 0 and done != end:
+        for name, res in evaluate_all(exp, state["params"], eval_split).items():
+          writer.write(done, name, eval_split, res)
+          log.info("eval %s step %d %s", name, done, _fmt(res))
+      if ckpt_every and done % ckpt_every == 0 and done != end:
+        ckpt.save(done, state, data_states(), meta(done))
+      excluded += time.perf_counter() - t1
+
+    final_step = max(end, start)
+    if end > start:
+      ckpt.save(final_step, state, data_states(), meta(final_step), force=True)
+    ckpt.wait()
+    results = {}
+    test_split = cfg.get("test_split", "test")
+    for split in dict.fromkeys([eval_split, test_split]):
+      results[split] = evaluate_all(exp, state["params"], split)
+      for name, res in results[split].items():
+        writer.write(final_step, name, split, res)
+        log.info("%s %s: %s", split, name, _fmt(res))
+  ckpt.close()
+  writer.close()
+  steps_per_s = timed_steps / train_time if train_time else float("nan")
+  summary = {"test": results[test_split], eval_split: results[eval_split], "params": report,
+             "steps": final_step, "steps_per_s": steps_per_s, "traces": dict(exp.traces)}
+  if workdir:
+    with open(os.path.join(workdir, "results.json"), "w") as f:
+      json.dump(summary, f, indent=2)
+  summary["state"] = state
+  return summary
+
+
+def _fmt(res: dict[str, float]) -> str:
+  return " ".join(f"{k}={v:.4f}" if k != "num_examples" else f"n={int(v)}"
+                  for k, v in res.items())

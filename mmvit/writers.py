@@ -1,0 +1,34 @@
+"""Metric writers without TensorFlow: TensorBoard events (tensorboardX) and metrics.jsonl."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+
+class MetricWriter:
+  def __init__(self, workdir: str, enabled: bool = True):
+    self.enabled = enabled
+    self._tb = None
+    self._jsonl = None
+    if enabled:
+      os.makedirs(workdir, exist_ok=True)
+      from tensorboardX import SummaryWriter  # noqa: PLC0415  (slow import, only when writing)
+      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+      self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", buffering=1)
+
+  def write(self, step: int, task: str, split: str, metrics: dict[str, float]):
+    """One JSON object per line: step, task, split and the metric names."""
+    if not self.enabled:
+      return
+    record = {"step": int(step), "task": task, "split": split, "time": time.time()}
+    record.update({k: float(v) for k, v in metrics.items()})
+    self._jsonl.write(json.dumps(record) + "\n")
+    for k, v in metrics.items():
+      self._tb.add_scalar(f"{split}/{task}/{k}", float(v), int(step))
+
+  def close(self):
+    if self.enabled:
+      self._tb.close()
+      self._jsonl.close()
