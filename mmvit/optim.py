@@ -51,7 +51,7 @@ def lr_at(count: jax.Array, base_lr: float, warmup: int, total: int, kind: str) 
 
 
 def clip_by_global_norm(grads, max_norm: float | None):
-  norm = optax.global_norm(grads)
+  norm = optax.tree.norm(grads)
   if not max_norm:
     return grads, norm
   scale = jnp.minimum(1.0, max_norm / (norm + 1e-12))

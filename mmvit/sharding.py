@@ -76,8 +76,8 @@ def param_shardings(model: nnx.Module, mesh) -> dict:
   state = nnx.state(model, nnx.Param)
 
   def one(v):
-    names = v.get_metadata().get("logical_axes") or (None,) * v.value.ndim
-    return NamedSharding(mesh, logical_to_spec(names, mesh, v.value.shape))
+    names = v.get_metadata().get("logical_axes") or (None,) * v.get_value().ndim
+    return NamedSharding(mesh, logical_to_spec(names, mesh, v.get_value().shape))
 
   tree = jax.tree.map(one, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
   return nnx.to_pure_dict(tree)

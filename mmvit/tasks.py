@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable
 
 import ml_collections
 
@@ -74,16 +73,16 @@ def tokenizer_specs(config, infos: dict[str, data_lib.DatasetInfo], tasks_cfg
   return specs
 
 
-def resolve(config: ml_collections.ConfigDict,
-            info_fn: Callable[[str], data_lib.DatasetInfo] | None = None,
+def resolve(config: ml_collections.ConfigDict, data=data_lib
             ) -> tuple[list[Task], dict[str, TokenizerSpec]]:
   """Reads dataset metadata (building missing datasets) and returns Tasks and tokenizer specs.
-  Raises ConfigError for datasets that are missing, empty or lack the named labels."""
+  Raises ConfigError for datasets that are missing, empty or lack the named labels. `data` is
+  mmvit.data or a stand-in with the same functions (tests)."""
   data_dir = config.get("data_dir")
-  if info_fn is None:
-    def info_fn(name):
-      data_lib.ensure_built(name, data_dir)
-      return data_lib.dataset_info(name, data_dir)
+
+  def info_fn(name):
+    data.ensure_built(name, data_dir)
+    return data.dataset_info(name, data_dir)
   o = config.optimizer
   infos: dict[str, data_lib.DatasetInfo] = {}
   for tname, t in config.tasks.items():

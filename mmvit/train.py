@@ -83,6 +83,7 @@ class Experiment:
   eval_steps: dict[str, Callable]
   accumulated_step: Callable | None
   traces: dict[str, int]  # how many times each step function was traced (compiled)
+  data: object  # the data module (mmvit.data, or a stand-in with the same functions)
 
   @property
   def task_by_name(self) -> dict[str, tasks_lib.Task]:
@@ -115,10 +116,11 @@ def parameter_report(groups: dict[str, dict], tasks) -> dict:
           "ratio_cotrained_to_single_total": total / sum(single.values())}
 
 
-def build(config: ml_collections.ConfigDict, *, devices=None, info_fn=None) -> Experiment:
+def build(config: ml_collections.ConfigDict, *, devices=None, data=None) -> Experiment:
   """Validates the config, resolves tasks and builds model, state and compiled-step wrappers."""
   config_lib.validate(config)
-  tasks, tok_specs = tasks_lib.resolve(config, info_fn)
+  data = data or data_lib
+  tasks, tok_specs = tasks_lib.resolve(config, data)
   schedule = make_schedule(config, tasks)
   mesh = sharding.make_mesh(dict(config.get("mesh") or {}), devices)
   for t in tasks:
@@ -246,7 +248,7 @@ def build(config: ml_collections.ConfigDict, *, devices=None, info_fn=None) -> E
                     model_spec=ModelSpec.from_config(config.model), graphdef=graphdef,
                     state=state, state_shardings=state_sh, groups=groups,
                     train_steps=train_steps, eval_steps=eval_steps, accumulated_step=acc,
-                    traces=traces)
+                    traces=traces, data=data)
 
 
 def task_seed(seed: int, task_index: int) -> int:
@@ -255,7 +257,7 @@ def task_seed(seed: int, task_index: int) -> int:
 
 def train_iterators(exp: Experiment) -> dict:
   cfg = exp.config
-  return {t.name: data_lib.train_iterator(
+  return {t.name: exp.data.train_iterator(
       t.dataset, batch_size=t.batch_size, seed=task_seed(int(cfg.get("seed", 0)), t.index),
       data_dir=cfg.get("data_dir"), augment=dict(t.augment) or None) for t in exp.tasks}
 
@@ -267,7 +269,7 @@ def evaluate_all(exp: Experiment, params, split: str) -> dict[str, dict[str, flo
   bs = max(n_batch, bs - bs % n_batch)
   out = {}
   for t in exp.tasks:
-    batches = data_lib.eval_batches(t.dataset, split=split, batch_size=bs,
+    batches = exp.data.eval_batches(t.dataset, split=split, batch_size=bs,
                                     data_dir=cfg.get("data_dir"))
     step = exp.eval_steps[t.name]
     fn = lambda b, step=step: step(params, sharding.shard_batch(_inputs(b), exp.mesh))
@@ -285,11 +287,11 @@ def _format_eta(seconds: float) -> str:
 
 
 def run(config: ml_collections.ConfigDict, workdir: str | None, *, devices=None,
-        stop_at: int | None = None, info_fn=None) -> dict:
+        stop_at: int | None = None, data=None) -> dict:
   """Trains (resuming from workdir's latest checkpoint), evaluates on the test split and
   returns {'test': {task: metrics}, 'params': report, 'steps': n, 'state': final state}.
   `stop_at` ends the loop early (the schedule, hence the lr horizon, is unchanged)."""
-  exp = build(config, devices=devices, info_fn=info_fn)
+  exp = build(config, devices=devices, data=data)
   cfg = exp.config
   seed = int(cfg.get("seed", 0))
   writer = MetricWriter(workdir, enabled=workdir is not None)

@@ -1,0 +1,84 @@
+"""Bad configs fail at the door: one line naming the field and what is allowed, before any
+model is built or compiled."""
+
+import pytest
+
+from mmvit import train
+from mmvit.config import ConfigError
+from tests.fakes import FakeData
+from tests.tiny import tiny_config
+
+
+def error_of(mutate, data=None):
+  c = tiny_config()
+  mutate(c)
+  with pytest.raises(ConfigError) as e:
+    train.build(c, data=data or FakeData())
+  msg = str(e.value)
+  assert "\n" not in msg
+  return msg
+
+
+def test_unknown_modality_names_the_task_and_the_known_modalities():
+  msg = error_of(lambda c: setattr(c.tasks.image, "modalities", "lidar"))
+  assert "tasks.image.modalities" in msg and "'lidar'" in msg and "audio, image, video" in msg
+
+
+def test_unknown_tokenizer_kind():
+  msg = error_of(lambda c: setattr(c.model.tokenizers.video, "kind", "voxels"))
+  assert "model.tokenizers.video.kind='voxels'" in msg and "tubelet" in msg
+
+
+def test_unknown_task_type():
+  msg = error_of(lambda c: setattr(c.tasks.audio, "head", "regression"))
+  assert "tasks.audio.head='regression'" in msg and "multiclass, multilabel, multihead" in msg
+
+
+def test_unknown_schedule():
+  msg = error_of(lambda c: setattr(c.schedule, "kind", "round_robin"))
+  assert "schedule.kind='round_robin'" in msg and "weighted" in msg and "accumulated" in msg
+
+
+def test_unknown_optimizer():
+  msg = error_of(lambda c: setattr(c.optimizer, "name", "lamb"))
+  assert "optimizer.name='lamb'" in msg and "adamw, sgd" in msg
+
+
+def test_input_size_not_divisible_by_patch_size():
+  msg = error_of(lambda c: setattr(c.model.tokenizers.image, "patch", (5, 5)))
+  assert "model.tokenizers.image.patch=(5, 5)" in msg and "(32, 32, 1)" in msg
+
+
+def test_missing_dataset():
+  msg = error_of(lambda c: None, data=FakeData(missing=("digits_video",)))
+  assert "tasks.video_digit.dataset='digits_video'" in msg
+
+
+def test_empty_dataset():
+  msg = error_of(lambda c: None, data=FakeData(empty=("digits_audio",)))
+  assert "tasks.audio.dataset='digits_audio'" in msg and "empty" in msg
+
+
+def test_per_task_dicts_naming_unknown_tasks():
+  def mutate(c):
+    c.schedule.kind = "ratios"
+    c.schedule.ratios = {"image": 1.0, "video_digit": 1.0, "audio": 1.0, "speech": 2.0}
+    c.total_steps = 10
+  assert "schedule.ratios.speech: unknown task" in error_of(mutate)
+
+
+def test_unknown_field_in_a_task():
+  msg = error_of(lambda c: c.tasks.image.update({"learning_rate": 0.1}))
+  assert "tasks.image.learning_rate: unknown field" in msg
+
+
+def test_label_missing_from_dataset():
+  msg = error_of(lambda c: setattr(c.tasks.video_digit, "labels", "colour"))
+  assert "tasks.video_digit.labels" in msg and "digit, direction" in msg
+
+
+def test_loss_weights_summing_to_zero():
+  def mutate(c):
+    for t in c.tasks.values():
+      t.loss_weight = 0.0
+  assert "loss weights sum to 0" in error_of(mutate)

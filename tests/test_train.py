@@ -1,0 +1,97 @@
+"""The trainer's contract: what a step may touch, compile-once, determinism and resume."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mmvit import train
+from tests.fakes import FakeData
+from tests.tiny import tiny_config
+
+
+def leaves_equal(a, b):
+  return all(np.array_equal(np.asarray(x), np.asarray(y))
+             for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+def copy(tree):
+  return jax.tree.map(lambda x: np.array(x), tree)
+
+
+def test_a_step_of_task_a_gives_task_b_no_update_no_momentum_drift_no_decay():
+  """Parameter groups: an image step touches shared + image tokenizer + image head only. The
+  audio head has non-zero Adam moments (an audio step ran first) and weight decay is on, so
+  any update of its group would move it."""
+  data = FakeData()
+  exp = train.build(tiny_config(), data=data)
+  state = exp.state
+  batch = {n: next(data.train_iterator(t.dataset, batch_size=8, seed=1))
+           for n, t in exp.task_by_name.items()}
+  with jax.set_mesh(exp.mesh):
+    state, _ = exp.train_steps["audio"](state, batch["audio"], jnp.int32(0))
+    before = copy(state)
+    for s in range(1, 4):
+      state, _ = exp.train_steps["image"](state, batch["image"], jnp.int32(s))
+  after = copy(state)
+  for g in ("heads.audio", "tokenizers.audio", "heads.video_digit", "tokenizers.video"):
+    assert leaves_equal(before["params"][g], after["params"][g]), g
+    assert leaves_equal(before["opt"][g], after["opt"][g]), g
+  assert after["counts"]["audio"] == 1 and after["counts"]["video_digit"] == 0
+  assert after["counts"]["image"] == 3
+  for g in ("shared", "tokenizers.image", "heads.image"):
+    assert not leaves_equal(before["params"][g], after["params"][g]), g
+  assert exp.groups["image"] == ("shared", "tokenizers.image", "heads.image")
+
+
+@pytest.mark.parametrize("kind", ["weighted", "accumulated"])
+def test_each_step_compiles_once_and_a_longer_run_never_recompiles(kind):
+  data = FakeData()
+  out = train.run(tiny_config(kind, steps=3, eval_every=5), None, data=data)
+  assert set(out["traces"].values()) == {1}, out["traces"]
+  expected = {"accumulated"} if kind == "accumulated" else {"image", "video_digit", "audio"}
+  assert expected | {f"eval/{t}" for t in ("image", "video_digit", "audio")} == set(out["traces"])
+
+
+def test_accumulated_makes_one_update_from_one_batch_of_every_task():
+  out = train.run(tiny_config("accumulated", steps=3), None, data=FakeData())
+  # U = 3 + 4 + 5 = 12 batches over 3 tasks: 4 updates, each counted by every task.
+  assert out["steps"] == 4
+  assert {k: int(v) for k, v in out["state"]["counts"].items()} == {
+      "image": 4, "video_digit": 4, "audio": 4}
+
+
+def test_runs_are_deterministic_and_evaluation_does_not_change_training():
+  a = train.run(tiny_config(steps=3), None, data=FakeData())
+  b = train.run(tiny_config(steps=3, eval_every=2), None, data=FakeData())
+  assert leaves_equal(a["state"]["params"], b["state"]["params"])
+  assert a["test"] == b["test"]
+
+
+@pytest.mark.parametrize("kind", ["weighted", "accumulated"])
+def test_resume_continues_exactly_as_an_uninterrupted_run(tmp_path, kind):
+  cfg = tiny_config(kind, steps=3, checkpoint_every=1)
+  full = train.run(cfg, str(tmp_path / "full"), data=FakeData())
+  stop = 2 if kind == "accumulated" else 5
+  train.run(cfg, str(tmp_path / "cut"), data=FakeData(), stop_at=stop)
+  resumed = train.run(cfg, str(tmp_path / "cut"), data=FakeData())
+  assert leaves_equal(full["state"], resumed["state"])
+  assert full["test"] == resumed["test"]
+
+
+def test_learning_rate_warmup_and_cosine_follow_each_task_own_count():
+  from mmvit import optim
+  lrs = [float(optim.lr_at(c, 1.0, 2, 10, "cosine")) for c in range(11)]
+  assert lrs[0] == pytest.approx(0.5) and lrs[1] == pytest.approx(1.0)
+  assert lrs[-1] == pytest.approx(0.0, abs=1e-7)
+  assert all(x >= y for x, y in zip(lrs[1:], lrs[2:]))
+
+
+def test_parameter_report_counts_shared_and_per_task_parameters():
+  exp = train.build(tiny_config(), data=FakeData())
+  rep = train.parameter_report(exp.state["params"], exp.tasks)
+  assert rep["total"] == rep["shared"] + sum(rep["per_modality"].values()) + sum(
+      rep["per_task_head"].values())
+  assert 0 < rep["fraction_shared"] < 1
+  # T single-task models repeat the shared encoder T times.
+  assert rep["single_task_total"] == 2 * rep["shared"] + rep["total"]
