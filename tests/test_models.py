@@ -1,0 +1,110 @@
+"""Tokenizers, the encoder block and heads, checked against the rules they implement."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from mmvit import evaluate
+from mmvit.models import heads, layers
+from mmvit.models.encoder import Block, depth_rates
+from mmvit.models.tokenizers import Tokenizer, TokenizerSpec, full_patch, patchify
+
+
+def tokenizer(kind, shape, patch, **kw):
+  spec = TokenizerSpec(kind=kind, input_key="x", input_shape=shape,
+                       patch=full_patch(kind, shape, patch), **kw)
+  return Tokenizer(spec, 16, rngs=nnx.Rngs(0))
+
+
+@pytest.mark.parametrize("kind,shape,patch,tokens", [
+    ("image", (32, 32, 1), (4, 4), 64),
+    ("tubelet", (8, 32, 32, 1), (2, 8, 8), 64),
+    ("frames", (8, 32, 32, 1), (1,), 8),              # one whole frame per token
+    ("temporal_slices", (8, 32, 32, 1), (8, 8), 16),  # an 8x8 block across all 8 frames
+    ("spectrogram", (64, 32, 1), (8, 8), 32),
+    ("waveform", (8000,), (250,), 32),                # raw-waveform segments
+])
+def test_each_tokenizer_gives_the_seed_patching_plus_a_class_token(kind, shape, patch, tokens):
+  tok = tokenizer(kind, shape, patch)
+  out = tok(jnp.ones((2,) + shape))
+  assert out.shape == (2, tokens + 1, 16)
+  assert tok.spec.num_patches == tokens
+
+
+def test_patchify_matches_a_strided_convolution():
+  x = jax.random.normal(jax.random.key(0), (2, 8, 12, 3))
+  k = jax.random.normal(jax.random.key(1), (4, 4, 3, 5))
+  conv = jax.lax.conv_general_dilated(x, k, (4, 4), "VALID",
+                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  ours = patchify(x, (4, 4)) @ k.reshape(-1, 5)
+  np.testing.assert_allclose(ours, conv.reshape(2, -1, 5), rtol=1e-5, atol=1e-5)
+
+
+def test_temporal_slices_mix_every_frame_and_frames_mix_every_pixel():
+  shape = (4, 8, 8, 1)
+  x = np.zeros((1,) + shape, np.float32)
+  x[0, 3, 0, 0, 0] = 1.0  # last frame, top-left pixel
+  slices = patchify(jnp.asarray(x), full_patch("temporal_slices", shape, (4, 4)))
+  assert slices.shape == (1, 4, 64) and float(slices[0, 0].sum()) == 1.0
+  frames = patchify(jnp.asarray(x), full_patch("frames", shape, (1,)))
+  assert frames.shape == (1, 4, 64) and float(frames[0, 3].sum()) == 1.0
+
+
+def test_position_embedding_with_or_without_the_class_token():
+  bv = tokenizer("image", (8, 8, 1), (4, 4))
+  mbt = tokenizer("image", (8, 8, 1), (4, 4), posemb_includes_cls=True)
+  assert bv.posemb.shape == (1, 4, 16) and mbt.posemb.shape == (1, 5, 16)
+
+
+def test_stochastic_depth_drops_whole_examples_and_rescales_survivors():
+  x = jnp.ones((4000, 3, 2))
+  y = layers.drop_path(x, 0.25, jax.random.key(0))
+  per_example = np.asarray(y[:, 0, 0])
+  np.testing.assert_allclose(np.unique(per_example), [0.0, 1 / 0.75], rtol=1e-6)
+  assert np.all(np.asarray(y) == per_example[:, None, None])
+  assert abs(per_example.mean() - 1.0) < 0.05  # unbiased in expectation
+  assert layers.drop_path(x, 0.25, None) is x  # evaluation: identity
+
+
+def test_stochastic_depth_grows_linearly_with_depth():
+  assert depth_rates(0.3, 4) == pytest.approx([0.0, 0.1, 0.2, 0.3])
+
+
+def test_block_is_pre_layernorm_residual():
+  """With the attention output and MLP output projections zeroed, the block is the identity."""
+  block = Block(16, 2, 32, rngs=nnx.Rngs(0))
+  block.MultiHeadDotProductAttention_0.out["kernel"][...] = 0.0
+  block.MlpBlock_0["Dense_1"].kernel[...] = 0.0
+  block.MlpBlock_0["Dense_1"].bias[...] = 0.0
+  x = jax.random.normal(jax.random.key(0), (2, 5, 16))
+  np.testing.assert_allclose(block(x), x, atol=1e-6)
+
+
+def test_multilabel_loss_is_sigmoid_bce_and_multihead_averages():
+  spec = heads.HeadSpec("multilabel", ("labels",), (3,))
+  logits = {"labels": jnp.array([[0.0, 2.0, -1.0]])}
+  target = jnp.array([[1, 1, 0]])
+  expected = np.mean([np.log(2), np.log1p(np.exp(-2.0)), np.log1p(np.exp(-1.0))])
+  assert float(heads.loss(spec, logits, {"labels": target})[0]) == pytest.approx(expected, 1e-5)
+  mh = heads.HeadSpec("multihead", ("verb", "noun"), (2, 2))
+  lg = {"verb": jnp.array([[0.0, 0.0]]), "noun": jnp.array([[10.0, -10.0]])}
+  loss = heads.loss(mh, lg, {"verb": jnp.array([0]), "noun": jnp.array([0])})[0]
+  assert float(loss) == pytest.approx((np.log(2) + 0.0) / 2, abs=1e-4)
+
+
+def test_metrics_top1_top5_map_and_joint_accuracy():
+  logits = np.eye(10)[[0, 1, 2, 3]] * 5
+  mc = evaluate.metrics(heads.HeadSpec("multiclass", ("y",), (10,)), {"y": logits},
+                        {"y": np.array([0, 1, 2, 4])})
+  assert mc["top1"] == 0.75 and mc["top5"] == 1.0
+  scores = np.array([[0.9, 0.1], [0.8, 0.7], [0.1, 0.2]])
+  targets = np.array([[1, 0], [0, 1], [1, 0]])
+  # class 0: positives ranked 1 and 3 -> (1 + 2/3) / 2; class 1: positive ranked 1 -> 1.
+  ml = evaluate.metrics(heads.HeadSpec("multilabel", ("y",), (2,)), {"y": scores}, {"y": targets})
+  assert ml["mAP"] == pytest.approx(((1 + 2 / 3) / 2 + 1) / 2)
+  mh = evaluate.metrics(heads.HeadSpec("multihead", ("a", "b"), (2, 2)),
+                        {"a": np.array([[1, 0], [1, 0]]), "b": np.array([[1, 0], [0, 1]])},
+                        {"a": np.array([0, 0]), "b": np.array([0, 0])})
+  assert mh == {"a/top1": 1.0, "b/top1": 0.5, "joint_top1": 0.5}
