@@ -27,7 +27,7 @@ TOKENIZER_KEYS = {"kind", "patch", "input_key"}
 TASK_KEYS = {
     "dataset", "modalities", "head", "labels", "batch_size", "lr", "lr_mult", "warmup_steps",
     "lr_schedule", "loss_weight", "label_smoothing", "stochastic_depth", "steps", "epochs",
-    "augment",
+    "augment", "fusion",
 }
 OPTIMIZER_KEYS = {
     "name", "lr", "warmup_steps", "lr_schedule", "weight_decay", "momentum", "b1", "b2",
@@ -152,6 +152,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
       _choice(t.lr_schedule, f"{where}.lr_schedule", LR_SCHEDULES)
     if t.get("steps") is not None:
       _int(t.steps, f"{where}.steps", 1)
+    if t.get("fusion"):
+      from mmvit.models.fusion import validate_fusion  # noqa: PLC0415
+      validate_fusion(t.fusion, m.depth, f"{where}.fusion")
+      if len(mods) < 2:
+        raise ConfigError(f"{where}.fusion: fusion needs two or more modalities, got {mods}")
     if t.get("epochs") is not None:
       _float(t.epochs, f"{where}.epochs", 0.0)
   weights = [config.tasks[t].get("loss_weight", 1.0) or 0.0 for t in config.tasks]

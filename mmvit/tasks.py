@@ -9,6 +9,7 @@ import ml_collections
 
 from mmvit import data as data_lib
 from mmvit.config import ConfigError, as_tuple
+from mmvit.models.fusion import FusionSpec
 from mmvit.models.heads import HeadSpec
 from mmvit.models.tokenizers import TokenizerSpec, full_patch
 
@@ -35,6 +36,7 @@ class Task:
   num_train: int
   steps: int | None  # U_j when known from the config (steps or epochs)
   augment: tuple = ()  # sorted (key, value) pairs
+  fusion: FusionSpec | None = None
 
 
 def tokenizer_specs(config, infos: dict[str, data_lib.DatasetInfo], tasks_cfg
@@ -125,5 +127,6 @@ def resolve(config: ml_collections.ConfigDict, data=data_lib
         stochastic_depth=float(t.get("stochastic_depth", config.model.get("stochastic_depth", 0.0))
                                or 0.0),
         num_train=n_train, steps=steps,
-        augment=tuple(sorted((t.get("augment") or {}).items()))))
+        augment=tuple(sorted((t.get("augment") or {}).items())),
+        fusion=FusionSpec(**t.fusion) if t.get("fusion") else None))
   return tasks, specs

@@ -24,7 +24,8 @@ from flax import nnx
 from mmvit import checkpointing, config as config_lib, data as data_lib, evaluate, optim
 from mmvit import schedules, sharding, tasks as tasks_lib
 from mmvit.models import heads as heads_lib
-from mmvit.models.model import Model, ModelSpec, count, join_groups, split_groups, task_groups
+from mmvit.models.model import (Model, ModelSpec, average_logits, count, join_groups,
+                                split_groups, task_groups)
 from mmvit.writers import MetricWriter
 
 log = logging.getLogger("mmvit")
@@ -92,26 +93,25 @@ class Experiment:
 
 def build_model(config, tasks, tok_specs, seed: int) -> Model:
   spec = ModelSpec.from_config(config.model)
-  heads = {t.name: (t.modalities, t.head) for t in tasks}
+  heads = {t.name: (t.modalities, t.head, t.fusion) for t in tasks}
   return Model(spec, tok_specs, heads, rngs=nnx.Rngs(params=seed))
 
 
-def parameter_report(groups: dict[str, dict], tasks) -> dict:
+def parameter_report(groups: dict[str, dict], task_groups_: dict[str, tuple[str, ...]]) -> dict:
   """Total, shared, per-modality and per-task counts, and the fraction shared (seed claim 5);
-  and what T separate single-task models would need."""
+  and what T separate single-task models (each: the groups its task reads) would need."""
   counts = {g: count(p) for g, p in groups.items()}
   total = sum(counts.values())
-  modality = {}
+  modality, per_task = {}, {}
   for g, c in counts.items():
-    if g.startswith(("tokenizers.", "adapters.")):
-      m = g.split(".", 1)[1]
-      modality[m] = modality.get(m, 0) + c
-  per_task = {g.split(".", 1)[1]: c for g, c in counts.items() if g.startswith("heads.")}
-  single = {t.name: counts["shared"] + sum(counts.get(f"{k}.{m}", 0) for m in t.modalities
-                                          for k in ("tokenizers", "adapters"))
-            + counts[f"heads.{t.name}"] for t in tasks}
+    top, _, name = g.partition(".")
+    if top in ("tokenizers", "adapters", "stream_encoders"):
+      modality[name] = modality.get(name, 0) + c
+    elif top in ("heads", "bottlenecks"):
+      per_task[name] = per_task.get(name, 0) + c
+  single = {t: sum(counts[g] for g in gs) for t, gs in task_groups_.items()}
   return {"total": total, "shared": counts["shared"], "fraction_shared": counts["shared"] / total,
-          "per_modality": modality, "per_task_head": per_task,
+          "per_modality": modality, "per_task": per_task,
           "single_task_models": single, "single_task_total": sum(single.values()),
           "ratio_cotrained_to_single_total": total / sum(single.values())}
 
@@ -137,9 +137,7 @@ def build(config: ml_collections.ConfigDict, *, devices=None, data=None) -> Expe
   del model
 
   tx = optim.group_transform(o)
-  adapters = bool(config.model.get("adapter_depth", 0))
-  modalities = {t.name: t.modalities for t in tasks}
-  groups = {t.name: task_groups(modalities, t.name, adapters) for t in tasks}
+  groups = {t.name: task_groups(params, t.modalities, t.name) for t in tasks}
 
   with jax.set_mesh(mesh):
     params = jax.device_put(params, param_sh)
@@ -160,14 +158,15 @@ def build(config: ml_collections.ConfigDict, *, devices=None, data=None) -> Expe
 
   def forward_loss(task, params_all, batch, key):
     model = nnx.merge(graphdef, join_groups(params_all))
-    logits = model(task.name, batch, key=key, drop_path_rate=task.stochastic_depth)
-    per_example = heads_lib.loss(task.head, logits, batch, task.label_smoothing)
-    loss = per_example.mean()
+    preds = model(task.name, batch, key=key, drop_path_rate=task.stochastic_depth)
+    # With one class token per stream, the training loss is the mean of the streams' losses.
+    loss = sum(heads_lib.loss(task.head, p, batch, task.label_smoothing).mean()
+               for p in preds) / len(preds)
     first = task.head.labels[0]
     if task.head.kind == "multilabel":
       acc = jnp.float32(0)
     else:
-      acc = (logits[first].argmax(-1) == batch[first]).mean()
+      acc = (average_logits(preds)[first].argmax(-1) == batch[first]).mean()
     return loss * task.loss_weight, (loss, acc)
 
   def task_grads(task, params, batch, step):
@@ -238,7 +237,7 @@ def build(config: ml_collections.ConfigDict, *, devices=None, data=None) -> Expe
     def eval_fn(params, batch):
       traces[f"eval/{task.name}"] = traces.get(f"eval/{task.name}", 0) + 1
       model = nnx.merge(graphdef, join_groups(params))
-      return model(task.name, batch)
+      return average_logits(model(task.name, batch))
     return jax.jit(eval_fn, in_shardings=(param_sh, None), out_shardings=rep)
 
   train_steps = {t.name: make_train_step(t) for t in tasks}
@@ -297,7 +296,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | None, *, devices=None,
   writer = MetricWriter(workdir, enabled=workdir is not None)
   ckpt = checkpointing.Checkpointer(workdir or "", keep=int(cfg.get("keep_checkpoints", 3)),
                                     enabled=workdir is not None)
-  report = parameter_report(exp.state["params"], exp.tasks)
+  report = parameter_report(exp.state["params"], exp.groups)
   log.info("parameters: %s", json.dumps(report))
   if workdir:
     checkpointing.save_config(workdir, cfg)

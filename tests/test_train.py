@@ -89,9 +89,9 @@ def test_learning_rate_warmup_and_cosine_follow_each_task_own_count():
 
 def test_parameter_report_counts_shared_and_per_task_parameters():
   exp = train.build(tiny_config(), data=FakeData())
-  rep = train.parameter_report(exp.state["params"], exp.tasks)
+  rep = train.parameter_report(exp.state["params"], exp.groups)
   assert rep["total"] == rep["shared"] + sum(rep["per_modality"].values()) + sum(
-      rep["per_task_head"].values())
+      rep["per_task"].values())
   assert 0 < rep["fraction_shared"] < 1
   # T single-task models repeat the shared encoder T times.
   assert rep["single_task_total"] == 2 * rep["shared"] + rep["total"]

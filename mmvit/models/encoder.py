@@ -78,7 +78,8 @@ def depth_rates(rate: float, depth: int) -> list[float]:
 
 
 class Stack(nnx.Module):
-  """A plain sequence of blocks: used for per-modality adapters and for the shared encoder."""
+  """A sequence of blocks (adapters, the shared encoder, per-stream encoders). It is run by
+  fusion.encode, which also handles a single stream."""
 
   def __init__(self, depth: int, width: int, num_heads: int, mlp_dim: int, *, rngs: nnx.Rngs,
                final_norm: bool = False):
@@ -89,15 +90,6 @@ class Stack(nnx.Module):
 
   def block(self, i: int) -> Block:
     return getattr(self, f"encoderblock_{i}")
-
-  def __call__(self, x, *, dropout_rate=0.0, attention_dropout=0.0, drop_path_rate=0.0,
-               key=None):
-    rates = depth_rates(drop_path_rate, self.depth)
-    for i in range(self.depth):
-      k = None if key is None else jax.random.fold_in(key, i)
-      x = self.block(i)(x, dropout_rate=dropout_rate, attention_dropout=attention_dropout,
-                        drop_path_rate=rates[i], key=k)
-    return x if self.encoder_norm is None else self.encoder_norm(x)
 
 
 __all__ = ["Attention", "Block", "Stack", "depth_rates", "dense_init"]

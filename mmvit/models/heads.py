@@ -28,12 +28,6 @@ class HeadSpec:
   num_classes: tuple[int, ...]  # classes per label key
 
 
-def pool(x: jax.Array, how: str, has_cls: bool) -> jax.Array:
-  if how == "token":
-    return x[:, 0]
-  return (x[:, 1:] if has_cls else x).mean(axis=1)
-
-
 class Head(nnx.Module):
   def __init__(self, spec: HeadSpec, width: int, *, rngs: nnx.Rngs):
     self.spec = spec

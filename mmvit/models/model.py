@@ -1,8 +1,9 @@
 """The one model: tokenizers[modality], adapters[modality], a shared encoder, heads[task].
 
-Every parameter lives under one of four top-level collections, and its group (what a training
+Every parameter lives under a top-level collection, and its group (what a training
 step may update) is read off its path: `encoder` -> "shared", `tokenizers/<m>` ->
-"tokenizers.<m>", `adapters/<m>` -> "adapters.<m>", `heads/<t>` -> "heads.<t>".
+"tokenizers.<m>", `adapters/<m>`, `stream_encoders/<m>` likewise, `bottlenecks/<t>` ->
+"bottlenecks.<t>", `heads/<t>` -> "heads.<t>".
 """
 
 from __future__ import annotations
@@ -13,8 +14,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from mmvit.models import fusion as fusion_lib
 from mmvit.models.encoder import Stack
-from mmvit.models.heads import Head, HeadSpec, pool
+from mmvit.models.fusion import Bottleneck, FusionSpec
+from mmvit.models.heads import Head, HeadSpec
 from mmvit.models.tokenizers import Tokenizer, TokenizerSpec
 
 
@@ -38,31 +41,64 @@ class ModelSpec:
 
 class Model(nnx.Module):
   def __init__(self, spec: ModelSpec, tokenizers: dict[str, TokenizerSpec],
-               heads: dict[str, tuple[tuple[str, ...], HeadSpec]], *, rngs: nnx.Rngs):
-    """`heads`: task name -> (modalities it reads, its head spec)."""
+               tasks: dict[str, tuple[tuple[str, ...], HeadSpec, FusionSpec | None]], *,
+               rngs: nnx.Rngs):
+    """`tasks`: name -> (modalities it reads, head spec, fusion spec or None)."""
     self.spec = spec
-    self.task_modalities = {t: mods for t, (mods, _) in heads.items()}
+    self.task_modalities = {t: mods for t, (mods, _, _) in tasks.items()}
+    self.fusion = {t: f for t, (_, _, f) in tasks.items() if f is not None}
     self.tokenizers = nnx.Dict({m: Tokenizer(s, spec.width, rngs=rngs)
                                 for m, s in tokenizers.items()})
     block_args = (spec.width, spec.num_heads, spec.mlp_dim)
     self.adapters = nnx.Dict({m: Stack(spec.adapter_depth, *block_args, rngs=rngs)
                               for m in tokenizers} if spec.adapter_depth else {})
     self.encoder = Stack(spec.depth, *block_args, rngs=rngs, final_norm=True)
-    self.heads = nnx.Dict({t: Head(h, spec.width, rngs=rngs) for t, (_, h) in heads.items()})
+    # Separate stream weights (MBT share_encoder=False): the first modality of a fusion task
+    # runs the shared encoder, every other modality its own stack of the same depth.
+    own = sorted({m for t, f in self.fusion.items() if not f.shared_weights
+                  for m in self.task_modalities[t][1:]})
+    self.stream_encoders = nnx.Dict({m: Stack(spec.depth, *block_args, rngs=rngs) for m in own})
+    self.bottlenecks = nnx.Dict({t: Bottleneck(f.tokens, spec.width, rngs=rngs)
+                                 for t, f in self.fusion.items() if f.kind == "bottleneck"})
+    self.heads = nnx.Dict({t: Head(h, spec.width, rngs=rngs) for t, (_, h, _) in tasks.items()})
 
   def __call__(self, task: str, batch: dict[str, jax.Array], *, key: jax.Array | None = None,
-               drop_path_rate: float = 0.0) -> dict[str, jax.Array]:
-    """Logits of `task` as {label key: (B, classes)}. `key` None means evaluation mode."""
-    (modality,) = self.task_modalities[task]
+               drop_path_rate: float = 0.0, drop_modalities: tuple[str, ...] = ()
+               ) -> list[dict[str, jax.Array]]:
+    """Logits of `task`, one {label key: (B, classes)} per prediction: one per stream with the
+    `token` classifier (training averages their losses, evaluation their logits), one with
+    `gap`. `key` None means evaluation mode. `drop_modalities` removes streams (evaluation
+    with a missing modality)."""
     spec = self.spec
-    keys = [None] * 3 if key is None else list(jax.random.split(key, 3))
-    tok = self.tokenizers[modality]
-    x = tok(batch[tok.spec.input_key])
-    kw = dict(dropout_rate=spec.dropout, attention_dropout=spec.attention_dropout)
-    if spec.adapter_depth:
-      x = self.adapters[modality](x, drop_path_rate=drop_path_rate, key=keys[0], **kw)
-    x = self.encoder(x, drop_path_rate=drop_path_rate, key=keys[1], **kw)
-    return self.heads[task](pool(x, spec.pool, tok.spec.class_token))
+    fusion_spec = self.fusion.get(task)
+    mods = [m for m in self.task_modalities[task] if m not in drop_modalities]
+    keys = [None] * 2 if key is None else list(jax.random.split(key, 2))
+    kw = dict(dropout_rate=spec.dropout, attention_dropout=spec.attention_dropout,
+              drop_path_rate=drop_path_rate)
+    streams = []
+    for i, m in enumerate(mods):
+      tok = self.tokenizers[m]
+      x = tok(batch[tok.spec.input_key])
+      if spec.adapter_depth:
+        k = None if keys[0] is None else jax.random.fold_in(keys[0], i)
+        (x,) = fusion_lib.encode([x], [self.adapters[m]], None, key=k, **kw)
+      streams.append(x)
+    first = self.task_modalities[task][0]
+    stacks = [self.stream_encoders[m] if m != first and m in self.stream_encoders
+              else self.encoder for m in mods]
+    z = self.bottlenecks[task](streams[0].shape[0]) if task in self.bottlenecks else None
+    outs = fusion_lib.encode(streams, stacks, fusion_spec, z, key=keys[1], **kw)
+    outs = [self.encoder.encoder_norm(x) for x in outs]
+    has_cls = self.tokenizers[mods[0]].spec.class_token
+    head = self.heads[task]
+    if spec.pool == "token":
+      return [head(x[:, 0]) for x in outs]
+    pooled = jnp.concatenate([x[:, 1:] if has_cls else x for x in outs], axis=1).mean(axis=1)
+    return [head(pooled)]
+
+
+def average_logits(preds: list[dict[str, jax.Array]]) -> dict[str, jax.Array]:
+  return {k: sum(p[k] for p in preds) / len(preds) for k in preds[0]}
 
 
 def group_of(path: tuple[str, ...]) -> str:
@@ -72,27 +108,28 @@ def group_of(path: tuple[str, ...]) -> str:
   return f"{path[0]}.{path[1]}"
 
 
-def task_groups(model_modalities: dict[str, tuple[str, ...]], task: str, adapters: bool
-                ) -> tuple[str, ...]:
+PER_MODALITY = ("tokenizers", "adapters", "stream_encoders")
+PER_TASK = ("bottlenecks", "heads")
+
+
+def task_groups(all_groups, modalities: tuple[str, ...], task: str) -> tuple[str, ...]:
   """The groups a step of `task` reads, hence the only ones it may update."""
-  mods = model_modalities[task]
-  groups = ["shared"] + [f"tokenizers.{m}" for m in mods]
-  if adapters:
-    groups += [f"adapters.{m}" for m in mods]
-  return tuple(groups + [f"heads.{task}"])
+  wanted = ["shared"] + [f"{top}.{m}" for top in PER_MODALITY for m in modalities]
+  wanted += [f"{top}.{task}" for top in PER_TASK]
+  return tuple(g for g in wanted if g in all_groups)
 
 
 def split_groups(params: dict) -> dict[str, dict]:
   """Model pure-dict params -> {group: subtree}."""
   out = {"shared": params["encoder"]}
-  for top in ("tokenizers", "adapters", "heads"):
+  for top in PER_MODALITY + PER_TASK:
     for name, sub in params.get(top, {}).items():
       out[f"{top}.{name}"] = sub
   return out
 
 
 def join_groups(groups: dict[str, dict]) -> dict:
-  params: dict = {"encoder": groups["shared"], "tokenizers": {}, "adapters": {}, "heads": {}}
+  params: dict = {"encoder": groups["shared"], **{top: {} for top in PER_MODALITY + PER_TASK}}
   for g, sub in groups.items():
     if g != "shared":
       top, name = g.split(".", 1)

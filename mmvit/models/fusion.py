@@ -1,0 +1,97 @@
+"""How K token streams meet inside the layer stack (MBT, US20230177384A1).
+
+Layers l < L_f run each stream on its own. From L_f on, by `kind`:
+  bottleneck     B shared tokens z. Each stream i runs its block on [x_i; z] and the next z is
+                 the mean over streams of their z outputs. Streams exchange information only
+                 through z.
+  full_pairwise  each stream's tokens attend over all streams' tokens and keep their own.
+  joint          all tokens are concatenated and go through one block (shared weights only).
+  late           no exchange in the encoder at all (the same as L_f = L); only the per-stream
+                 logits are averaged.
+With one stream every kind is the plain stack: unimodal is fusion with one stream.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from mmvit.models.encoder import depth_rates
+from mmvit.models.layers import param
+
+KINDS = ("bottleneck", "full_pairwise", "joint", "late")
+
+
+@dataclasses.dataclass(frozen=True)
+class FusionSpec:
+  kind: str = "late"
+  layer: int = 0            # L_f: the first fused layer
+  tokens: int = 4           # B, bottleneck only
+  shared_weights: bool = True
+
+
+class Bottleneck(nnx.Module):
+  def __init__(self, tokens: int, width: int, *, rngs: nnx.Rngs):
+    self.tokens = param(rngs, nnx.initializers.normal(0.02), (1, tokens, width),
+                        (None, None, "embed"))
+    self.posemb = param(rngs, nnx.initializers.normal(0.02), (1, tokens, width),
+                        (None, None, "embed"))
+
+  def __call__(self, batch: int) -> jax.Array:
+    z = self.tokens[...] + self.posemb[...]
+    return jnp.broadcast_to(z, (batch,) + z.shape[1:])
+
+
+def encode(streams: list[jax.Array], stacks: list, spec: FusionSpec | None,
+           bottleneck: jax.Array | None = None, *, drop_path_rate: float = 0.0,
+           key: jax.Array | None = None, trace: list | None = None, **kw) -> list[jax.Array]:
+  """Runs streams[i] through stacks[i] (a Stack; the same object when weights are shared),
+  fusing from layer spec.layer on. Returns the streams' outputs (before the final norm).
+  `trace`, if given, receives (bottleneck input, stream outputs) for every layer."""
+  depth = stacks[0].depth
+  rates = depth_rates(drop_path_rate, depth)
+  kind = "late" if spec is None or len(streams) == 1 else spec.kind
+  fuse_from = depth if kind == "late" else spec.layer
+  xs, z = list(streams), bottleneck
+  sizes = [x.shape[1] for x in xs]
+  for l in range(depth):
+    z_in = z
+
+    def run(i, x, **extra):
+      k = None if key is None else jax.random.fold_in(key, l * 64 + i)
+      return stacks[i].block(l)(x, drop_path_rate=rates[l], key=k, **kw, **extra)
+
+    if l < fuse_from:
+      xs = [run(i, x) for i, x in enumerate(xs)]
+    elif kind == "bottleneck":
+      outs = [run(i, jnp.concatenate([x, z], axis=1)) for i, x in enumerate(xs)]
+      xs = [o[:, :n] for o, n in zip(outs, sizes)]
+      z = jnp.mean(jnp.stack([o[:, n:] for o, n in zip(outs, sizes)]), axis=0)
+    elif kind == "full_pairwise":
+      # Attention is permutation-invariant over keys: own tokens first, then the others.
+      xs = [run(i, jnp.concatenate([x] + [y for j, y in enumerate(xs) if j != i], axis=1),
+                n_query=sizes[i]) for i, x in enumerate(xs)]
+    else:  # joint
+      y = run(0, jnp.concatenate(xs, axis=1))
+      xs = list(jnp.split(y, list(jnp.cumsum(jnp.array(sizes))[:-1].tolist()), axis=1))
+    if trace is not None:
+      trace.append((z_in if l >= fuse_from else None, list(xs)))
+  return xs
+
+
+def validate_fusion(f, depth: int, where: str):
+  """Raises ConfigError for a bad `tasks.<t>.fusion` dict."""
+  from mmvit.config import ConfigError, _check_keys, _choice, _int  # noqa: PLC0415
+  _check_keys(f, {"kind", "layer", "tokens", "shared_weights"}, where)
+  kind = _choice(f.get("kind", "late"), f"{where}.kind", KINDS)
+  layer = _int(f.get("layer", 0), f"{where}.layer", 0)
+  if layer > depth:
+    raise ConfigError(f"{where}.layer={layer}: expected 0..model.depth={depth}")
+  if kind == "bottleneck":
+    _int(f.get("tokens", 4), f"{where}.tokens", 1)
+  if kind == "joint" and not f.get("shared_weights", True):
+    raise ConfigError(f"{where}.kind='joint' concatenates all tokens into one block: it needs "
+                      "shared_weights=True")
