@@ -27,7 +27,7 @@ TOKENIZER_KEYS = {"kind", "patch", "input_key"}
 TASK_KEYS = {
     "dataset", "modalities", "head", "labels", "batch_size", "lr", "lr_mult", "warmup_steps",
     "lr_schedule", "loss_weight", "label_smoothing", "stochastic_depth", "steps", "epochs",
-    "augment", "fusion",
+    "augment", "fusion", "mixup", "eval_views",
 }
 OPTIMIZER_KEYS = {
     "name", "lr", "warmup_steps", "lr_schedule", "weight_decay", "momentum", "b1", "b2",
@@ -152,6 +152,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
       _choice(t.lr_schedule, f"{where}.lr_schedule", LR_SCHEDULES)
     if t.get("steps") is not None:
       _int(t.steps, f"{where}.steps", 1)
+    if t.get("mixup"):
+      _check_keys(t.mixup, {"alpha", "mixmod"}, f"{where}.mixup")
+      _float(t.mixup.get("alpha", 0.0), f"{where}.mixup.alpha", 0.0)
+    if t.get("eval_views") is not None:
+      _int(t.eval_views, f"{where}.eval_views", 1)
     if t.get("fusion"):
       from mmvit.models.fusion import validate_fusion  # noqa: PLC0415
       validate_fusion(t.fusion, m.depth, f"{where}.fusion")

@@ -37,6 +37,10 @@ class Task:
   steps: int | None  # U_j when known from the config (steps or epochs)
   augment: tuple = ()  # sorted (key, value) pairs
   fusion: FusionSpec | None = None
+  input_keys: tuple[str, ...] = ()  # the batch keys its modalities read, in modality order
+  mixup_alpha: float = 0.0   # Beta(alpha, alpha) mixing of inputs and targets; 0 = off
+  mixmod: bool = False       # one mixing weight per modality (targets use their mean)
+  eval_views: int = 1        # multi-view test: logits averaged over this many temporal crops
 
 
 def tokenizer_specs(config, infos: dict[str, data_lib.DatasetInfo], tasks_cfg
@@ -128,5 +132,9 @@ def resolve(config: ml_collections.ConfigDict, data=data_lib
                                or 0.0),
         num_train=n_train, steps=steps,
         augment=tuple(sorted((t.get("augment") or {}).items())),
-        fusion=FusionSpec(**t.fusion) if t.get("fusion") else None))
+        fusion=FusionSpec(**t.fusion) if t.get("fusion") else None,
+        input_keys=tuple(specs[m].input_key for m in as_tuple(t.modalities)),
+        mixup_alpha=float((t.get("mixup") or {}).get("alpha", 0.0)),
+        mixmod=bool((t.get("mixup") or {}).get("mixmod", False)),
+        eval_views=int(t.get("eval_views", 1) or 1)))
   return tasks, specs

@@ -84,6 +84,7 @@ class Experiment:
   eval_steps: dict[str, Callable]
   accumulated_step: Callable | None
   traces: dict[str, int]  # how many times each step function was traced (compiled)
+  make_eval_step: Callable  # (task, views, drop) -> jitted eval step, for variants
   data: object  # the data module (mmvit.data, or a stand-in with the same functions)
 
   @property
@@ -158,10 +159,19 @@ def build(config: ml_collections.ConfigDict, *, devices=None, data=None) -> Expe
 
   def forward_loss(task, params_all, batch, key):
     model = nnx.merge(graphdef, join_groups(params_all))
+    mix_key, key = jax.random.split(key)
+    batch, lam = mixup(task, batch, mix_key)
     preds = model(task.name, batch, key=key, drop_path_rate=task.stochastic_depth)
     # With one class token per stream, the training loss is the mean of the streams' losses.
-    loss = sum(heads_lib.loss(task.head, p, batch, task.label_smoothing).mean()
-               for p in preds) / len(preds)
+    per_pred = []
+    for p in preds:
+      loss_p = heads_lib.loss(task.head, p, batch, task.label_smoothing)
+      if lam is not None:  # mixed targets: lam * L(y) + (1 - lam) * L(y of the partner)
+        partner = {k: batch[k][::-1] for k in task.head.labels}
+        loss_p = lam * loss_p + (1 - lam) * heads_lib.loss(task.head, p, partner,
+                                                           task.label_smoothing)
+      per_pred.append(loss_p.mean())
+    loss = sum(per_pred) / len(per_pred)
     first = task.head.labels[0]
     if task.head.kind == "multilabel":
       acc = jnp.float32(0)
@@ -171,7 +181,8 @@ def build(config: ml_collections.ConfigDict, *, devices=None, data=None) -> Expe
 
   def task_grads(task, params, batch, step):
     trainable = {g: params[g] for g in groups[task.name]}
-    fn = lambda tr: forward_loss(task, {**params, **tr}, batch, derive_key(seed, step, task.index))
+    key = derive_key(seed, step, task.index)
+    fn = lambda tr: forward_loss(task, {**params, **tr}, batch, key)
     (_, (loss, acc)), grads = jax.value_and_grad(fn, has_aux=True)(trainable)
     return grads, loss, acc
 
@@ -233,21 +244,51 @@ def build(config: ml_collections.ConfigDict, *, devices=None, data=None) -> Expe
     return jax.jit(step_fn, in_shardings=(state_sh, None, rep), out_shardings=(state_sh, rep),
                    donate_argnums=(0,))
 
-  def make_eval_step(task):
+  eval_cache: dict = {}
+
+  def make_eval_step(task, views: int = 1, drop: tuple[str, ...] = ()):
+    """Built once per (task, views, drop). Logits averaged over the streams' predictions and, for multi-view test, over the
+    `views` crops that the batch carries on axis 1 of every input."""
+    name = "/".join([f"eval/{task.name}"] + ([f"views={views}"] if views > 1 else []) +
+                    [f"without={m}" for m in drop])
+
     def eval_fn(params, batch):
-      traces[f"eval/{task.name}"] = traces.get(f"eval/{task.name}", 0) + 1
+      traces[name] = traces.get(name, 0) + 1
       model = nnx.merge(graphdef, join_groups(params))
-      return average_logits(model(task.name, batch))
-    return jax.jit(eval_fn, in_shardings=(param_sh, None), out_shardings=rep)
+      if views > 1:
+        batch = {k: v.reshape((-1,) + v.shape[2:]) if k in task.input_keys else v
+                 for k, v in batch.items()}
+      logits = average_logits(model(task.name, batch, drop_modalities=drop))
+      if views > 1:
+        logits = {k: v.reshape((-1, views) + v.shape[1:]).mean(1) for k, v in logits.items()}
+      return logits
+    if (task.name, views, drop) not in eval_cache:
+      eval_cache[task.name, views, drop] = jax.jit(eval_fn, in_shardings=(param_sh, None),
+                                                   out_shardings=rep)
+    return eval_cache[task.name, views, drop]
 
   train_steps = {t.name: make_train_step(t) for t in tasks}
-  eval_steps = {t.name: make_eval_step(t) for t in tasks}
+  eval_steps = {t.name: make_eval_step(t, t.eval_views) for t in tasks}
   acc = make_accumulated_step() if schedule.kind == "accumulated" else None
   return Experiment(config=config, tasks=tasks, schedule=schedule, mesh=mesh,
                     model_spec=ModelSpec.from_config(config.model), graphdef=graphdef,
                     state=state, state_shardings=state_sh, groups=groups,
                     train_steps=train_steps, eval_steps=eval_steps, accumulated_step=acc,
-                    traces=traces, data=data)
+                    traces=traces, data=data, make_eval_step=make_eval_step)
+
+
+def mixup(task: tasks_lib.Task, batch: dict, key: jax.Array):
+  """Mixes each example with its partner in the reversed batch, x = lam x + (1 - lam) x'.
+  With mixmod every modality draws its own lam and the targets use their mean (MBT)."""
+  if not task.mixup_alpha:
+    return batch, None
+  n = len(task.input_keys) if task.mixmod else 1
+  lams = jax.random.beta(key, task.mixup_alpha, task.mixup_alpha, (n,))
+  out = dict(batch)
+  for i, k in enumerate(task.input_keys):
+    lam = lams[i if task.mixmod else 0]
+    out[k] = lam * batch[k] + (1 - lam) * batch[k][::-1]
+  return out, lams.mean()
 
 
 def task_seed(seed: int, task_index: int) -> int:
@@ -261,16 +302,27 @@ def train_iterators(exp: Experiment) -> dict:
       data_dir=cfg.get("data_dir"), augment=dict(t.augment) or None) for t in exp.tasks}
 
 
-def evaluate_all(exp: Experiment, params, split: str) -> dict[str, dict[str, float]]:
+def evaluate_all(exp: Experiment, params, split: str, *, tasks: list[str] | None = None,
+                 views: int | None = None, drop: tuple[str, ...] = ()
+                 ) -> dict[str, dict[str, float]]:
+  """Metrics of every task (or `tasks`) on `split`. `views` overrides the tasks' eval_views;
+  `drop` evaluates fusion tasks with those modalities' streams removed."""
   cfg = exp.config
   bs = int(cfg.get("eval_batch_size", 256))
   n_batch = math.prod(exp.mesh.shape[a] for a in ("data", "fsdp"))
   bs = max(n_batch, bs - bs % n_batch)
   out = {}
   for t in exp.tasks:
+    if tasks is not None and t.name not in tasks:
+      continue
+    k = t.eval_views if views is None else views
+    extra = {"views": k} if k > 1 else {}
     batches = exp.data.eval_batches(t.dataset, split=split, batch_size=bs,
-                                    data_dir=cfg.get("data_dir"))
-    step = exp.eval_steps[t.name]
+                                    data_dir=cfg.get("data_dir"), **extra)
+    if k == t.eval_views and not drop:
+      step = exp.eval_steps[t.name]
+    else:
+      step = exp.make_eval_step(t, k, tuple(m for m in drop if m in t.modalities))
     fn = lambda b, step=step: step(params, sharding.shard_batch(_inputs(b), exp.mesh))
     out[t.name] = evaluate.run(t.head, fn, batches)
   return out

@@ -110,7 +110,7 @@ class DigitsAudio(_Builder, skip_registration=True):
         description=(
             '"zero".."nine" spoken by espeak-ng (base English voice + '
             'variant, random rate and pitch), 8 kHz, 1.0 s, with white/pink '
-            'noise (and sometimes hum) at 5-20 dB SNR. Validation and test '
+            'noise (and sometimes hum) at 12-30 dB SNR. Validation and test '
             'use espeak-ng variants (hence speakers) absent from train.'),
         features=tfds.features.FeaturesDict({
             'waveform': tfds.features.Tensor(

@@ -154,7 +154,7 @@ AUDIO_HELD_OUT_VARIANTS = {'validation': 12, 'test': 12}
 AUDIO_REPEATS = {'train': 4, 'validation': 3, 'test': 3}
 AUDIO_RATE_WPM = (120, 220)
 AUDIO_PITCH = (30, 70)
-AUDIO_SNR_DB = (5.0, 20.0)
+AUDIO_SNR_DB = (12.0, 30.0)
 
 
 @functools.cache
