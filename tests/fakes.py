@@ -14,9 +14,10 @@ FEATURES = {
     "digits_image": {"image": ((32, 32, 1), np.float32)},
     "digits_video": {"video": ((8, 32, 32, 1), np.float32)},
     "digits_audio": {"spectrogram": ((64, 32, 1), np.float32), "waveform": ((8000,), np.float32)},
+    "fake_av": {"video": ((8, 32, 32, 1), np.float32), "spectrogram": ((64, 32, 1), np.float32)},
 }
 CLASSES = {"digits_image": {"label": 10}, "digits_video": {"direction": 8, "digit": 10},
-           "digits_audio": {"label": 10}}
+           "digits_audio": {"label": 10}, "fake_av": {"label": 10}}
 
 
 @dataclasses.dataclass
@@ -82,8 +83,11 @@ class FakeData:
     self.iterators_made += 1
     return FakeIterator(name, batch_size, seed)
 
-  def eval_batches(self, name, *, split, batch_size, data_dir=None):
+  def eval_batches(self, name, *, split, batch_size, data_dir=None, views=1):
     for i in range(0, self.n_eval, batch_size):
       b = make_batch(name, batch_size, [{"validation": 1, "test": 2}.get(split, 3), i])
+      if views > 1:  # crops of one clip: the same clip, shifted in time
+        for k in FEATURES[name]:
+          b[k] = np.stack([np.roll(b[k], v, axis=1) for v in range(views)], axis=1)
       b["mask"] = np.arange(i, i + batch_size) < self.n_eval
       yield b

@@ -135,3 +135,22 @@ def fusion_config(**f):
 def test_fusion_config_names(f, match):
   with pytest.raises(ConfigError, match=match):
     train.build(fusion_config(**f), data=FakeData())
+
+
+def test_a_fusion_task_co_trains_beside_unimodal_tasks_in_the_same_trainer():
+  """One trainer, one shared encoder: the fusion task is a task like any other. Its step
+  touches its bottleneck and head plus the shared encoder and its modalities' tokenizers."""
+  c = tiny_config("weighted", steps=2)
+  c.tasks.av = dict(dataset="fake_av", modalities=("video", "audio"), labels="label",
+                    batch_size=8, steps=3, fusion=dict(kind="bottleneck", layer=1, tokens=4),
+                    mixup=dict(alpha=0.3, mixmod=True), eval_views=2)
+  out = train.run(c, None, data=FakeData())
+  assert set(out["test"]) == {"av", "image", "video_digit", "audio"}
+  assert set(out["traces"].values()) == {1}
+  exp = train.build(c, data=FakeData())
+  assert exp.groups["av"] == ("shared", "tokenizers.video", "tokenizers.audio", "bottlenecks.av",
+                              "heads.av")
+  assert "bottlenecks.av" not in exp.groups["audio"]
+  missing = train.evaluate_all(exp, exp.state["params"], "test", tasks=["av"], drop=("audio",))
+  single = train.evaluate_all(exp, exp.state["params"], "test", tasks=["av"], views=1)
+  assert missing["av"]["num_examples"] == single["av"]["num_examples"] == 64

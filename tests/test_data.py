@@ -1,0 +1,387 @@
+"""Specification of the offline digits suite (`mmvit.data`).
+
+The suite is built once into a shared cache: `$MMVIT_DATA_DIR` if set, else
+/tmp/mmvit_test_data (reused by later runs).
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import mmvit.data as data
+from mmvit.data import preprocess, synth
+
+DATASETS = data.DATASETS
+SPLITS = ('train', 'validation', 'test')
+INPUT_SPEC = {  # key -> (shape, value range or None)
+    'digits_image': {'image': ((32, 32, 1), (-1.0, 1.0))},
+    'digits_video': {'video': ((8, 32, 32, 1), (-1.0, 1.0))},
+    'digits_audio': {'spectrogram': ((64, 32, 1), None),
+                     'waveform': ((8000,), (-1.0, 1.0))},
+}
+LABELS = {
+    'digits_image': {'label': 10},
+    'digits_video': {'direction': 8, 'digit': 10},
+    'digits_audio': {'label': 10},
+}
+
+
+@pytest.fixture(scope='session')
+def data_dir():
+  d = os.environ.get('MMVIT_DATA_DIR') or '/tmp/mmvit_test_data'
+  for name in DATASETS:
+    data.ensure_built(name, d)
+  return d
+
+
+@pytest.fixture(scope='session')
+def raw(data_dir):
+  """name -> split -> list of raw stored examples (decoded once)."""
+  out = {}
+  for name in DATASETS:
+    out[name] = {}
+    for split in SPLITS:
+      src = data.data_source(name, split, data_dir)
+      out[name][split] = list(src.__getitems__(range(len(src))))
+  return out
+
+
+def _take(it, n):
+  return [next(it) for _ in range(n)]
+
+
+def _assert_same_batches(a, b):
+  assert len(a) == len(b)
+  for x, y in zip(a, b):
+    assert x.keys() == y.keys()
+    for k in x:
+      np.testing.assert_array_equal(x[k], y[k], err_msg=k)
+
+
+# ------------------------------------------------------------- errors -----
+
+@pytest.mark.parametrize('call', [
+    lambda d: data.ensure_built('digits_nope', d),
+    lambda d: data.dataset_info('digits_nope', d),
+    lambda d: data.train_iterator('digits_nope', batch_size=2, seed=0,
+                                  data_dir=d),
+    lambda d: data.eval_batches('digits_nope', split='test', batch_size=2,
+                                data_dir=d),
+])
+def test_unknown_dataset_raises_data_error_naming_it(tmp_path, call):
+  with pytest.raises(data.DataError, match='digits_nope'):
+    call(str(tmp_path))
+  assert not list(tmp_path.iterdir()), 'nothing is written for a bad name'
+
+
+def test_data_error_is_a_value_error():
+  assert issubclass(data.DataError, ValueError)
+
+
+def test_unknown_augment_key_raises_data_error(data_dir):
+  with pytest.raises(data.DataError, match='rotate'):
+    data.train_iterator('digits_image', batch_size=2, seed=0,
+                        data_dir=data_dir, augment={'rotate': 10})
+  with pytest.raises(data.DataError, match='time_shift'):
+    data.train_iterator('digits_image', batch_size=2, seed=0,
+                        data_dir=data_dir, augment={'time_shift': 10})
+  with pytest.raises(data.DataError, match='noise_std'):
+    data.train_iterator('digits_image', batch_size=2, seed=0,
+                        data_dir=data_dir, augment={'noise_std': -1.0})
+
+
+def test_unknown_split_raises_data_error(data_dir):
+  with pytest.raises(data.DataError, match='dev'):
+    data.eval_batches('digits_image', split='dev', batch_size=2,
+                      data_dir=data_dir)
+
+
+def test_bad_batch_size_or_seed_raise_data_error(data_dir):
+  with pytest.raises(data.DataError, match='batch_size'):
+    data.train_iterator('digits_image', batch_size=0, seed=0,
+                        data_dir=data_dir)
+  with pytest.raises(data.DataError, match='seed'):
+    data.train_iterator('digits_image', batch_size=2, seed=-1,
+                        data_dir=data_dir)
+
+
+def test_default_data_dir_follows_env(monkeypatch, tmp_path):
+  monkeypatch.setenv('MMVIT_DATA_DIR', str(tmp_path))
+  assert data.default_data_dir() == str(tmp_path)
+  monkeypatch.delenv('MMVIT_DATA_DIR')
+  assert data.default_data_dir() == os.path.expanduser('~/.cache/mmvit/data')
+
+
+# ------------------------------------------------------- no leakage -------
+
+def test_image_splits_partition_the_scans(raw):
+  ids = {s: [int(e['id']) for e in raw['digits_image'][s]] for s in SPLITS}
+  for s in SPLITS:
+    assert len(ids[s]) == len(set(ids[s])), f'duplicate scans in {s}'
+  sets = {s: set(v) for s, v in ids.items()}
+  assert not sets['train'] & sets['validation']
+  assert not sets['train'] & sets['test']
+  assert not sets['validation'] & sets['test']
+  scans, labels = synth.digit_scans()
+  assert set().union(*sets.values()) == set(range(len(labels)))
+  # The stored label is the scan's label.
+  for e in raw['digits_image']['test']:
+    assert int(e['label']) == labels[int(e['id'])]
+
+
+def test_video_clips_come_only_from_same_split_scans(raw):
+  image_ids = {s: {int(e['id']) for e in raw['digits_image'][s]}
+               for s in SPLITS}
+  _, labels = synth.digit_scans()
+  clips_per_scan = {}
+  for s in SPLITS:
+    src = [int(e['source_id']) for e in raw['digits_video'][s]]
+    assert set(src) <= image_ids[s], f'{s} clips use scans of another split'
+    assert set(src) == image_ids[s], f'{s}: every scan of the split is used'
+    clips_per_scan[s] = collections.Counter(src).most_common()[-1][1]
+    for e in raw['digits_video'][s]:
+      assert int(e['digit']) == labels[int(e['source_id'])]
+  assert clips_per_scan['train'] > clips_per_scan['validation'] >= 1
+  assert clips_per_scan['train'] > clips_per_scan['test'] >= 1
+
+
+def test_audio_validation_and_test_speakers_absent_from_train(raw):
+  speakers = {s: {e['speaker'].decode() for e in raw['digits_audio'][s]}
+              for s in SPLITS}
+  assert all('+' in sp for s in SPLITS for sp in speakers[s])
+  assert not speakers['test'] & speakers['train']
+  assert not speakers['validation'] & speakers['train']
+  assert not speakers['validation'] & speakers['test']
+  # Stronger: the espeak-ng variants themselves are held out.
+  variants = {s: {sp.split('+', 1)[1] for sp in speakers[s]} for s in SPLITS}
+  assert not variants['test'] & variants['train']
+  assert not variants['validation'] & variants['train']
+  assert len(variants['train']) >= 50 and len(variants['test']) >= 5
+  # Many base voices, rates and pitches.
+  bases = {sp.split('+', 1)[0] for sp in speakers['train']}
+  assert len(bases) >= 5
+  rates = [int(e['rate']) for e in raw['digits_audio']['train']]
+  assert max(rates) - min(rates) >= 60
+
+
+# ------------------------------------------------------ sizes & labels ----
+
+@pytest.mark.parametrize('name', DATASETS)
+def test_sizes_come_from_the_built_data(name, data_dir, raw):
+  info = data.dataset_info(name, data_dir)
+  assert info.name == name
+  assert set(info.splits) == set(SPLITS)
+  for s in SPLITS:
+    assert info.splits[s] == len(raw[name][s]) > 0
+  assert info.splits['train'] > info.splits['validation']
+  assert info.splits['train'] > info.splits['test']
+  assert info.num_classes == LABELS[name]
+
+
+def test_split_sizes_are_sensible(data_dir):
+  image = data.dataset_info('digits_image', data_dir).splits
+  assert sum(image.values()) == 1797
+  assert abs(image['test'] / 1797 - 0.2) < 0.01
+  assert abs(image['validation'] / 1797 - 0.1) < 0.01
+  audio = data.dataset_info('digits_audio', data_dir).splits
+  assert audio['train'] >= 2500 and 200 <= audio['test'] <= 1000
+
+
+@pytest.mark.parametrize('name', DATASETS)
+def test_labels_in_range_and_every_class_in_every_split(name, raw):
+  for key, n in LABELS[name].items():
+    for s in SPLITS:
+      y = np.array([int(e[key]) for e in raw[name][s]])
+      assert y.min() >= 0 and y.max() < n, (key, s)
+      assert set(y.tolist()) == set(range(n)), f'{name} {s}: missing {key}'
+
+
+@pytest.mark.parametrize('name', DATASETS)
+def test_preprocessed_shapes_dtypes_and_ranges(name, data_dir):
+  info = data.dataset_info(name, data_dir)
+  batch = next(data.train_iterator(name, batch_size=16, seed=0,
+                                   data_dir=data_dir))
+  expected = set(INPUT_SPEC[name]) | set(LABELS[name])
+  assert set(batch) == expected == set(info.features)
+  for key, (shape, bounds) in INPUT_SPEC[name].items():
+    x = batch[key]
+    assert info.features[key] == (shape, np.dtype(np.float32))
+    assert x.shape == (16, *shape) and x.dtype == np.float32, key
+    assert np.isfinite(x).all()
+    if bounds is not None:
+      assert x.min() >= bounds[0] and x.max() <= bounds[1], key
+  for key, n in LABELS[name].items():
+    y = batch[key]
+    assert info.features[key] == ((), np.dtype(np.int32))
+    assert y.shape == (16,) and y.dtype == np.int32
+    assert ((0 <= y) & (y < n)).all()
+  if name == 'digits_image':
+    assert batch['image'].min() <= -0.9 and batch['image'].max() >= 0.9
+  if name == 'digits_audio':
+    s = batch['spectrogram']
+    assert abs(float(s.mean())) < 1.0 and 0.3 < float(s.std()) < 3.0
+
+
+def test_log_mel_has_64_frames_of_32_bins():
+  fb = preprocess.mel_filterbank()
+  assert fb.shape == (129, 32) and (fb >= 0).all()
+  assert (fb.sum(0) > 0).all(), 'every mel bin covers some FFT bin'
+  t = np.arange(8000) / 8000
+  tone = 0.5 * np.sin(2 * np.pi * 1000 * t).astype(np.float32)
+  spec = preprocess.log_mel(tone)
+  assert spec.shape == (64, 32, 1) and spec.dtype == np.float32
+  peak = preprocess.mel_filterbank()[1000 * 256 // 8000].argmax()
+  assert (spec[5:-5, :, 0].argmax(axis=1) == peak).all()
+
+
+# ---------------------------------------------------- train iterators -----
+
+@pytest.mark.parametrize('name', DATASETS)
+def test_train_iterator_is_deterministic_given_seed(name, data_dir):
+  kw = dict(batch_size=8, data_dir=data_dir, augment={'noise_std': 0.05})
+  a = _take(data.train_iterator(name, seed=3, **kw), 2)
+  b = _take(data.train_iterator(name, seed=3, **kw), 2)
+  _assert_same_batches(a, b)
+  c = _take(data.train_iterator(name, seed=4, **kw), 2)
+  first_input = next(iter(INPUT_SPEC[name]))
+  assert not np.array_equal(a[0][first_input], c[0][first_input])
+
+
+@pytest.mark.parametrize('name,augment', [
+    ('digits_image', None),
+    ('digits_image', {'noise_std': 0.1, 'max_shift': 2}),
+    ('digits_video', {'noise_std': 0.1, 'max_shift': 2}),
+    ('digits_audio', {'noise_std': 0.1, 'time_shift': 400}),
+])
+def test_restored_state_continues_with_identical_batches(
+    name, augment, data_dir):
+  kw = dict(batch_size=8, seed=11, data_dir=data_dir, augment=augment)
+  it = data.train_iterator(name, **kw)
+  _take(it, 3)
+  state = it.get_state()
+  expected = _take(it, 3)
+  fresh = data.train_iterator(name, **kw)
+  fresh.set_state(state)
+  _assert_same_batches(_take(fresh, 3), expected)
+
+
+def test_restored_state_across_an_epoch_boundary(data_dir):
+  n = data.dataset_info('digits_image', data_dir).splits['train']
+  bs = n // 2 + 1  # the second batch straddles epochs 1 and 2
+  kw = dict(batch_size=bs, seed=5, data_dir=data_dir)
+  it = data.train_iterator('digits_image', **kw)
+  _take(it, 2)
+  state = it.get_state()
+  expected = _take(it, 2)
+  fresh = data.train_iterator('digits_image', **kw)
+  fresh.set_state(state)
+  _assert_same_batches(_take(fresh, 2), expected)
+
+
+def _digest(x):
+  return hashlib.sha1(np.ascontiguousarray(x).tobytes()).hexdigest()
+
+
+def test_every_epoch_is_a_new_permutation_of_the_split(data_dir):
+  n = data.dataset_info('digits_image', data_dir).splits['train']
+  everything = sorted(
+      _digest(x) for b in data.eval_batches('digits_image', split='train',
+                                            batch_size=n, data_dir=data_dir)
+      for x in b['image'])
+  it = data.train_iterator('digits_image', batch_size=n, seed=0,
+                           data_dir=data_dir)
+  epoch1 = [_digest(x) for x in next(it)['image']]
+  epoch2 = [_digest(x) for x in next(it)['image']]
+  assert sorted(epoch1) == sorted(epoch2) == everything
+  assert epoch1 != epoch2
+
+
+def test_noise_augmentation_changes_inputs_but_not_labels(data_dir):
+  kw = dict(batch_size=8, seed=0, data_dir=data_dir)
+  plain = next(data.train_iterator('digits_audio', **kw))
+  noisy = next(data.train_iterator('digits_audio', augment={'noise_std': 0.2},
+                                   **kw))
+  np.testing.assert_array_equal(plain['label'], noisy['label'])
+  for key in ('spectrogram', 'waveform'):
+    diff = noisy[key] - plain[key]
+    assert 0.15 < float(diff.std()) < 0.25, key
+
+
+def test_shift_augmentation_translates_the_image(data_dir):
+  kw = dict(batch_size=64, seed=0, data_dir=data_dir)
+  plain = next(data.train_iterator('digits_image', **kw))['image']
+  shifted = next(data.train_iterator('digits_image',
+                                     augment={'max_shift': 3}, **kw))['image']
+  moved = ~np.all(np.isclose(plain, shifted), axis=(1, 2, 3))
+  assert moved.mean() > 0.5
+  # Same ink, moved around: totals stay close.
+  ink = lambda x: (x > 0).sum(axis=(1, 2, 3))
+  assert np.abs(ink(plain) - ink(shifted)).mean() < 0.1 * ink(plain).mean()
+
+
+# -------------------------------------------------------- eval batches ----
+
+@pytest.mark.parametrize('name', DATASETS)
+def test_eval_batches_cover_every_example_exactly_once(name, data_dir, raw):
+  n = data.dataset_info(name, data_dir).splits['test']
+  bs = 100
+  batches = list(data.eval_batches(name, split='test', batch_size=bs,
+                                   data_dir=data_dir))
+  assert len(batches) == math.ceil(n / bs)
+  for b in batches:
+    assert all(v.shape[0] == bs for v in b.values())
+    assert b['mask'].dtype == np.bool_
+  mask = np.concatenate([b['mask'] for b in batches])
+  assert mask.sum() == n and mask[:n].all() and not mask[n:].any()
+  # Real rows are the split's examples in stored order; padding is zeros.
+  for key in LABELS[name]:
+    got = np.concatenate([b[key] for b in batches])
+    np.testing.assert_array_equal(
+        got[:n], [int(e[key]) for e in raw[name]['test']])
+  last = batches[-1]
+  for key in INPUT_SPEC[name]:
+    assert not last[key][~last['mask']].any()
+  # Deterministic.
+  again = list(data.eval_batches(name, split='test', batch_size=bs,
+                                 data_dir=data_dir))
+  _assert_same_batches(batches, again)
+
+
+def test_eval_batches_match_train_preprocessing(data_dir, raw):
+  b = next(data.eval_batches('digits_image', split='validation', batch_size=4,
+                             data_dir=data_dir))
+  for row, e in zip(b['image'], raw['digits_image']['validation'][:4]):
+    np.testing.assert_allclose(row, e['image'] / 127.5 - 1.0, atol=1e-6)
+
+
+# ------------------------------------------------------------ building ----
+
+_BUILD = """
+import sys, mmvit.data as d
+d.ensure_built('digits_image', sys.argv[1])
+print(d.dataset_info('digits_image', sys.argv[1]).splits['test'])
+"""
+
+
+def test_concurrent_builds_do_not_corrupt_the_data_dir(tmp_path):
+  env = {**os.environ, 'JAX_PLATFORMS': 'cpu'}
+  procs = [subprocess.Popen([sys.executable, '-c', _BUILD, str(tmp_path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env) for _ in range(2)]
+  outs = [p.communicate(timeout=240) for p in procs]
+  for p, (out, err) in zip(procs, outs):
+    assert p.returncode == 0, err[-2000:]
+  assert {out.strip().splitlines()[-1] for out, _ in outs} == {'359'}
+  versions = [p.name for p in (tmp_path / 'digits_image').iterdir()]
+  assert versions == ['1.0.0'], versions  # no leftover incomplete dirs
+  n = sum(b['mask'].sum() for b in data.eval_batches(
+      'digits_image', split='test', batch_size=128, data_dir=str(tmp_path)))
+  assert n == 359
