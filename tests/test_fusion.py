@@ -154,3 +154,21 @@ def test_a_fusion_task_co_trains_beside_unimodal_tasks_in_the_same_trainer():
   missing = train.evaluate_all(exp, exp.state["params"], "test", tasks=["av"], drop=("audio",))
   single = train.evaluate_all(exp, exp.state["params"], "test", tasks=["av"], views=1)
   assert missing["av"]["num_examples"] == single["av"]["num_examples"] == 64
+
+
+def test_bottleneck_costs_fewer_flops_than_full_pairwise_at_every_lf_below_l():
+  """FIG. 8A: channelling cross-modal information through B tokens is cheaper than full
+  pairwise attention, the more so the earlier fusion starts; at L_f = L they coincide."""
+  import importlib.util
+  import os
+  path = os.path.join(os.path.dirname(__file__), "..", "scripts", "flops.py")
+  spec = importlib.util.spec_from_file_location("flops", path)
+  flops = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(flops)
+  setting = flops.SETTINGS["demo"]
+  depth = setting["model"].depth
+  cost = {k: [flops.forward_gflops(setting, fusion.FusionSpec(k, lf, 4)) for lf in range(depth + 1)]
+          for k in ("bottleneck", "full_pairwise")}
+  assert all(b < f for b, f in zip(cost["bottleneck"][:-1], cost["full_pairwise"][:-1]))
+  assert cost["bottleneck"][-1] == pytest.approx(cost["full_pairwise"][-1])
+  assert cost["full_pairwise"] == sorted(cost["full_pairwise"], reverse=True)

@@ -17,6 +17,7 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from mmvit.models.encoder import depth_rates
@@ -76,7 +77,7 @@ def encode(streams: list[jax.Array], stacks: list, spec: FusionSpec | None,
                 n_query=sizes[i]) for i, x in enumerate(xs)]
     else:  # joint
       y = run(0, jnp.concatenate(xs, axis=1))
-      xs = list(jnp.split(y, list(jnp.cumsum(jnp.array(sizes))[:-1].tolist()), axis=1))
+      xs = list(jnp.split(y, np.cumsum(sizes)[:-1].tolist(), axis=1))
     if trace is not None:
       trace.append((z_in if l >= fuse_from else None, list(xs)))
   return xs
