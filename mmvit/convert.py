@@ -1,0 +1,410 @@
+"""Import reference parameter trees into mmvit's model.
+
+Two references are covered:
+  - big_vision's ViT (`big_vision/models/vit.py`): one image stream, per-layer blocks
+    `Transformer/encoderblock_<l>/...` or, when trained with `scan=True`, one stacked block
+    `Transformer/encoderblock/...` whose arrays carry a leading layer axis;
+  - Scenic's MBT (`scenic/projects/mbt/model.py`): rgb + spectrogram streams, blocks
+    `Transformer/encoderblock_<l>` (rgb, or every stream with `share_encoder=True`) and
+    `Transformer/encoderblock_<l>_<modality>`, one `bottleneck` parameter, one
+    `output_projection` shared by the streams.
+
+A reference tree is flat: {"Transformer/encoder_norm/scale": array, ...}. The converters return
+mmvit's parameter tree as a pure dict, keyed as `nnx.to_pure_dict(nnx.state(model, nnx.Param))`.
+Import is strict: every reference parameter is used exactly once, and (given `target`, the model
+or its pure dict) every model parameter is filled with an array of its shape. Any violation is a
+one-line `ConversionError` naming the reference parameter; parameters of features that mmvit's
+model lacks (a tanh representation layer, an attention-pooling head) raise `Unsupported`.
+
+The encoder block layout is the same in both references and in mmvit (big_vision names), so
+blocks map leaf for leaf; what differs is only where each stream's blocks, position embeddings
+and class tokens live.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Mapping
+
+import numpy as np
+
+# The leaves of one encoder block, relative to the block (big_vision / Scenic / mmvit alike).
+BLOCK_LEAVES = tuple(
+    [f"LayerNorm_{i}/{p}" for i in (0, 1) for p in ("scale", "bias")]
+    + [f"MlpBlock_0/Dense_{i}/{p}" for i in (0, 1) for p in ("kernel", "bias")]
+    + [f"MultiHeadDotProductAttention_0/{n}/{p}" for n in ("query", "key", "value", "out")
+       for p in ("kernel", "bias")])
+
+# Reference parameters (by prefix) that belong to features mmvit's model does not have.
+_VIT_UNSUPPORTED = {
+    "pre_logits/": "tanh representation layer, rep_size",
+    "MAPHead_0/": "attention-pooling head, pool_type='map'",
+}
+_MBT_UNSUPPORTED = {
+    "pre_logits/": "tanh representation layer, representation_size",
+}
+
+# Scenic MBT names per modality (its temporal_encode knows only these two).
+_MBT_EMBEDDING = {"rgb": "embedding", "spectrogram": "embedding_spectrogram"}
+
+
+class ConversionError(ValueError):
+  """A reference parameter tree does not map onto the model."""
+
+
+class Unsupported(ConversionError):
+  """The reference uses a feature that mmvit's model lacks."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Reference:
+  """A reference forward pass: `params` (flat, by the reference's own paths), `inputs`, and the
+  remaining arrays as `outputs` (`logits`, `pre_logits`, `train_logits:<modality>`)."""
+  params: dict[str, np.ndarray]
+  inputs: dict[str, np.ndarray]
+  outputs: dict[str, np.ndarray]
+
+
+def load_npz(path) -> Reference:
+  """Reads a parity file: `param:<path>`, `input:<name>` and output arrays."""
+  params, inputs, outputs = {}, {}, {}
+  with np.load(path, allow_pickle=False) as z:
+    for k in z.files:
+      if k.startswith("param:"):
+        params[k[len("param:"):]] = z[k]
+      elif k.startswith("input:"):
+        inputs[k[len("input:"):]] = z[k]
+      else:
+        outputs[k] = z[k]
+  return Reference(params, inputs, outputs)
+
+
+def sincos_2d(h: int, w: int, width: int, temperature: float = 10_000.0) -> np.ndarray:
+  """Fixed 2D sin-cos position table (1, h*w, width) in big_vision's `posemb='sincos2d'` layout:
+  rows in row-major (y, x) order, features [sin(x w), cos(x w), sin(y w), cos(y w)] over
+  width/4 frequencies w = temperature**-(k / (width/4 - 1))."""
+  if width % 4:
+    raise ConversionError(f"sincos2d position embeddings need width % 4 == 0, got {width}")
+  q = width // 4
+  freq = 1.0 / temperature ** (np.arange(q, dtype=np.float64) / (q - 1))
+  ys, xs = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
+  ax = xs.reshape(-1, 1) * freq
+  ay = ys.reshape(-1, 1) * freq
+  table = np.concatenate([np.sin(ax), np.cos(ax), np.sin(ay), np.cos(ay)], axis=1)
+  return table[None].astype(np.float32)
+
+
+def _path(p: tuple[str, ...]) -> str:
+  return "/".join(p)
+
+
+def _flatten(tree, prefix=()) -> dict[tuple[str, ...], object]:
+  out = {}
+  for k, v in tree.items():
+    if isinstance(v, Mapping):
+      out.update(_flatten(v, prefix + (str(k),)))
+    else:
+      out[prefix + (str(k),)] = v
+  return out
+
+
+def target_tree(target) -> dict:
+  """`target` as a pure dict: a model (its nnx.Param state) or already a pure dict."""
+  if isinstance(target, Mapping):
+    return dict(target)
+  from flax import nnx  # noqa: PLC0415
+  return nnx.to_pure_dict(nnx.state(target, nnx.Param))
+
+
+class _Import:
+  """Consumes reference parameters exactly once and remembers where each one went."""
+
+  def __init__(self, flat: Mapping[str, np.ndarray], unsupported: Mapping[str, str]):
+    self.flat = {k: np.asarray(v) for k, v in flat.items()}
+    self.unsupported = unsupported
+    self.used: dict[str, str] = {}                  # reference name -> mmvit path
+    self.origin: dict[tuple[str, ...], str] = {}    # mmvit path -> reference name
+    self.values: dict[tuple[str, ...], np.ndarray] = {}
+
+  def has(self, name: str) -> bool:
+    return name in self.flat
+
+  def take(self, name: str, dest: str) -> np.ndarray:
+    if name in self.used:
+      raise ConversionError(f"reference parameter {name!r} used twice: for "
+                            f"{self.used[name]!r} and {dest!r}")
+    if name not in self.flat:
+      raise ConversionError(f"missing reference parameter {name!r} (for mmvit {dest!r})")
+    self.used[name] = dest
+    return self.flat[name]
+
+  def put(self, path: tuple[str, ...], value: np.ndarray, origin: str):
+    if path in self.values:
+      raise ConversionError(f"mmvit {_path(path)!r} filled twice: from "
+                            f"{self.origin[path]!r} and {origin!r}")
+    self.values[path] = np.asarray(value)
+    self.origin[path] = origin
+
+  def move(self, name: str, path: tuple[str, ...]):
+    self.put(path, self.take(name, _path(path)), name)
+
+  def block(self, prefix: str, dest: tuple[str, ...]):
+    for leaf in BLOCK_LEAVES:
+      self.move(f"{prefix}/{leaf}", dest + tuple(leaf.split("/")))
+
+  def stacked_block(self, prefix: str, dest: tuple[str, ...], depth: int | None) -> int:
+    """A scanned block: every leaf carries a leading layer axis; layer l -> encoderblock_l."""
+    for leaf in BLOCK_LEAVES:
+      name = f"{prefix}/{leaf}"
+      arr = self.take(name, _path(dest + ("encoderblock_*",) + tuple(leaf.split("/"))))
+      if arr.ndim < 2:
+        raise ConversionError(f"reference parameter {name!r} has shape {arr.shape}: a scanned "
+                              "block needs a leading layer axis")
+      if depth is None:
+        depth = arr.shape[0]
+      elif arr.shape[0] != depth:
+        raise ConversionError(f"reference parameter {name!r} stacks {arr.shape[0]} layers, "
+                              f"the others {depth}")
+      for l in range(depth):
+        self.put(dest + (f"encoderblock_{l}",) + tuple(leaf.split("/")), arr[l],
+                 f"{name}[{l}]")
+    return depth
+
+  def finish(self, target=None) -> dict:
+    unused = sorted(set(self.flat) - set(self.used))
+    for name in unused:
+      for prefix, what in self.unsupported.items():
+        if name.startswith(prefix):
+          raise Unsupported(f"reference parameter {name!r} ({what}) has no counterpart in "
+                            "mmvit's model")
+    if unused:
+      more = f" (and {len(unused) - 1} more)" if len(unused) > 1 else ""
+      raise ConversionError(f"unused reference parameter {unused[0]!r}{more}")
+    if target is not None:
+      self._check(_flatten(target_tree(target)))
+    tree: dict = {}
+    for path, v in self.values.items():
+      node = tree
+      for k in path[:-1]:
+        node = node.setdefault(k, {})
+      node[path[-1]] = v
+    return tree
+
+  def _check(self, want: dict[tuple[str, ...], object]):
+    for path, v in self.values.items():
+      src = self.origin[path]
+      if path not in want:
+        raise ConversionError(f"reference parameter {src!r} maps to mmvit {_path(path)!r}, "
+                              "which this model does not have")
+      if tuple(v.shape) != tuple(np.shape(want[path])):
+        raise ConversionError(f"reference parameter {src!r} has shape {tuple(v.shape)} but "
+                              f"mmvit {_path(path)!r} expects {tuple(np.shape(want[path]))}")
+    missing = [p for p in want if p not in self.values]
+    if missing:
+      raise ConversionError(f"mmvit parameter {_path(missing[0])!r} has no counterpart in the "
+                            "reference parameters"
+                            + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+
+
+def check_tree(params: dict, target) -> None:
+  """Raises ConversionError unless `params` has exactly `target`'s leaves and shapes."""
+  have, want = _flatten(params), _flatten(target_tree(target))
+  for p, v in have.items():
+    if p not in want:
+      raise ConversionError(f"parameter {_path(p)!r} is not in the model")
+    if tuple(np.shape(v)) != tuple(np.shape(want[p])):
+      raise ConversionError(f"parameter {_path(p)!r} has shape {tuple(np.shape(v))}, the model "
+                            f"expects {tuple(np.shape(want[p]))}")
+  for p in want:
+    if p not in have:
+      raise ConversionError(f"model parameter {_path(p)!r} is missing")
+
+
+def load_into(model, params: dict) -> None:
+  """Writes a converted pure-dict parameter tree into `model` (in place), checking that it
+  covers every parameter with the right shape."""
+  import jax.numpy as jnp  # noqa: PLC0415
+  from flax import nnx  # noqa: PLC0415
+  state = nnx.state(model, nnx.Param)
+  check_tree(params, nnx.to_pure_dict(state))
+  want = _flatten(nnx.to_pure_dict(state))
+  cast = {p: jnp.asarray(v, dtype=jnp.result_type(want[p])) for p, v in _flatten(params).items()}
+  tree: dict = {}
+  for path, v in cast.items():
+    node = tree
+    for k in path[:-1]:
+      node = node.setdefault(k, {})
+    node[path[-1]] = v
+  nnx.replace_by_pure_dict(state, tree)
+  nnx.update(model, state)
+
+
+# --------------------------------------------------------------------------- big_vision ViT
+
+def from_big_vision_vit(flat: Mapping[str, np.ndarray], *, target=None, task: str = "image",
+                        modality: str = "image", label: str = "label", posemb: str = "learn",
+                        grid: tuple[int, int] | None = None) -> dict:
+  """big_vision ViT parameters -> mmvit pure dict for one image tokenizer, the shared encoder
+  and `heads/<task>/outputs/<label>`.
+
+  The mmvit model must use an `image` tokenizer with `posemb_includes_cls=False` (big_vision
+  adds the position embedding before prepending the class token), `class_token` iff the
+  reference has `cls` (pool_type='tok'), and `pool='token'` for 'tok', `'gap'` for 'gap'.
+  `posemb='sincos2d'`: the reference has no position parameter; its fixed table for a `grid`
+  of (h, w) patches is written into mmvit's (learned) position embedding."""
+  imp = _Import(flat, _VIT_UNSUPPORTED)
+  tok = ("tokenizers", modality)
+  imp.move("embedding/kernel", tok + ("kernel",))
+  imp.move("embedding/bias", tok + ("bias",))
+  if posemb == "learn":
+    imp.move("pos_embedding", tok + ("posemb",))
+  elif posemb == "sincos2d":
+    if imp.has("pos_embedding"):
+      raise ConversionError("reference parameter 'pos_embedding' is learned, but "
+                            "posemb='sincos2d' was asked for")
+    if grid is None:
+      raise ConversionError("posemb='sincos2d' needs grid=(h, w), the patch grid")
+    width = imp.flat["embedding/kernel"].shape[-1]
+    imp.put(tok + ("posemb",), sincos_2d(*grid, width), "sincos2d table (no parameter)")
+  else:
+    raise ConversionError(f"posemb={posemb!r}: expected 'learn' or 'sincos2d'")
+  if imp.has("cls"):
+    imp.move("cls", tok + ("cls",))
+
+  scanned = [k for k in imp.flat if k.startswith("Transformer/encoderblock/")]
+  layers = sorted({int(m.group(1)) for k in imp.flat
+                   if (m := re.match(r"Transformer/encoderblock_(\d+)/", k))})
+  if scanned and layers:
+    raise ConversionError(f"reference parameter {scanned[0]!r} is a scanned block, but "
+                          f"'Transformer/encoderblock_{layers[0]}' is not")
+  if scanned:
+    imp.stacked_block("Transformer/encoderblock", ("encoder",), None)
+  elif layers:
+    for l in range(layers[-1] + 1):
+      imp.block(f"Transformer/encoderblock_{l}", ("encoder", f"encoderblock_{l}"))
+  else:
+    raise ConversionError("no reference parameter under 'Transformer/encoderblock*'")
+  imp.move("Transformer/encoder_norm/scale", ("encoder", "encoder_norm", "scale"))
+  imp.move("Transformer/encoder_norm/bias", ("encoder", "encoder_norm", "bias"))
+  head = ("heads", task, "outputs", label)
+  imp.move("head/kernel", head + ("kernel",))
+  imp.move("head/bias", head + ("bias",))
+  return imp.finish(target)
+
+
+# --------------------------------------------------------------------------- Scenic MBT
+
+def _mbt_check(config: Mapping):
+  classifier = config.get("classifier", "gap")
+  if classifier not in ("token", "gap"):
+    raise Unsupported(f"MBT classifier={classifier!r}: mmvit pools with 'token' or 'gap' only")
+  if config.get("representation_size") is not None:
+    raise Unsupported("MBT representation_size (tanh pre_logits layer) has no counterpart in "
+                      "mmvit's model")
+  if config.get("use_bottleneck", False) and not config.get("test_with_bottlenecks", True):
+    raise Unsupported("MBT test_with_bottlenecks=False: mmvit always runs the bottleneck")
+  for m in config["modality_fusion"]:
+    if m not in _MBT_EMBEDDING:
+      raise ConversionError(f"MBT modality {m!r}: the reference knows only "
+                            f"{sorted(_MBT_EMBEDDING)}")
+
+
+def mbt_model_spec(config: Mapping):
+  """mmvit ModelSpec for a Scenic MBT config."""
+  from mmvit.models.model import ModelSpec  # noqa: PLC0415
+  _mbt_check(config)
+  return ModelSpec(width=config["hidden_size"], depth=config["num_layers"],
+                   num_heads=config["num_heads"], mlp_dim=config["mlp_dim"],
+                   pool="token" if config.get("classifier", "gap") == "token" else "gap",
+                   dropout=config.get("dropout_rate", 0.1),
+                   attention_dropout=config.get("attention_dropout_rate", 0.1))
+
+
+def mbt_fusion_spec(config: Mapping):
+  """mmvit FusionSpec for a Scenic MBT config (None for one modality).
+
+  use_bottleneck -> 'bottleneck' with tokens = n_bottlenecks (+1 with the token classifier:
+  the reference adds one bottleneck token then); otherwise share_encoder -> 'joint' (all
+  tokens through one block), else 'full_pairwise'; fusion_layer = num_layers -> 'late'."""
+  from mmvit.models.fusion import FusionSpec  # noqa: PLC0415
+  _mbt_check(config)
+  if len(config["modality_fusion"]) == 1:
+    return None
+  share = bool(config.get("share_encoder", False))
+  layer = int(config.get("fusion_layer", 0))
+  if config.get("use_bottleneck", False):
+    tokens = int(config.get("n_bottlenecks", 4)) + int(config.get("classifier") == "token")
+    return FusionSpec("bottleneck", layer, tokens, share)
+  if layer >= config["num_layers"]:
+    return FusionSpec("late", layer, shared_weights=share)
+  return FusionSpec("joint" if share else "full_pairwise", layer, shared_weights=share)
+
+
+def mbt_tokenizers(config: Mapping, input_shapes: Mapping[str, tuple[int, ...]],
+                   patches_size: tuple[int, ...]) -> dict:
+  """mmvit TokenizerSpecs for a Scenic MBT config with temporal_encoding '3d_conv'.
+
+  Scenic reads `patches.size` as (h, w, t) for rgb (kernel (t, h, w, c, d)) and (h, w) for the
+  spectrogram; inputs are (frames, H, W, C) and (time, mel, 1). Position embeddings are added
+  after the class token (posemb_includes_cls=True)."""
+  from mmvit.models.tokenizers import TokenizerSpec  # noqa: PLC0415
+  _mbt_check(config)
+  token = config.get("classifier", "gap") == "token"
+  h, w = patches_size[0], patches_size[1]
+  out = {}
+  for m in config["modality_fusion"]:
+    if m == "rgb":
+      if len(patches_size) != 3:
+        raise ConversionError(f"MBT rgb needs patches.size (h, w, t), got {patches_size}")
+      kind, patch = "tubelet", (patches_size[2], h, w)
+    else:
+      kind, patch = "spectrogram", (h, w)
+    out[m] = TokenizerSpec(kind, m, tuple(input_shapes[m]), patch, class_token=token,
+                           posemb_includes_cls=True)
+  return out
+
+
+def from_scenic_mbt(flat: Mapping[str, np.ndarray], config: Mapping, *, target=None,
+                    task: str = "av", label: str = "label") -> dict:
+  """Scenic MBT parameters -> mmvit pure dict for a model built with `mbt_model_spec`,
+  `mbt_tokenizers` and task `task` = (config.modality_fusion, head, `mbt_fusion_spec`).
+
+  The first modality's blocks go to `encoder`, the others' (share_encoder=False) to
+  `stream_encoders/<modality>`; `bottleneck` (1, B(+1), D) goes to `bottlenecks/<task>/tokens`
+  and the mmvit bottleneck position embedding, which the reference does not have, is zero."""
+  _mbt_check(config)
+  mods = tuple(config["modality_fusion"])
+  share = bool(config.get("share_encoder", False))
+  token = config.get("classifier", "gap") == "token"
+  imp = _Import(flat, _MBT_UNSUPPORTED)
+  for m in mods:
+    tok = ("tokenizers", m)
+    imp.move(f"{_MBT_EMBEDDING[m]}/kernel", tok + ("kernel",))
+    imp.move(f"{_MBT_EMBEDDING[m]}/bias", tok + ("bias",))
+    suffix = "" if m == "rgb" else f"_{m}"
+    imp.move(f"Transformer/posembed_input{suffix}/pos_embedding", tok + ("posemb",))
+    if token:
+      imp.move("cls" + ("" if m == "rgb" or len(mods) == 1 else m), tok + ("cls",))
+  for l in range(config["num_layers"]):
+    for i, m in enumerate(mods):
+      if share and i > 0:
+        continue  # every stream runs encoderblock_<l>
+      name = f"Transformer/encoderblock_{l}" + ("" if share or m == "rgb" else f"_{m}")
+      dest = ("encoder",) if i == 0 else ("stream_encoders", m)
+      imp.block(name, dest + (f"encoderblock_{l}",))
+  if config.get("use_bottleneck", False) and len(mods) > 1:
+    dest = ("bottlenecks", task)
+    imp.move("bottleneck", dest + ("tokens",))
+    b = imp.flat["bottleneck"]
+    if b.ndim != 3:
+      raise ConversionError(f"reference parameter 'bottleneck' has shape {b.shape}, expected "
+                            "(1, B, D)")
+    imp.put(dest + ("posemb",), np.zeros_like(b), "zeros (the reference bottleneck has no "
+            "position embedding)")
+  imp.move("Transformer/encoder_norm/scale", ("encoder", "encoder_norm", "scale"))
+  imp.move("Transformer/encoder_norm/bias", ("encoder", "encoder_norm", "bias"))
+  head = ("heads", task, "outputs", label)
+  imp.move("output_projection/kernel", head + ("kernel",))
+  imp.move("output_projection/bias", head + ("bias",))
+  return imp.finish(target)
