@@ -20,7 +20,8 @@ from mmvit.models.heads import HeadSpec
 from mmvit.models.model import Model, ModelSpec, average_logits
 from mmvit.models.tokenizers import TokenizerSpec
 
-PARITY = os.environ.get("MMVIT_PARITY_DIR", "/work/shared/parity")
+PARITY = os.environ.get("MMVIT_PARITY_DIR", os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "parity"))
 ATOL = 1e-5
 RTOL = 1e-5
 

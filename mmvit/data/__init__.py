@@ -134,13 +134,18 @@ def _builder(name: str, data_dir: str | os.PathLike | None):
     def make():
       return cls(data_dir=data_dir, file_format='array_record')
 
+    def prepared(builder) -> bool:
+      # tfds writes into an `incomplete.*` dir and renames it when done, so a
+      # version dir with its dataset_info.json is a finished build.
+      return os.path.exists(os.path.join(builder.data_dir, 'dataset_info.json'))
+
     try:
       builder = make()
-      if not builder.is_prepared():
+      if not prepared(builder):
         os.makedirs(data_dir, exist_ok=True)
         with _file_lock(os.path.join(data_dir, f'.{name}.lock')):
           builder = make()  # another process may have built it meanwhile
-          if not builder.is_prepared():
+          if not prepared(builder):
             t0 = time.perf_counter()
             _prepare(builder)
             _log.info('built %s in %s in %.1f s', name, data_dir,

@@ -33,8 +33,8 @@ F_MAX = 4000.0
 _LOG_EPS = 1e-6
 # Global mean / std of log(mel + 1e-6) over digits_audio 'train' (v1.0.0),
 # fixed so that normalisation does not depend on the data at run time.
-LOG_MEL_MEAN = -1.7
-LOG_MEL_STD = 2.0
+LOG_MEL_MEAN = -3.3
+LOG_MEL_STD = 2.5
 # Zero padding so that 8000 samples give exactly N_FRAMES frames:
 # (8000 + pad - N_FFT) / HOP + 1 == 64  ->  pad == 131.
 _PAD_TOTAL = (N_FRAMES - 1) * HOP + N_FFT - SAMPLE_RATE
