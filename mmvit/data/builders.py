@@ -4,6 +4,9 @@ The builders are not registered in tfds' global registry (to avoid any clash
 with tfds' catalog); instantiate them through `BUILDERS[name](data_dir=...)`.
 Building and reading only use tfds' numpy code paths
 (`download_and_prepare` with statistics skipped, `as_data_source`).
+
+Bump a builder's VERSION whenever its generation in `synth.py` changes, so
+cached copies (keyed by version directory) are rebuilt.
 """
 
 from __future__ import annotations
