@@ -2,33 +2,110 @@
 the grain iterator state of every task, and metadata (step, seed, schedule, config digest).
 
 The schedule and every random key are derived from (seed, step), so restoring the arrays and
-the iterator states is enough to continue exactly where a run stopped.
+the iterator states is enough to continue exactly where a run stopped. Orbax commits a step
+atomically (written to a temporary directory, then renamed), so a save cut short by a kill is
+never listed as a step. A step that cannot be read is moved aside (renamed, never deleted) and
+the previous one is used.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
+import time
+from collections.abc import Mapping
 
 import jax
 import orbax.checkpoint as ocp
 
+log = logging.getLogger("mmvit")
+
+# Fields that may change between runs in one workdir: they do not change what is trained.
+HARMLESS_FIELDS = ("log_every", "eval_every", "eval_batch_size", "checkpoint_every",
+                   "keep_checkpoints", "data_dir")
+
+
+class CheckpointError(ValueError):
+  """A checkpoint that does not fit this run: the message is one line naming what differs."""
+
+
+class WorkdirError(ValueError):
+  """A workdir that belongs to another run."""
+
+
+def _flat(d, prefix=""):
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out.update(_flat(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = v
+  return out
+
+
+def run_fields(config) -> dict:
+  """The config as flat field -> value, without the fields that may change on resume."""
+  flat = _flat(json.loads(config.to_json_best_effort(sort_keys=True)))
+  return {k: v for k, v in flat.items() if k not in HARMLESS_FIELDS}
+
 
 def config_digest(config) -> str:
-  return hashlib.sha256(config.to_json(sort_keys=True).encode()).hexdigest()[:16]
+  return hashlib.sha256(json.dumps(run_fields(config), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def guard_workdir(workdir: str, config, allow_config_change: bool = False) -> None:
+  """Refuses to train a different config in a workdir holding another run's checkpoints;
+  saves the config beside the checkpoints (an older one is kept, renamed, when allowed)."""
+  os.makedirs(workdir, exist_ok=True)
+  path = os.path.join(workdir, "config.json")
+  ckpts = os.path.join(workdir, "checkpoints")
+  has_ckpts = os.path.isdir(ckpts) and any(n.isdigit() for n in os.listdir(ckpts))
+  if os.path.exists(path) and has_ckpts:
+    with open(path) as f:
+      old = _flat(json.load(f))
+    old = {k: v for k, v in old.items() if k not in HARMLESS_FIELDS}
+    new = json.loads(json.dumps(run_fields(config)))
+    diff = sorted(k for k in set(old) | set(new) if old.get(k, "<unset>") != new.get(k, "<unset>"))
+    if diff:
+      k = diff[0]
+      what = (f"{k} was {old.get(k, '<unset>')!r}, now {new.get(k, '<unset>')!r}"
+              + (f" (and {len(diff) - 1} more fields)" if len(diff) > 1 else ""))
+      if not allow_config_change:
+        raise WorkdirError(f"workdir {workdir} holds checkpoints of another config: {what}; use "
+                           "another --workdir, or --allow_config_change to resume it anyway")
+      kept = os.path.join(workdir, f"config.{time.strftime('%Y%m%d-%H%M%S')}.json")
+      os.rename(path, kept)
+      log.warning("config changed in %s (%s); the previous config is kept as %s", workdir,
+                  what, kept)
+  with open(path, "w") as f:
+    f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+
+
+def _shapes(tree, prefix="") -> dict:
+  """path -> leaf, for nested mappings (orbax's metadata tree is a Mapping, not a dict)."""
+  if isinstance(tree, Mapping):
+    out = {}
+    for k, v in tree.items():
+      out.update(_shapes(v, f"{prefix}/{k}" if prefix else str(k)))
+    return out
+  return {prefix: tree}
 
 
 class Checkpointer:
   def __init__(self, workdir: str, keep: int = 3, enabled: bool = True):
     self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
     self.enabled = enabled
-    self.manager = None
-    if enabled:
-      options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
-                                             enable_async_checkpointing=True)
-      self.manager = ocp.CheckpointManager(self.directory, options=options,
-                                           item_names=("state", "data", "meta"))
+    self.keep = keep
+    self.manager = self._manager() if enabled else None
+
+  def _manager(self):
+    options = ocp.CheckpointManagerOptions(max_to_keep=self.keep, create=True,
+                                           enable_async_checkpointing=True)
+    return ocp.CheckpointManager(self.directory, options=options, item_handlers={
+        "state": ocp.StandardCheckpointHandler(), "data": ocp.JsonCheckpointHandler(),
+        "meta": ocp.JsonCheckpointHandler()})
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step() if self.enabled else None
@@ -41,13 +118,55 @@ class Checkpointer:
         data=ocp.args.JsonSave(data_states),
         meta=ocp.args.JsonSave(meta)), force=force)
 
-  def restore(self, step: int, abstract_state):
-    """Restores onto the shardings of `abstract_state` (a tree of ShapeDtypeStructs)."""
-    out = self.manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state),
-        data=ocp.args.JsonRestore(),
-        meta=ocp.args.JsonRestore()))
-    return out["state"], out["data"], out["meta"]
+  def reached_preemption(self, step: int) -> bool:
+    """True at Orbax's preemption sync point (multi-host: all hosts agree on the step)."""
+    return bool(self.enabled and self.manager.reached_preemption(step))
+
+  def _check_shapes(self, step: int, abstract_state):
+    """One line naming the first parameter whose shape differs, instead of a tree dump."""
+    meta = self.manager.item_metadata(step)["state"]
+    if meta is None:
+      raise OSError("no readable metadata for 'state'")
+    # Parameters decide compatibility (optimizer and counters follow from them).
+    tree = getattr(meta, "tree", meta)
+    want, have = _shapes(abstract_state["params"]), _shapes(tree["params"])
+    for k in sorted(set(want) | set(have)):
+      if k not in have:
+        raise CheckpointError(f"checkpoint step {step} in {self.directory} has no parameter "
+                              f"{k}: it was written by an incompatible config")
+      if k not in want:
+        raise CheckpointError(f"checkpoint step {step} in {self.directory} has parameter {k} "
+                              "that this config does not: it was written by an incompatible "
+                              "config")
+      if tuple(have[k].shape) != tuple(want[k].shape):
+        raise CheckpointError(f"checkpoint step {step} in {self.directory}: parameter {k} has "
+                              f"shape {tuple(have[k].shape)}, this config expects "
+                              f"{tuple(want[k].shape)}")
+
+  def restore_latest(self, abstract_state):
+    """Restores the newest readable step onto the shardings of `abstract_state`; returns
+    (step, state, data states, meta) or None when there is no checkpoint. Unreadable steps
+    are renamed to <step>.unreadable-<time> and reported; the previous step is tried."""
+    for step in sorted(self.manager.all_steps(), reverse=True):
+      try:
+        self._check_shapes(step, abstract_state)
+        out = self.manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state),
+            data=ocp.args.JsonRestore(),
+            meta=ocp.args.JsonRestore()))
+      except CheckpointError:
+        raise
+      except Exception as e:  # noqa: BLE001  (any read failure means a damaged step)
+        reason = " ".join(f"{type(e).__name__}: {e}".split())[:200]
+        aside = os.path.join(self.directory, f"{step}.unreadable-{time.strftime('%H%M%S')}")
+        log.error("checkpoint step %d in %s is unreadable (%s); moved it to %s and trying the "
+                  "previous step", step, self.directory, reason, aside)
+        self.manager.close()
+        os.rename(os.path.join(self.directory, str(step)), aside)
+        self.manager = self._manager()
+        continue
+      return step, out["state"], out["data"], out["meta"]
+    return None
 
   def wait(self):
     if self.enabled:
@@ -62,14 +181,3 @@ class Checkpointer:
 def abstract(tree, shardings):
   return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                       tree, shardings)
-
-
-def save_config(workdir: str, config) -> None:
-  os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    f.write(config.to_json_best_effort(indent=2, sort_keys=True))
-
-
-def load_json(path: str):
-  with open(path) as f:
-    return json.load(f)

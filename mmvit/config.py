@@ -17,7 +17,7 @@ LR_SCHEDULES = ("cosine", "constant", "linear")
 TOP_LEVEL = {
     "seed", "data_dir", "total_steps", "schedule", "model", "tasks", "optimizer", "eval_every",
     "eval_batch_size", "log_every", "checkpoint_every", "keep_checkpoints", "mesh", "test_split",
-    "eval_split", "augment",
+    "eval_split", "augment", "nonfinite",
 }
 MODEL_KEYS = {
     "width", "depth", "num_heads", "mlp_dim", "dropout", "attention_dropout", "stochastic_depth",
@@ -186,6 +186,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if not isinstance(v, int) or isinstance(v, bool) or (v < 1 and v != -1):
       raise ConfigError(f"mesh.{a}={v!r}: expected a positive integer or -1 (all remaining "
                         "devices)")
+  nf = config.get("nonfinite") or {}
+  _check_keys(nf, {"policy", "max_skips"}, "nonfinite")
+  _choice(nf.get("policy", "stop"), "nonfinite.policy", ("stop", "skip"))
+  _int(nf.get("max_skips", 0), "nonfinite.max_skips", 0)
   for f in ("eval_every", "log_every", "checkpoint_every"):
     if config.get(f) is not None:
       _int(config[f], f"config.{f}", 0)

@@ -11,6 +11,8 @@ import json
 import logging
 import math
 import os
+import signal
+import threading
 import time
 from collections.abc import Callable
 
@@ -148,9 +150,13 @@ def build(config: ml_collections.ConfigDict, *, devices=None, data=None) -> Expe
   opt_sh = {g: optax.tree_map_params(tx, lambda _, s: s, opt[g], param_sh[g],
                                      transform_non_params=lambda _: rep)
             for g in params}
-  state = {"params": params, "opt": opt,
+  # guard: how many updates were skipped as non-finite, and the first such (step, task).
+  guard = {"skipped": jnp.zeros((), jnp.int32), "step": jnp.full((), -1, jnp.int32),
+           "task": jnp.full((), -1, jnp.int32)}
+  state = {"params": params, "opt": opt, "guard": guard,
            "counts": {t.name: jnp.zeros((), jnp.int32) for t in tasks}}
-  state_sh = {"params": param_sh, "opt": opt_sh, "counts": {t.name: rep for t in tasks}}
+  state_sh = {"params": param_sh, "opt": opt_sh, "guard": {k: rep for k in guard},
+              "counts": {t.name: rep for t in tasks}}
   state = jax.device_put(state, state_sh)
 
   horizon = schedule.batches_per_task()
@@ -186,6 +192,18 @@ def build(config: ml_collections.ConfigDict, *, devices=None, data=None) -> Expe
     (_, (loss, acc)), grads = jax.value_and_grad(fn, has_aux=True)(trainable)
     return grads, loss, acc
 
+  def guarded(state, new_state, finite, step, task_index):
+    """A non-finite loss or gradient never reaches the state: the update is dropped and the
+    guard records it. The host decides, at its next check, whether to stop (nonfinite)."""
+    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+    g = state["guard"]
+    first = (g["step"] < 0) & ~finite
+    new_state = {**keep(new_state, {k: state[k] for k in new_state if k != "guard"}),
+                 "guard": {"skipped": g["skipped"] + (~finite).astype(jnp.int32),
+                           "step": jnp.where(first, step, g["step"]),
+                           "task": jnp.where(first, task_index, g["task"])}}
+    return new_state
+
   def apply(state, grads, lrs):
     new_params, new_opt = dict(state["params"]), dict(state["opt"])
     for g, grad in grads.items():
@@ -203,6 +221,8 @@ def build(config: ml_collections.ConfigDict, *, devices=None, data=None) -> Expe
       new_params, new_opt = apply(state, grads, {g: lr for g in grads})
       counts = {**state["counts"], task.name: c + 1}
       new_state = {"params": new_params, "opt": new_opt, "counts": counts}
+      finite = jnp.isfinite(loss) & jnp.isfinite(gnorm)
+      new_state = guarded(state, new_state, finite, step, task.index)
       return new_state, {"loss": loss, "accuracy": acc, "grad_norm": gnorm, "lr": lr}
     batch_sh = None  # batches arrive already placed (sharding.shard_batch)
     return jax.jit(step_fn, in_shardings=(state_sh, batch_sh, rep),
@@ -240,7 +260,9 @@ def build(config: ml_collections.ConfigDict, *, devices=None, data=None) -> Expe
       counts = {k: c + 1 for k, c in state["counts"].items()}
       metrics.update(loss=sum(metrics[f"{t.name}/loss"] * t.loss_weight for t in tasks),
                      grad_norm=gnorm, lr=base)
-      return {"params": new_params, "opt": new_opt, "counts": counts}, metrics
+      new_state = {"params": new_params, "opt": new_opt, "counts": counts}
+      finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(gnorm)
+      return guarded(state, new_state, finite, step, -1), metrics
     return jax.jit(step_fn, in_shardings=(state_sh, None, rep), out_shardings=(state_sh, rep),
                    donate_argnums=(0,))
 
@@ -337,35 +359,62 @@ def _format_eta(seconds: float) -> str:
   return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
+class NonFiniteError(RuntimeError):
+  """Training stopped on a non-finite loss or gradient."""
+
+
+class Preempted:
+  """Set by SIGTERM; the loop checks it after every step."""
+
+  def __init__(self):
+    self.signalled = False
+    self._previous = None
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.signalled = True
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
 def run(config: ml_collections.ConfigDict, workdir: str | None, *, devices=None,
-        stop_at: int | None = None, data=None) -> dict:
-  """Trains (resuming from workdir's latest checkpoint), evaluates on the test split and
-  returns {'test': {task: metrics}, 'params': report, 'steps': n, 'state': final state}.
-  `stop_at` ends the loop early (the schedule, hence the lr horizon, is unchanged)."""
+        stop_at: int | None = None, data=None, allow_config_change: bool = False) -> dict:
+  """Trains (resuming from workdir's latest good checkpoint), evaluates on the validation and
+  test splits and returns {'test': {task: metrics}, 'params': report, 'steps': n,
+  'state': final state, ...}. `stop_at` ends the loop early (the schedule, hence the lr
+  horizon, is unchanged). On SIGTERM or at Orbax's preemption point it saves and returns with
+  summary['preempted'] = step, skipping the final evaluation."""
   exp = build(config, devices=devices, data=data)
   cfg = exp.config
   seed = int(cfg.get("seed", 0))
+  if workdir:
+    checkpointing.guard_workdir(workdir, cfg, allow_config_change)
   writer = MetricWriter(workdir, enabled=workdir is not None)
   ckpt = checkpointing.Checkpointer(workdir or "", keep=int(cfg.get("keep_checkpoints", 3)),
                                     enabled=workdir is not None)
   report = parameter_report(exp.state["params"], exp.groups)
   log.info("parameters: %s", json.dumps(report))
   if workdir:
-    checkpointing.save_config(workdir, cfg)
     with open(os.path.join(workdir, "params.json"), "w") as f:
       json.dump(report, f, indent=2)
 
   iters = train_iterators(exp)
   state = exp.state
   start = 0
-  latest = ckpt.latest_step()
-  if latest is not None:
-    abstract = checkpointing.abstract(state, exp.state_shardings)
-    state, data_states, meta = ckpt.restore(latest, abstract)
-    for name, it in iters.items():
-      it.set_state(data_states[name])
-    start = int(meta["step"])
-    log.info("resumed from %s at step %d", ckpt.directory, start)
+  if ckpt.enabled:
+    restored = ckpt.restore_latest(checkpointing.abstract(state, exp.state_shardings))
+    if restored is not None:
+      start, state, data_states_, _ = restored
+      for name, it in iters.items():
+        it.set_state(data_states_[name])
+      log.info("resumed from %s at step %d", ckpt.directory, start)
 
   schedule = exp.schedule
   end = schedule.num_steps if stop_at is None else min(stop_at, schedule.num_steps)
@@ -373,6 +422,8 @@ def run(config: ml_collections.ConfigDict, workdir: str | None, *, devices=None,
   log_every = int(cfg.get("log_every", 50) or 0)
   ckpt_every = int(cfg.get("checkpoint_every", 0) or 0)
   eval_split = cfg.get("eval_split", "validation")
+  nonfinite = cfg.get("nonfinite") or {}
+  max_skips = int(nonfinite.get("max_skips", 0)) if nonfinite.get("policy") == "skip" else 0
   compiled: set[str] = set()
   # Honest timing: wall time of training steps only. Steps that compile, evaluation and
   # checkpoint saves are measured and excluded; the clock is read after blocking on the state.
@@ -387,7 +438,20 @@ def run(config: ml_collections.ConfigDict, workdir: str | None, *, devices=None,
     return {"step": step, "seed": seed, "schedule": schedule.kind,
             "config_digest": checkpointing.config_digest(cfg)}
 
-  with jax.set_mesh(exp.mesh):
+  def check_finite():
+    """Stops once more than max_skips updates were dropped; the state holds none of them."""
+    g = jax.device_get(state["guard"])
+    if int(g["skipped"]) > max_skips:
+      task = "accumulated (all tasks)" if int(g["task"]) < 0 else exp.tasks[int(g["task"])].name
+      good = ckpt.latest_step()
+      where = f"step {good} in {ckpt.directory}" if good is not None else "none saved"
+      raise NonFiniteError(
+          f"non-finite loss or gradient at step {int(g['step'])} (task {task}); "
+          f"{int(g['skipped'])} update(s) dropped, more than nonfinite.max_skips={max_skips}; "
+          f"last good checkpoint: {where}")
+
+  preempted = None
+  with jax.set_mesh(exp.mesh), Preempted() as sigterm:
     for step in range(start, end):
       names = schedule.tasks_at(step)
       key = "accumulated" if schedule.kind == "accumulated" else names[0]
@@ -420,32 +484,46 @@ def run(config: ml_collections.ConfigDict, workdir: str | None, *, devices=None,
                  "eta %s", done, end, key, float(m["loss"]), float(m["lr"]), rate,
                  _format_eta(eta))
         writer.write(done, key, "train", {k: float(v) for k, v in m.items()})
+        check_finite()
       t1 = time.perf_counter()
+      if sigterm.signalled or ckpt.reached_preemption(done):
+        check_finite()
+        ckpt.save(done, state, data_states(), meta(done), force=True)
+        ckpt.wait()
+        log.warning("preempted: saved step %d to %s; rerun the same command to resume", done,
+                    ckpt.directory)
+        preempted = done
+        break
       if eval_every and done % eval_every == 0 and done != end:
         for name, res in evaluate_all(exp, state["params"], eval_split).items():
           writer.write(done, name, eval_split, res)
           log.info("eval %s step %d %s", name, done, _fmt(res))
       if ckpt_every and done % ckpt_every == 0 and done != end:
+        check_finite()
         ckpt.save(done, state, data_states(), meta(done))
       excluded += time.perf_counter() - t1
 
-    final_step = max(end, start)
-    if end > start:
-      ckpt.save(final_step, state, data_states(), meta(final_step), force=True)
-    ckpt.wait()
+    final_step = max(end, start) if preempted is None else preempted
     results = {}
     test_split = cfg.get("test_split", "test")
-    for split in dict.fromkeys([eval_split, test_split]):
-      results[split] = evaluate_all(exp, state["params"], split)
-      for name, res in results[split].items():
-        writer.write(final_step, name, split, res)
-        log.info("%s %s: %s", split, name, _fmt(res))
+    if preempted is None:
+      check_finite()
+      if end > start:
+        ckpt.save(final_step, state, data_states(), meta(final_step), force=True)
+      ckpt.wait()
+      for split in dict.fromkeys([eval_split, test_split]):
+        results[split] = evaluate_all(exp, state["params"], split)
+        for name, res in results[split].items():
+          writer.write(final_step, name, split, res)
+          log.info("%s %s: %s", split, name, _fmt(res))
   ckpt.close()
   writer.close()
   steps_per_s = timed_steps / train_time if train_time else float("nan")
-  summary = {"test": results[test_split], eval_split: results[eval_split], "params": report,
-             "steps": final_step, "steps_per_s": steps_per_s, "traces": dict(exp.traces)}
-  if workdir:
+  summary = {"test": results.get(test_split), eval_split: results.get(eval_split),
+             "params": report, "steps": final_step, "steps_per_s": steps_per_s,
+             "traces": dict(exp.traces), "preempted": preempted,
+             "skipped_updates": int(jax.device_get(state["guard"]["skipped"]))}
+  if workdir and preempted is None:
     with open(os.path.join(workdir, "results.json"), "w") as f:
       json.dump(summary, f, indent=2)
   summary["state"] = state
