@@ -1,0 +1,172 @@
+"""A run survives being killed at any moment and goes on exactly as if it had never stopped;
+bad checkpoints and workdirs never cost saved work."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from mmvit import checkpointing, train
+from tests.fakes import FakeData, make_batch
+from tests.tiny import tiny_config
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, os.path.join(ROOT, "scripts"))
+import kill_resume  # noqa: E402
+
+
+def leaves_equal(a, b):
+  return all(np.array_equal(np.asarray(x), np.asarray(y))
+             for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+  """Uninterrupted runs (in a subprocess, as the killed ones) for two schedules."""
+  tmp = tmp_path_factory.mktemp("ref")
+  return {k: kill_resume.finish(str(tmp / k), k, 3) for k in ("weighted", "accumulated")}
+
+
+@pytest.mark.parametrize("kind,at", [
+    ("weighted", 7), pytest.param("weighted", 2, marks=pytest.mark.slow),
+    pytest.param("accumulated", 2, marks=pytest.mark.slow)])
+def test_sigkill_at_a_step_then_the_same_command_ends_bit_identical(tmp_path, reference, kind,
+                                                                    at):
+  same, how = kill_resume.trial(str(tmp_path), kind, 3, at, reference[kind])
+  assert same, how
+
+
+def test_sigterm_saves_and_exits_0_and_the_rerun_ends_identical(tmp_path, reference):
+  workdir = str(tmp_path / "w")
+  proc = subprocess.Popen([sys.executable, os.path.join(HERE, "tiny_run.py"), workdir,
+                           "weighted", "--steps=3", "--sleep=0.3"], cwd=ROOT,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  while kill_resume.train_records(workdir) < 3 and proc.poll() is None:
+    time.sleep(0.01)
+  proc.send_signal(signal.SIGTERM)
+  out, err = proc.communicate(timeout=120)
+  assert proc.returncode == 0, err[-2000:]
+  result = json.loads(out.strip().splitlines()[-1])
+  saved = result["preempted"]
+  assert saved is not None and 3 <= saved < 12
+  assert f"preempted: saved step {saved} to" in err
+  assert os.path.isdir(os.path.join(workdir, "checkpoints", str(saved)))
+  assert kill_resume.finish(workdir, "weighted", 3) == reference["weighted"]
+
+
+def test_a_kill_during_an_async_save_never_leaves_a_half_written_latest_step(tmp_path,
+                                                                           reference):
+  workdir = str(tmp_path / "w")
+  out = subprocess.run([sys.executable, os.path.join(HERE, "tiny_run.py"), workdir, "weighted",
+                        "--steps=3", "--kill_in_save_at=5"], cwd=ROOT, capture_output=True)
+  assert out.returncode == -signal.SIGKILL
+  steps = sorted(int(n) for n in os.listdir(os.path.join(workdir, "checkpoints")) if n.isdigit())
+  assert max(steps) < 5  # step 5 was being written: not committed, not listed
+  assert kill_resume.finish(workdir, "weighted", 3) == reference["weighted"]
+
+
+def run_to(workdir, stop_at=None, **overrides):
+  cfg = tiny_config("weighted", steps=3, checkpoint_every=1, **overrides)
+  return train.run(cfg, workdir, data=FakeData(), stop_at=stop_at)
+
+
+def test_a_corrupted_newest_checkpoint_is_moved_aside_and_the_previous_one_resumes(tmp_path,
+                                                                                   caplog):
+  workdir = str(tmp_path / "w")
+  full = run_to(str(tmp_path / "full"))
+  run_to(workdir, stop_at=6)
+  newest = os.path.join(workdir, "checkpoints", "6", "state")
+  for name in os.listdir(newest):  # garbage bytes in every file of the newest step
+    path = os.path.join(newest, name)
+    if os.path.isfile(path):
+      with open(path, "wb") as f:
+        f.write(b"\x00garbage" * 10)
+  shutil.rmtree(os.path.join(newest, "d"), ignore_errors=True)  # and a deleted file
+  with caplog.at_level("ERROR", logger="mmvit"):
+    resumed = run_to(workdir)
+  msg = [r.getMessage() for r in caplog.records if "unreadable" in r.getMessage()]
+  assert msg and "checkpoint step 6" in msg[0] and "trying the previous step" in msg[0]
+  assert any(n.startswith("6.unreadable") for n in os.listdir(os.path.join(workdir,
+                                                                          "checkpoints")))
+  assert leaves_equal(full["state"], resumed["state"])
+
+
+def test_a_checkpoint_of_an_incompatible_config_gives_one_line_naming_the_parameter(tmp_path):
+  workdir = str(tmp_path / "w")
+  run_to(workdir, stop_at=2)
+  cfg = tiny_config("weighted", steps=3, checkpoint_every=1)
+  cfg.model.mlp_dim = 48
+  with pytest.raises(checkpointing.CheckpointError) as e:
+    train.run(cfg, workdir, data=FakeData(), allow_config_change=True)
+  assert "\n" not in str(e.value)
+  assert ("parameter shared/encoderblock_0/MlpBlock_0/Dense_0/bias has shape (64,), this "
+          "config expects (48,)") in str(e.value)
+
+
+def test_another_config_in_a_used_workdir_is_refused_unless_allowed(tmp_path):
+  workdir = str(tmp_path / "w")
+  run_to(workdir, stop_at=2)
+  before = sorted(os.listdir(os.path.join(workdir, "checkpoints")))
+  cfg = tiny_config("weighted", steps=3, checkpoint_every=1)
+  cfg.tasks.image.batch_size = 16
+  with pytest.raises(checkpointing.WorkdirError, match=r"tasks.image.batch_size was 8, now 16"):
+    train.run(cfg, workdir, data=FakeData())
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == before
+  # Fields that do not change what is trained may differ.
+  run_to(workdir, stop_at=3, eval_every=1, log_every=2)
+  saved = json.load(open(os.path.join(workdir, "config.json")))
+  assert saved["tasks"]["image"]["batch_size"] == 8
+
+
+class NaNData(FakeData):
+  """Batch `at` of task `task` carries a NaN input."""
+
+  def __init__(self, task_dataset, at):
+    super().__init__()
+    self.task_dataset, self.at = task_dataset, at
+
+  def train_iterator(self, name, **kw):
+    it = super().train_iterator(name, **kw)
+    if name != self.task_dataset:
+      return it
+    at = self.at
+
+    class Poisoned(type(it)):
+      def __next__(self):
+        b = make_batch(self.name, self.batch_size, [self.seed, self.index])
+        if self.index == at:
+          first = next(iter(b))
+          b[first][0].flat[0] = np.nan
+        self.index += 1
+        return b
+    p = Poisoned(it.name, it.batch_size, it.seed)
+    return p
+
+
+def test_a_non_finite_loss_stops_training_naming_step_and_task_keeping_the_last_good_save(
+    tmp_path):
+  workdir = str(tmp_path / "w")
+  cfg = tiny_config("weighted", steps=3, checkpoint_every=1, log_every=1)
+  with pytest.raises(train.NonFiniteError) as e:
+    train.run(cfg, workdir, data=NaNData("digits_audio", 1))
+  msg = str(e.value)
+  assert "(task audio)" in msg and "non-finite loss or gradient at step" in msg
+  assert "last good checkpoint: step" in msg
+  bad = int(msg.split("at step ")[1].split()[0])
+  steps = [int(n) for n in os.listdir(os.path.join(workdir, "checkpoints")) if n.isdigit()]
+  assert max(steps) <= bad
+
+
+def test_the_skip_policy_drops_the_bad_update_and_goes_on():
+  cfg = tiny_config("weighted", steps=3, nonfinite=dict(policy="skip", max_skips=1))
+  out = train.run(cfg, None, data=NaNData("digits_audio", 1))
+  assert out["skipped_updates"] == 1
+  assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(out["state"]["params"]))
