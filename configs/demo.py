@@ -11,17 +11,18 @@ schedule but accumulated, where each of the U/T updates uses one batch of every 
 import ml_collections
 
 # Per-task batches: the same under every schedule and in configs/single_task.py.
-STEPS = {"image": 300, "video_direction": 300, "video_digit": 450, "audio": 450}
+STEPS = {"image": 500, "video_direction": 400, "video_digit": 1500, "audio": 1000}
 
 
 def model_config() -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(
-      width=96, depth=4, num_heads=4, mlp_dim=192, dropout=0.0, attention_dropout=0.0,
+      width=128, depth=4, num_heads=4, mlp_dim=256, dropout=0.0, attention_dropout=0.0,
       stochastic_depth=0.0, pool="token", adapter_depth=0, class_token=True,
       tokenizers=dict(
-          image=dict(kind="image", patch=(4, 4)),                 # 32x32x1 -> 64 tokens
+          image=dict(kind="image", patch=(8, 8)),                 # 32x32x1 -> 16 tokens
           video=dict(kind="tubelet", patch=(2, 8, 8)),            # 8x32x32x1 -> 64 tokens
-          audio=dict(kind="spectrogram", patch=(8, 8)),           # 64x32 log-mel -> 32 tokens
+          # 4 frames x all 32 mel bins: 16 tokens (beat 8x8 patches, 89% vs 82%, alone).
+          audio=dict(kind="spectrogram", patch=(4, 32)),          # 64x32 log-mel -> 16 tokens
       )))
 
 
@@ -47,9 +48,9 @@ def get_config(arg: str = "weighted"):
   c.tasks = tasks
   c.schedule = dict(kind=arg)
   c.total_steps = None  # sum of the tasks' steps (accumulated: that sum / number of tasks)
-  c.optimizer = dict(name="adamw", lr=1e-3, warmup_steps=100, lr_schedule="cosine",
+  c.optimizer = dict(name="adamw", lr=3e-3, warmup_steps=100, lr_schedule="cosine",
                      weight_decay=1e-4, b1=0.9, b2=0.999, grad_clip_norm=1.0)
-  c.eval_every = 300
+  c.eval_every = 500
   c.eval_batch_size = 256
   c.log_every = 100
   c.checkpoint_every = 500
