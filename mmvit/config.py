@@ -41,7 +41,26 @@ class ConfigError(ValueError):
   """A bad config: the message is one line naming the field and what was expected."""
 
 
-def _check_keys(d: Mapping, allowed: set[str], where: str):
+def show(value) -> str:
+  """A value on one line (a ConfigDict's repr spans several)."""
+  if isinstance(value, ml_collections.ConfigDict):
+    value = value.to_dict()
+  return " ".join(repr(value).split())
+
+
+def names(value, field: str) -> tuple[str, ...]:
+  """A name or a sequence of names, else a ConfigError naming the field."""
+  if isinstance(value, str):
+    return (value,)
+  if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+    return tuple(value)
+  raise ConfigError(f"{field}={show(value)}: expected a name or a tuple of names")
+
+
+def _check_keys(d, allowed: set[str], where: str):
+  if not isinstance(d, (Mapping, ml_collections.ConfigDict)):
+    raise ConfigError(f"{where}={show(d)}: expected a dict with fields "
+                      f"{', '.join(sorted(allowed))}")
   for k in d.keys():
     if k not in allowed:
       raise ConfigError(f"{where}.{k}: unknown field; allowed: {', '.join(sorted(allowed))}")
@@ -49,24 +68,24 @@ def _check_keys(d: Mapping, allowed: set[str], where: str):
 
 def _int(value, field: str, minimum: int = 1) -> int:
   if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-    raise ConfigError(f"{field}={value!r}: expected an integer >= {minimum}")
+    raise ConfigError(f"{field}={show(value)}: expected an integer >= {minimum}")
   return value
 
 
 def _float(value, field: str, lo: float = 0.0, hi: float | None = None,
            hi_open: bool = False) -> float:
   if isinstance(value, bool) or not isinstance(value, (int, float)):
-    raise ConfigError(f"{field}={value!r}: expected a number")
+    raise ConfigError(f"{field}={show(value)}: expected a number")
   bad = value < lo or (hi is not None and (value >= hi if hi_open else value > hi))
   if bad or value != value:
     upper = "" if hi is None else (f" and < {hi}" if hi_open else f" and <= {hi}")
-    raise ConfigError(f"{field}={value!r}: expected a number >= {lo}{upper}")
+    raise ConfigError(f"{field}={show(value)}: expected a number >= {lo}{upper}")
   return float(value)
 
 
 def _choice(value, field: str, allowed) -> str:
   if value not in allowed:
-    raise ConfigError(f"{field}={value!r}: expected one of {', '.join(allowed)}")
+    raise ConfigError(f"{field}={show(value)}: expected one of {', '.join(allowed)}")
   return value
 
 
@@ -101,7 +120,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     patch = tok.get("patch")
     if patch is None or isinstance(patch, (str, int)) or not all(
         isinstance(p, int) and not isinstance(p, bool) and p > 0 for p in patch):
-      raise ConfigError(f"model.tokenizers.{name}.patch={patch!r}: expected a tuple of positive "
+      raise ConfigError(f"model.tokenizers.{name}.patch={show(patch)}: expected a tuple of positive "
                         "integers")
 
   o = config.optimizer
@@ -127,19 +146,19 @@ def validate(config: ml_collections.ConfigDict) -> None:
     where = f"tasks.{name}"
     _check_keys(t, TASK_KEYS, where)
     if not isinstance(t.get("dataset"), str):
-      raise ConfigError(f"{where}.dataset={t.get('dataset')!r}: expected a dataset name")
-    mods = as_tuple(t.get("modalities", ()))
+      raise ConfigError(f"{where}.dataset={show(t.get('dataset'))}: expected a dataset name")
+    mods = names(t.get("modalities", ()), f"{where}.modalities")
     if not mods:
       raise ConfigError(f"{where}.modalities: expected one or more of "
                         f"{', '.join(m.tokenizers.keys())}")
     for mod in mods:
       if mod not in m.tokenizers:
-        raise ConfigError(f"{where}.modalities: unknown modality {mod!r}; expected one of "
+        raise ConfigError(f"{where}.modalities: unknown modality {show(mod)}; expected one of "
                           f"{', '.join(m.tokenizers.keys())} (model.tokenizers)")
     _choice(t.get("head", "multiclass"), f"{where}.head", HEAD_KINDS)
-    labels = as_tuple(t.get("labels", "label"))
+    labels = names(t.get("labels", "label"), f"{where}.labels")
     if not labels or (t.get("head", "multiclass") != "multihead" and len(labels) != 1):
-      raise ConfigError(f"{where}.labels={labels!r}: expected one label key (several only with "
+      raise ConfigError(f"{where}.labels={show(labels)}: expected one label key (several only with "
                         "head='multihead')")
     _int(t.get("batch_size"), f"{where}.batch_size", 1)
     for f in ("lr", "lr_mult", "loss_weight", "label_smoothing", "stochastic_depth"):
@@ -175,7 +194,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
                           f"{', '.join(config.tasks.keys())}")
     for t in config.tasks:
       if t not in ratios:
-        raise ConfigError(f"schedule.ratios: missing a weight for task {t!r}")
+        raise ConfigError(f"schedule.ratios: missing a weight for task {show(t)}")
       _float(ratios[t], f"schedule.ratios.{t}", 0.0)
     if sum(ratios.values()) <= 0:
       raise ConfigError("schedule.ratios: the weights sum to 0; expected a positive sum")
@@ -184,7 +203,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check_keys(mesh, set(MESH_AXES), "mesh")
   for a, v in mesh.items():
     if not isinstance(v, int) or isinstance(v, bool) or (v < 1 and v != -1):
-      raise ConfigError(f"mesh.{a}={v!r}: expected a positive integer or -1 (all remaining "
+      raise ConfigError(f"mesh.{a}={show(v)}: expected a positive integer or -1 (all remaining "
                         "devices)")
   nf = config.get("nonfinite") or {}
   _check_keys(nf, {"policy", "max_skips"}, "nonfinite")

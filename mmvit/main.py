@@ -27,11 +27,14 @@ def main(argv):
                       stream=sys.stdout, force=True)
   for noisy in ("absl", "jax", "orbax", "tensorflow_datasets", "grain"):
     logging.getLogger(noisy).setLevel(logging.WARNING)
-  from mmvit import checkpointing, config as config_lib, train  # noqa: PLC0415
+  from mmvit import checkpointing, config as config_lib, data as data_lib, train  # noqa: PLC0415
   try:
     summary = train.run(_CONFIG.value, _WORKDIR.value, allow_config_change=_ALLOW.value)
   except config_lib.ConfigError as e:
     print(f"config error: {e}", file=sys.stderr)
+    return 2
+  except data_lib.DataError as e:
+    print(f"data error: {e}", file=sys.stderr)
     return 2
   except (checkpointing.WorkdirError, checkpointing.CheckpointError) as e:
     print(f"checkpoint error: {e}", file=sys.stderr)

@@ -86,6 +86,7 @@ class Experiment:
   eval_steps: dict[str, Callable]
   accumulated_step: Callable | None
   traces: dict[str, int]  # how many times each step function was traced (compiled)
+  tokenizer_specs: dict
   make_eval_step: Callable  # (task, views, drop) -> jitted eval step, for variants
   data: object  # the data module (mmvit.data, or a stand-in with the same functions)
 
@@ -119,18 +120,68 @@ def parameter_report(groups: dict[str, dict], task_groups_: dict[str, tuple[str,
           "ratio_cotrained_to_single_total": total / sum(single.values())}
 
 
-def build(config: ml_collections.ConfigDict, *, devices=None, data=None) -> Experiment:
-  """Validates the config, resolves tasks and builds model, state and compiled-step wrappers."""
+def prepare(config: ml_collections.ConfigDict, *, devices=None, data=None):
+  """Everything that can reject a config, without building the model: validation, tasks and
+  datasets, the schedule, the mesh. Returns (tasks, tokenizer specs, schedule, mesh)."""
   config_lib.validate(config)
-  data = data or data_lib
-  tasks, tok_specs = tasks_lib.resolve(config, data)
+  tasks, tok_specs = tasks_lib.resolve(config, data or data_lib)
   schedule = make_schedule(config, tasks)
-  mesh = sharding.make_mesh(dict(config.get("mesh") or {}), devices)
+  try:
+    mesh = sharding.make_mesh(dict(config.get("mesh") or {}), devices)
+  except ValueError as e:
+    raise config_lib.ConfigError(str(e)) from None
   for t in tasks:
     n_batch = math.prod(mesh.shape[a] for a in ("data", "fsdp"))
     if t.batch_size % n_batch:
       raise config_lib.ConfigError(f"tasks.{t.name}.batch_size={t.batch_size}: expected a "
                                    f"multiple of the data-parallel size {n_batch}")
+  return tasks, tok_specs, schedule, mesh
+
+
+def check_batch(task: tasks_lib.Task, batch: dict, specs: dict, step: int) -> None:
+  """The door for data: shapes, dtypes, finiteness and label ranges of a host batch, with a
+  one-line DataError naming the task, step, key and record."""
+  where = f"task {task.name} step {step}"
+  expected = {specs[m].input_key: specs[m].input_shape for m in task.modalities}
+  for key, shape in expected.items():
+    x = batch.get(key)
+    if x is None:
+      raise data_lib.DataError(f"{where}: batch has no input {key!r} (has {sorted(batch)})")
+    x = np.asarray(x)
+    if x.shape[1:] != tuple(shape) or x.shape[0] != task.batch_size:
+      raise data_lib.DataError(f"{where}: input {key!r} has shape {x.shape}, expected "
+                               f"{(task.batch_size,) + tuple(shape)}")
+    if not np.issubdtype(x.dtype, np.floating):
+      raise data_lib.DataError(f"{where}: input {key!r} has dtype {x.dtype}, expected float")
+    bad = ~np.isfinite(x.reshape(x.shape[0], -1)).all(axis=1)
+    if bad.any():
+      raise data_lib.DataError(f"{where}: input {key!r} of record {int(np.argmax(bad))} in the "
+                               "batch is not finite")
+  for key, classes in zip(task.head.labels, task.head.num_classes):
+    y = batch.get(key)
+    if y is None:
+      raise data_lib.DataError(f"{where}: batch has no label {key!r}")
+    y = np.asarray(y)
+    if task.head.kind == "multilabel":
+      ok_shape, bad = y.shape == (task.batch_size, classes), ~((y == 0) | (y == 1)).all(-1)
+      want = f"multi-hot of shape {(task.batch_size, classes)}"
+    else:
+      ok_shape = y.shape == (task.batch_size,) and np.issubdtype(y.dtype, np.integer)
+      bad = (y < 0) | (y >= classes) if ok_shape else None
+      want = f"integers in [0, {classes}) of shape {(task.batch_size,)}"
+    if not ok_shape:
+      raise data_lib.DataError(f"{where}: label {key!r} has shape {y.shape} and dtype "
+                               f"{y.dtype}, expected {want}")
+    if bad.any():
+      i = int(np.argmax(bad))
+      raise data_lib.DataError(f"{where}: label {key!r} of record {i} is {y[i].tolist()}, "
+                               f"expected {want}")
+
+
+def build(config: ml_collections.ConfigDict, *, devices=None, data=None) -> Experiment:
+  """Validates the config, resolves tasks and builds model, state and compiled-step wrappers."""
+  data = data or data_lib
+  tasks, tok_specs, schedule, mesh = prepare(config, devices=devices, data=data)
   seed = int(config.get("seed", 0))
   o = config.optimizer
   model = build_model(config, tasks, tok_specs, seed)
@@ -296,7 +347,8 @@ def build(config: ml_collections.ConfigDict, *, devices=None, data=None) -> Expe
                     model_spec=ModelSpec.from_config(config.model), graphdef=graphdef,
                     state=state, state_shardings=state_sh, groups=groups,
                     train_steps=train_steps, eval_steps=eval_steps, accumulated_step=acc,
-                    traces=traces, data=data, make_eval_step=make_eval_step)
+                    traces=traces, data=data, make_eval_step=make_eval_step,
+                    tokenizer_specs=tok_specs)
 
 
 def mixup(task: tasks_lib.Task, batch: dict, key: jax.Array):
@@ -451,17 +503,21 @@ def run(config: ml_collections.ConfigDict, workdir: str | None, *, devices=None,
           f"last good checkpoint: {where}")
 
   preempted = None
+  by_name = exp.task_by_name
   with jax.set_mesh(exp.mesh), Preempted() as sigterm:
     for step in range(start, end):
       names = schedule.tasks_at(step)
       key = "accumulated" if schedule.kind == "accumulated" else names[0]
       t0 = time.perf_counter()
       step_arr = jnp.asarray(step, jnp.int32)
+      host = {n: next(iters[n]) for n in names}
+      for n in names:
+        check_batch(by_name[n], host[n], exp.tokenizer_specs, step)
       if schedule.kind == "accumulated":
-        batches = {n: sharding.shard_batch(next(iters[n]), exp.mesh) for n in names}
+        batches = {n: sharding.shard_batch(b, exp.mesh) for n, b in host.items()}
         state, metrics = exp.accumulated_step(state, batches, step_arr)
       else:
-        batch = sharding.shard_batch(next(iters[key]), exp.mesh)
+        batch = sharding.shard_batch(host[key], exp.mesh)
         state, metrics = exp.train_steps[key](state, batch, step_arr)
       last[key] = metrics
       if key not in compiled:

@@ -19,7 +19,7 @@ import pytest
 import mmvit.data as data
 from mmvit.data import preprocess, synth
 
-DATASETS = data.DATASETS
+DATASETS = ('digits_image', 'digits_video', 'digits_audio')  # AV: test_data_av
 SPLITS = ('train', 'validation', 'test')
 INPUT_SPEC = {  # key -> (shape, value range or None)
     'digits_image': {'image': ((32, 32, 1), (-1.0, 1.0))},

@@ -127,7 +127,8 @@ def test_another_config_in_a_used_workdir_is_refused_unless_allowed(tmp_path):
 
 
 class NaNData(FakeData):
-  """Batch `at` of task `task` carries a NaN input."""
+  """Batch `at` of the dataset carries an input of 3e38 everywhere: finite, so it passes the data checks,
+  but it overflows in the forward pass and gives a non-finite loss (as a diverging run does)."""
 
   def __init__(self, task_dataset, at):
     super().__init__()
@@ -144,7 +145,7 @@ class NaNData(FakeData):
         b = make_batch(self.name, self.batch_size, [self.seed, self.index])
         if self.index == at:
           first = next(iter(b))
-          b[first][0].flat[0] = np.nan
+          b[first][0] = 3e38
         self.index += 1
         return b
     p = Poisoned(it.name, it.batch_size, it.seed)
@@ -170,3 +171,32 @@ def test_the_skip_policy_drops_the_bad_update_and_goes_on():
   out = train.run(cfg, None, data=NaNData("digits_audio", 1))
   assert out["skipped_updates"] == 1
   assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(out["state"]["params"]))
+
+
+def test_a_nan_record_is_a_one_line_data_error_naming_task_step_key_and_record():
+  from mmvit.data import DataError
+
+  class Poison(NaNData):
+    pass
+  data = NaNData("digits_audio", 1)
+  orig = data.train_iterator
+
+  def it(name, **kw):
+    i = orig(name, **kw)
+    if name == "digits_audio":
+      nxt = type(i).__next__
+
+      class NaNIt(type(i)):
+        def __next__(self):
+          b = nxt(self)
+          if self.index == 2:
+            b["spectrogram"][3, 0, 0, 0] = np.nan
+          return b
+      j = NaNIt(i.name, i.batch_size, i.seed)
+      return j
+    return i
+  data.train_iterator = it
+  with pytest.raises(DataError) as e:
+    train.run(tiny_config("weighted", steps=3), None, data=data)
+  assert "\n" not in str(e.value)
+  assert "task audio step" in str(e.value) and "input 'spectrogram' of record 3" in str(e.value)
