@@ -118,7 +118,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _check_keys(tok, TOKENIZER_KEYS, f"model.tokenizers.{name}")
     _choice(tok.get("kind"), f"model.tokenizers.{name}.kind", tuple(TOKENIZER_KINDS))
     patch = tok.get("patch")
-    if patch is None or isinstance(patch, (str, int)) or not all(
+    if not isinstance(patch, (list, tuple)) or not patch or not all(
         isinstance(p, int) and not isinstance(p, bool) and p > 0 for p in patch):
       raise ConfigError(f"model.tokenizers.{name}.patch={show(patch)}: expected a tuple of positive "
                         "integers")

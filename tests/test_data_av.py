@@ -87,6 +87,12 @@ def _spec(wave, start):
 
 # ------------------------------------------------------ sizes and labels ---
 
+def test_av_datasets_are_part_of_the_suite():
+  assert AV == ('av_digits', 'av_xor', 'av_multilabel')
+  assert set(AV) <= set(data.DATASETS)
+  assert synth.AV_DATASETS == preprocess.AV_DATASETS == AV
+
+
 @pytest.mark.parametrize('name', AV)
 def test_sizes_shapes_and_classes_come_from_the_built_data(name, data_dir,
                                                            meta):
@@ -247,9 +253,10 @@ def test_multi_view_gives_k_aligned_crops_spread_over_the_clip(views, data_dir):
       assert not np.array_equal(b['spectrogram'][row, k - 1],
                                 b['spectrogram'][row, k])
   mask = np.concatenate([x['mask'] for x in batches])
-  assert mask.sum() == n and not batches[-1]['video'][~batches[-1]['mask']].any()
-  np.testing.assert_array_equal(np.concatenate([x['label'] for x in batches])[:n],
-                                [int(c['label']) for c in clips])
+  last = batches[-1]
+  assert mask.sum() == n and not last['video'][~last['mask']].any()
+  labels = np.concatenate([x['label'] for x in batches])[:n]
+  np.testing.assert_array_equal(labels, [int(c['label']) for c in clips])
 
 
 def test_one_view_is_the_central_crop(data_dir):
@@ -377,7 +384,8 @@ def test_bad_augment_raises_a_one_line_data_error_naming_the_key(
   if key in preprocess.AUGMENT_KEYS[name]:  # a bad value: says what is allowed
     assert 'must be' in msg
   elif key in preprocess.SPEC_AUGMENT_KEYS + ('time_mask',):
-    assert 'must be' in msg or all(k in msg for k in preprocess.SPEC_AUGMENT_KEYS)
+    assert 'must be' in msg or all(
+        k in msg for k in preprocess.SPEC_AUGMENT_KEYS)
   else:  # an unknown key: lists the allowed ones
     assert all(k in msg for k in preprocess.AUGMENT_KEYS[name])
 

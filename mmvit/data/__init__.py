@@ -11,6 +11,20 @@ downloaded, no TensorFlow needed):
   noise; ``label``. Validation/test speakers (espeak-ng variants) are absent
   from train.
 
+Audio-visual datasets (`AV_DATASETS`, for fusion): a 12-frame 32x32 clip of a
+scan and 1.5 s of a spoken digit (a split's scans and speakers come only from
+the same split of digits_image / digits_audio). The model sees an 8-frame
+window ``video`` (8, 32, 32, 1) and the log-mel ``spectrogram`` (64, 32, 1) of
+1.0 s of audio (random, synchronous or not, in training; central or
+``views`` aligned crops in evaluation):
+
+* ``av_digits``: the same digit shown (noisy, occluded) and spoken (low SNR);
+  ``label``. Each modality alone is only partly recognisable.
+* ``av_xor``: independent digits; ``label`` = parity(shown) XOR
+  parity(spoken), balanced: chance from any single modality.
+* ``av_multilabel``: independent digits; ``labels`` = multi-hot float32 (10,)
+  of {shown, spoken}.
+
 Each split is ``train`` / ``validation`` / ``test``. Data live in
 ``<data_dir>/<name>/<version>/`` with ``data_dir`` defaulting to
 ``$MMVIT_DATA_DIR`` or ``~/.cache/mmvit/data``. Builds take a file lock and tfds
@@ -42,11 +56,14 @@ if TYPE_CHECKING:
   import grain
 
 __all__ = [
-    'DATASETS', 'DataError', 'DatasetInfo', 'data_source', 'dataset_info',
+    'AV_DATASETS', 'DATASETS', 'DataError', 'DatasetInfo', 'data_source',
+    'dataset_info',
     'default_data_dir', 'ensure_built', 'eval_batches', 'train_iterator',
 ]
 
-DATASETS: tuple[str, ...] = ('digits_image', 'digits_video', 'digits_audio')
+AV_DATASETS: tuple[str, ...] = ('av_digits', 'av_xor', 'av_multilabel')
+DATASETS: tuple[str, ...] = ('digits_image', 'digits_video',
+                             'digits_audio') + AV_DATASETS
 SPLITS: tuple[str, ...] = ('train', 'validation', 'test')
 
 _log = logging.getLogger(__name__)
@@ -204,19 +221,27 @@ def dataset_info(name: str, data_dir: str | None = None) -> DatasetInfo:
 
   builder = _builder(name, data_dir)
   info = builder.info
-  example = data_source(name, 'train', data_dir)[0]
-  element = preprocess.Featurize(name).map(preprocess.Decode(name).map(example))
+  element = data_source(name, 'train', data_dir)[0]
+  for t in preprocess.eval_transforms(name):
+    element = t.map(element)
   result = DatasetInfo(
       name=name,
       splits={s: int(info.splits[s].num_examples) for s in SPLITS},
       features={k: (tuple(np.shape(v)), np.asarray(v).dtype)
                 for k, v in element.items()},
-      num_classes={k: int(info.features[k].num_classes)
+      num_classes={k: _num_classes(info.features[k])
                    for k in preprocess.LABEL_KEYS[name]},
   )
   with _LOCK:
     _INFOS[key] = result
   return result
+
+
+def _num_classes(feature) -> int:
+  # ClassLabel, or a multi-hot Tensor (num_classes,).
+  if hasattr(feature, 'num_classes'):
+    return int(feature.num_classes)
+  return int(feature.shape[-1])
 
 
 # ------------------------------------------------------------ pipelines ----
@@ -242,11 +267,16 @@ def train_iterator(name: str, *, batch_size: int, seed: int,
   """Infinite, shuffled, batched iterator over a split (default 'train').
 
   Each epoch is reshuffled; order and augmentations are a deterministic
-  function of `seed`; batches drop no examples within an epoch boundary but
-  the stream is cut into full batches (drop_remainder). The returned grain
-  iterator supports `get_state()` / `set_state(state)`: restoring a state into
-  a fresh iterator built with the same arguments yields exactly the batches
-  that followed it.
+  function of `seed` (and of the element's position in the stream); batches
+  drop no examples within an epoch boundary but the stream is cut into full
+  batches (drop_remainder). The returned grain iterator supports
+  `get_state()` / `set_state(state)`: restoring a state into a fresh iterator
+  built with the same arguments yields exactly the batches that followed it.
+
+  AV datasets (`AV_DATASETS`) always crop a random window of every clip: video
+  frames [t_v, t_v + 8) with t_v uniform in 0..4 of the 12, and 1.0 s of the
+  1.5 s audio from t_a = t_v / 12 * 1.5 s (``sync``, default) or from an
+  independent uniform t_a in [0, 0.5 s] (``sync=False``).
 
   Args:
     name: one of `DATASETS`.
@@ -254,11 +284,21 @@ def train_iterator(name: str, *, batch_size: int, seed: int,
     seed: pipeline seed in [0, 2**32 - 1].
     data_dir: data directory (default: `default_data_dir()`).
     split: split to read.
-    augment: None or a dict with keys among 'noise_std' (float >= 0: Gaussian
-      noise added to every float input), 'max_shift' (int px, image/video:
-      random translation), 'time_shift' (int samples, audio: random circular
-      shift of the waveform before the spectrogram). Unknown keys raise
-      DataError.
+    augment: None or a dict; each dataset accepts a subset of these keys
+      (`preprocess.AUGMENT_KEYS`), others raise DataError:
+      'noise_std' (float >= 0): Gaussian noise added to every float input;
+      'max_shift' (int px; image/video/AV): random translation;
+      'time_shift' (int samples; digits_audio): random circular waveform shift;
+      'crop' (int px in [0, 16]; image/video/AV): pad then random crop back;
+      'flip' (bool; image/video/AV): random horizontal flip (digits_video
+      mirrors its `direction` label too);
+      'color_jitter' (float in [0, 1]; image/video/AV): per-clip brightness
+      offset in [-s, s] and contrast factor in [1 - s, 1 + s];
+      'spec_augment' (dict with int keys time_masks, time_width, freq_masks,
+      freq_width; digits_audio/AV): bands of the normalised spectrogram set to
+      0 (after 'noise_std');
+      'sync' (bool, default True; AV): see above.
+      Every clip draws one set of values, the same for all its frames.
 
   Yields:
     dict[str, np.ndarray] with the keys of `dataset_info(name).features`, each
@@ -274,16 +314,12 @@ def train_iterator(name: str, *, batch_size: int, seed: int,
     augment = preprocess.validate_augment(name, augment)
   except ValueError as e:
     raise DataError(f'{name}: {e}') from e
-  before, after = preprocess.augment_transforms(name, augment)
   source = data_source(name, split, data_dir)
 
   ds = grain.MapDataset.source(source).seed(seed).shuffle().repeat()
-  ds = ds.map(preprocess.Decode(name))
-  for t in before:
-    ds = ds.random_map(t)
-  ds = ds.map(preprocess.Featurize(name))
-  for t in after:
-    ds = ds.random_map(t)
+  for t in preprocess.train_transforms(name, augment):
+    ds = ds.random_map(t) if isinstance(t, grain.transforms.RandomMap) else (
+        ds.map(t))
   ds = ds.to_iter_dataset(_read_options())
   ds = ds.batch(batch_size, drop_remainder=True)
   return iter(ds)
@@ -298,7 +334,7 @@ class _WithMask:
 
 
 def eval_batches(name: str, *, split: str, batch_size: int,
-                 data_dir: str | None = None
+                 data_dir: str | None = None, views: int = 1
                  ) -> Iterator[dict[str, np.ndarray]]:
   """One deterministic pass over a whole split, in stored order.
 
@@ -306,23 +342,43 @@ def eval_batches(name: str, *, split: str, batch_size: int,
   zero elements. The boolean 'mask' key is True for real examples, so
   ``sum(b['mask'].sum() for b in eval_batches(...))`` equals the split size.
   Argument errors are raised here, not at the first `next()`.
+
+  AV datasets: ``views=1`` gives the central window (video frames 2..9, audio
+  0.25..1.25 s). ``views=K`` in 2..5 gives K windows uniformly spaced over the
+  clip (video starts ``preprocess.view_starts(K)``, e.g. 0, 2, 4 for K=3),
+  aligned in time across modalities, on a new axis 1 of every input:
+  video (B, K, 8, 32, 32, 1), spectrogram (B, K, 64, 32, 1); labels and
+  'mask' stay (B, ...). The other datasets have no time beyond the model's
+  window and only accept ``views=1``.
   """
   import grain  # pylint: disable=g-import-not-at-top
   from mmvit.data import preprocess  # pylint: disable=g-import-not-at-top
 
   name, data_dir = _resolve(name, data_dir)
   batch_size = _check_int('batch_size', batch_size, 1)
+  if name in AV_DATASETS:
+    try:
+      views = _check_int('views', views, 1, preprocess.AV_MAX_VIEWS)
+    except DataError as e:
+      raise DataError(f'{name}: {e} (distinct 8-frame windows of a '
+                      f'{preprocess.AV_FRAMES}-frame clip)') from None
+  elif views != 1:
+    raise DataError(
+        f'{name}: views={views!r} needs clips longer than the model window; '
+        f'only {", ".join(AV_DATASETS)} support views > 1')
   source = data_source(name, split, data_dir)
-  spec = dataset_info(name, data_dir).features
   n = len(source)
 
   ds = grain.MapDataset.source(source)
-  ds = ds.map(preprocess.Decode(name)).map(preprocess.Featurize(name))
+  for t in preprocess.eval_transforms(name, views):
+    ds = ds.map(t)
   ds = ds.map(_WithMask(True))
   if pad := (-n) % batch_size:
-    blank = {k: np.zeros(shape, dtype) for k, (shape, dtype) in spec.items()}
+    first = ds[0]
+    blank = {k: np.zeros_like(v) for k, v in first.items()}
     blank['mask'] = np.bool_(False)
-    ds = grain.MapDataset.concatenate([ds, grain.MapDataset.source([blank] * pad)])
+    ds = grain.MapDataset.concatenate(
+        [ds, grain.MapDataset.source([blank] * pad)])
   ds = ds.to_iter_dataset(_read_options()).batch(batch_size)
 
   def generate():

@@ -133,8 +133,93 @@ class DigitsAudio(_Builder, skip_registration=True):
     yield from synth.audio_examples(split)
 
 
+class _AVBuilder(_Builder, skip_registration=True):
+  """Common base of the audio-visual datasets (see `synth.av_examples`)."""
+
+  VERSION = tfds.core.Version('1.0.0')
+  RELEASE_NOTES = {'1.0.0': 'Initial release.'}
+  DESCRIPTION = ''
+
+  def _label_features(self) -> dict:
+    raise NotImplementedError
+
+  def _info(self):
+    n = synth.IMAGE_SIZE
+    digits = [str(i) for i in range(synth.NUM_DIGITS)]
+    return tfds.core.DatasetInfo(
+        builder=self,
+        description=(
+            self.DESCRIPTION + ' Clips are 12 frames of 32x32 (one '
+            'digits_image scan of the same split) with 1.5 s of 8 kHz audio '
+            '(a word centred at 0.75 s, spoken by a voice of the same split '
+            'of digits_audio); video and audio are degraded independently.'),
+        features=tfds.features.FeaturesDict({
+            'video': tfds.features.Tensor(
+                shape=(synth.AV_FRAMES, n, n, 1), dtype=np.uint8,
+                encoding='zlib'),
+            'waveform': tfds.features.Tensor(
+                shape=(synth.AV_SAMPLES,), dtype=np.int16, encoding='zlib'),
+            'shown': tfds.features.ClassLabel(names=digits),
+            'spoken': tfds.features.ClassLabel(names=digits),
+            'source_id': tfds.features.Scalar(
+                dtype=np.int64, doc='index of the shown scan in load_digits()'),
+            'speaker': tfds.features.Text(doc='espeak-ng voice+variant'),
+            'snr_db': tfds.features.Scalar(dtype=np.float32),
+            **self._label_features(),
+        }),
+        homepage=_HOMEPAGE,
+        citation=_CITATION,
+    )
+
+  def _generate_examples(self, split):
+    yield from synth.av_examples(self.name, split)
+
+
+class AVDigits(_AVBuilder, skip_registration=True):
+  """The same digit shown (noisy, occluded) and spoken (low SNR)."""
+
+  name = 'av_digits'
+  DESCRIPTION = (
+      'A digit both shown (low contrast, heavy noise, an occluding patch) and '
+      'spoken (low SNR); label = the digit.')
+
+  def _label_features(self):
+    return {'label': tfds.features.ClassLabel(
+        names=[str(i) for i in range(synth.NUM_DIGITS)])}
+
+
+class AVXor(_AVBuilder, skip_registration=True):
+  """Independent shown and spoken digits; label = parity XOR (balanced)."""
+
+  name = 'av_xor'
+  DESCRIPTION = (
+      'Independent, uniform shown and spoken digits (clean-ish); label = '
+      '(shown % 2) XOR (spoken % 2), exactly balanced.')
+
+  def _label_features(self):
+    return {'label': tfds.features.ClassLabel(names=['same_parity',
+                                                     'different_parity'])}
+
+
+class AVMultilabel(_AVBuilder, skip_registration=True):
+  """Independent shown and spoken digits; labels = multi-hot of the two."""
+
+  name = 'av_multilabel'
+  DESCRIPTION = (
+      'Independent, uniform shown and spoken digits (moderately degraded); '
+      'labels = multi-hot float32 (10,) of {shown, spoken}.')
+
+  def _label_features(self):
+    return {'labels': tfds.features.Tensor(
+        shape=(synth.NUM_DIGITS,), dtype=np.float32,
+        doc='multi-hot of {shown, spoken}')}
+
+
 BUILDERS: dict[str, type[tfds.core.GeneratorBasedBuilder]] = {
     'digits_image': DigitsImage,
     'digits_video': DigitsVideo,
     'digits_audio': DigitsAudio,
+    'av_digits': AVDigits,
+    'av_xor': AVXor,
+    'av_multilabel': AVMultilabel,
 }

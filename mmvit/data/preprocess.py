@@ -6,10 +6,18 @@ Raw tfds examples -> model inputs (float32) and labels (int32):
 * digits_video: ``video`` (8, 32, 32, 1) in [-1, 1]; ``direction``, ``digit``.
 * digits_audio: ``spectrogram`` (64, 32, 1) normalised log-mel; ``waveform``
   (8000,) in [-1, 1); ``label``.
+* av_digits / av_xor / av_multilabel: ``video`` (8, 32, 32, 1), an 8-frame
+  window of the 12-frame clip, and ``spectrogram`` (64, 32, 1), the log-mel
+  (as digits_audio) of 1.0 s of the 1.5 s audio; ``label`` (int32) or
+  ``labels`` (float32 multi-hot (10,)). Training crops random windows
+  (`RandomWindow`, synchronous or not), evaluation the central one or K
+  aligned views (`Window`).
 
-Deterministic transforms are `grain.transforms.Map`; random augmentations are
-`grain.transforms.RandomMap`, so grain seeds them per element (from the
-pipeline seed and the element's index) and they are reproducible and resumable.
+Pipelines: `train_transforms` (decode, window, augmentations, featurise) and
+`eval_transforms`. Deterministic transforms are `grain.transforms.Map`; random
+ones are `grain.transforms.RandomMap`, so grain seeds them per element (from
+the pipeline seed, the transform's position and the element's index in the
+stream) and they are reproducible and resumable.
 """
 
 from __future__ import annotations
@@ -20,6 +28,8 @@ from typing import Any
 
 import grain
 import numpy as np
+
+from mmvit.data import synth
 
 # ------------------------------------------------------------ log-mel -----
 
@@ -87,31 +97,59 @@ def log_mel(waveform: np.ndarray) -> np.ndarray:
 
 # ------------------------------------------------------------ transforms ---
 
+AV_DATASETS = synth.AV_DATASETS
+# The model sees WINDOW_FRAMES of an AV clip's AV_FRAMES frames and the 1.0 s
+# of audio that starts at the same time: frame f starts at f * 1000 samples.
+WINDOW_FRAMES = 8
+AV_FRAMES = synth.AV_FRAMES                     # 12
+AV_SAMPLES = synth.AV_SAMPLES                   # 12000 = 1.5 s
+AV_SAMPLES_PER_FRAME = AV_SAMPLES // AV_FRAMES  # 1000 = 0.125 s
+AV_MAX_START = AV_FRAMES - WINDOW_FRAMES        # window starts 0..4 frames
+AV_CENTRE_FRAME = AV_MAX_START // 2             # the central crop
+AV_MAX_VIEWS = AV_MAX_START + 1                 # distinct aligned crops
+
 INPUT_KEYS = {
     'digits_image': ('image',),
     'digits_video': ('video',),
     'digits_audio': ('spectrogram', 'waveform'),
+    **{n: ('video', 'spectrogram') for n in AV_DATASETS},
 }
 LABEL_KEYS = {
     'digits_image': ('label',),
     'digits_video': ('direction', 'digit'),
     'digits_audio': ('label',),
+    'av_digits': ('label',),
+    'av_xor': ('label',),
+    'av_multilabel': ('labels',),
 }
-# Augmentation keys each dataset accepts (see `augment_transforms`).
+_VISUAL_AUGMENTS = ('noise_std', 'max_shift', 'crop', 'flip', 'color_jitter')
+# Augmentation keys each dataset accepts (see `train_transforms`).
 AUGMENT_KEYS = {
-    'digits_image': ('noise_std', 'max_shift'),
-    'digits_video': ('noise_std', 'max_shift'),
-    'digits_audio': ('noise_std', 'time_shift'),
+    'digits_image': _VISUAL_AUGMENTS,
+    'digits_video': _VISUAL_AUGMENTS,
+    'digits_audio': ('noise_std', 'time_shift', 'spec_augment'),
+    **{n: _VISUAL_AUGMENTS + ('spec_augment', 'sync') for n in AV_DATASETS},
 }
+SPEC_AUGMENT_KEYS = ('time_masks', 'time_width', 'freq_masks', 'freq_width')
+_VISUAL_KEY = {'digits_image': 'image', 'digits_video': 'video',
+               **{n: 'video' for n in AV_DATASETS}}
 
 
 def _u8_to_unit(x: np.ndarray) -> np.ndarray:
   return (np.asarray(x, np.float32) * np.float32(2.0 / 255.0)) - np.float32(1)
 
 
+def _i16_to_unit(x: np.ndarray) -> np.ndarray:
+  return np.asarray(x, np.float32) / np.float32(32768.0)
+
+
 @dataclasses.dataclass(frozen=True)
 class Decode(grain.transforms.Map):
-  """Raw tfds example -> float32 inputs in [-1, 1] and int32 labels."""
+  """Raw tfds example -> float32 inputs in [-1, 1] and int32 labels.
+
+  AV datasets keep the whole clip here (video (12, 32, 32, 1), waveform
+  (12000,)); `Window` / `RandomWindow` cut the model's window out of it.
+  """
 
   name: str
 
@@ -124,20 +162,95 @@ class Decode(grain.transforms.Map):
               'direction': np.int32(element['direction']),
               'digit': np.int32(element['digit'])}
     if self.name == 'digits_audio':
-      wav = np.asarray(element['waveform'], np.float32) / np.float32(32768.0)
-      return {'waveform': wav, 'label': np.int32(element['label'])}
+      return {'waveform': _i16_to_unit(element['waveform']),
+              'label': np.int32(element['label'])}
+    if self.name in AV_DATASETS:
+      out = {'video': _u8_to_unit(element['video']),
+             'waveform': _i16_to_unit(element['waveform'])}
+      if self.name == 'av_multilabel':
+        out['labels'] = np.asarray(element['labels'], np.float32)
+      else:
+        out['label'] = np.int32(element['label'])
+      return out
     raise ValueError(f'unknown dataset {self.name!r}')
+
+
+def crop_window(element: dict[str, np.ndarray], video_start: int,
+                audio_start: int) -> dict[str, np.ndarray]:
+  """The WINDOW_FRAMES frames from `video_start` and the 1.0 s of waveform from
+  sample `audio_start` of a decoded AV clip."""
+  return {
+      **element,
+      'video': element['video'][video_start:video_start + WINDOW_FRAMES],
+      'waveform': element['waveform'][audio_start:audio_start + SAMPLE_RATE],
+  }
+
+
+def view_starts(views: int) -> tuple[int, ...]:
+  """Video start frames of `views` crops: the central one for 1, else
+  uniformly spaced over the clip (distinct for views <= AV_MAX_VIEWS)."""
+  if views == 1:
+    return (AV_CENTRE_FRAME,)
+  return tuple(int(v) for v in np.round(np.linspace(0, AV_MAX_START, views)))
+
+
+@dataclasses.dataclass(frozen=True)
+class Window(grain.transforms.Map):
+  """Evaluation crops of an AV clip, aligned in time across modalities.
+
+  views == 1: the central crop (no view axis). views == K > 1: K crops at
+  `view_starts(K)`, stacked on a new leading view axis of every input.
+  """
+
+  name: str
+  views: int = 1
+
+  def map(self, element):
+    crops = [crop_window(element, t, t * AV_SAMPLES_PER_FRAME)
+             for t in view_starts(self.views)]
+    if self.views == 1:
+      return crops[0]
+    return {**element, **{k: np.stack([c[k] for c in crops])
+                          for k in ('video', 'waveform')}}
+
+
+@dataclasses.dataclass(frozen=True)
+class RandomWindow(grain.transforms.RandomMap):
+  """Training crop of an AV clip: video start t_v uniform in 0..AV_MAX_START
+  frames; sync: audio from the matching time (t_v * 1000 samples, i.e.
+  t_v / 12 * 1.5 s), else from an independent uniform sample offset in
+  0..AV_MAX_START * 1000."""
+
+  name: str
+  sync: bool = True
+
+  def random_map(self, element, rng: np.random.Generator):
+    t_v = int(rng.integers(0, AV_MAX_START + 1))
+    t_a = int(rng.integers(0, AV_MAX_START * AV_SAMPLES_PER_FRAME + 1))
+    if self.sync:
+      t_a = t_v * AV_SAMPLES_PER_FRAME
+    return crop_window(element, t_v, t_a)
 
 
 @dataclasses.dataclass(frozen=True)
 class Featurize(grain.transforms.Map):
-  """Adds derived inputs (log-mel spectrogram for audio) and fixes key order."""
+  """Adds derived inputs (log-mel spectrogram for audio) and fixes key order.
+
+  AV datasets replace the waveform by its spectrogram (a leading view axis,
+  if any, is kept).
+  """
 
   name: str
 
   def map(self, element: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     if self.name == 'digits_audio':
       element = {'spectrogram': log_mel(element['waveform']), **element}
+    elif self.name in AV_DATASETS:
+      wav = element['waveform']
+      spec = (log_mel(wav) if wav.ndim == 1 else
+              np.stack([log_mel(w) for w in wav]))
+      element = {'video': element['video'], 'spectrogram': spec,
+                 **{k: element[k] for k in LABEL_KEYS[self.name]}}
     return element
 
 
@@ -170,8 +283,8 @@ class RandomShift(grain.transforms.RandomMap):
 
   def random_map(self, element, rng: np.random.Generator):
     element = dict(element)
-    if self.name in ('digits_image', 'digits_video') and self.max_shift > 0:
-      key = 'image' if self.name == 'digits_image' else 'video'
+    if self.name in _VISUAL_KEY and self.max_shift > 0:
+      key = _VISUAL_KEY[self.name]
       x = element[key]
       dy, dx = rng.integers(-self.max_shift, self.max_shift + 1, size=2)
       axes = (0, 1) if key == 'image' else (1, 2)
@@ -180,6 +293,56 @@ class RandomShift(grain.transforms.RandomMap):
     if self.name == 'digits_audio' and self.time_shift > 0:
       k = int(rng.integers(-self.time_shift, self.time_shift + 1))
       element['waveform'] = np.roll(element['waveform'], k)
+    return element
+
+
+@dataclasses.dataclass(frozen=True)
+class VisualAugment(grain.transforms.RandomMap):
+  """Random crop, horizontal flip and colour jitter of an image or clip (one
+  draw per clip, applied to all its frames), in that order.
+
+  crop: pad by `crop` px with the median (background), then crop back to the
+  original size at a uniform offset. flip: mirror left-right with probability
+  1/2 (digits_video: the `direction` label is mirrored too). color_jitter s:
+  brightness offset uniform in [-s, s] and contrast factor in [1 - s, 1 + s]
+  around the clip mean, clipped to [-1, 1].
+
+  Every element draws the same five uniforms whatever is enabled, so turning
+  one augmentation on does not change what the others do.
+  """
+
+  name: str
+  crop: int = 0
+  flip: bool = False
+  color_jitter: float = 0.0
+
+  def random_map(self, element, rng: np.random.Generator):
+    u = rng.random(5)
+    element = dict(element)
+    key = _VISUAL_KEY[self.name]
+    x = element[key]
+    h_ax, w_ax = (0, 1) if key == 'image' else (1, 2)
+    if self.crop > 0:
+      p = self.crop
+      pad = [(0, 0)] * x.ndim
+      pad[h_ax] = pad[w_ax] = (p, p)
+      padded = np.pad(x, pad, constant_values=np.float32(np.median(x)))
+      oy, ox = (min(int(v * (2 * p + 1)), 2 * p) for v in u[:2])
+      sl = [slice(None)] * x.ndim
+      sl[h_ax] = slice(oy, oy + x.shape[h_ax])
+      sl[w_ax] = slice(ox, ox + x.shape[w_ax])
+      x = padded[tuple(sl)]
+    if self.flip and u[2] < 0.5:
+      x = np.flip(x, axis=w_ax)
+      if self.name == 'digits_video':  # N, NE, E, ... -> N, NW, W, ...
+        element['direction'] = np.int32((-element['direction']) % 8)
+    if self.color_jitter > 0:
+      s = np.float32(self.color_jitter)
+      bright = (np.float32(2 * u[3]) - 1) * s
+      contrast = 1 + (np.float32(2 * u[4]) - 1) * s
+      m = x.mean(dtype=np.float32)
+      x = np.clip((x - m) * contrast + m + bright, -1.0, 1.0)
+    element[key] = np.ascontiguousarray(x, dtype=np.float32)
     return element
 
 
@@ -199,39 +362,124 @@ class AddNoise(grain.transforms.RandomMap):
     return element
 
 
+@dataclasses.dataclass(frozen=True)
+class SpecAugment(grain.transforms.RandomMap):
+  """SpecAugment masking of the (normalised) spectrogram: `time_masks` bands of
+  exactly `time_width` frames and `freq_masks` bands of exactly `freq_width`
+  mel bins, each at a uniform position (bands may overlap), set to 0 (the
+  normalised mean)."""
+
+  name: str
+  time_masks: int = 0
+  time_width: int = 0
+  freq_masks: int = 0
+  freq_width: int = 0
+
+  def random_map(self, element, rng: np.random.Generator):
+    element = dict(element)
+    x = np.array(element['spectrogram'], np.float32)  # (time, freq, 1)
+    for axis, masks, width in ((0, self.time_masks, self.time_width),
+                               (1, self.freq_masks, self.freq_width)):
+      if width <= 0:
+        continue
+      for start in rng.integers(0, x.shape[axis] - width + 1, size=masks):
+        sl = [slice(None)] * x.ndim
+        sl[axis] = slice(int(start), int(start) + width)
+        x[tuple(sl)] = 0.0
+    element['spectrogram'] = x
+    return element
+
+
+def _is_mapping(value) -> bool:
+  return hasattr(value, 'keys') and hasattr(value, 'items')
+
+
+def _int(key: str, value, lo: int = 0, hi: int | None = None) -> int:
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or (
+      value < lo or (hi is not None and value > hi)):
+    bound = f'>= {lo}' if hi is None else f'in [{lo}, {hi}]'
+    raise ValueError(f'augment {key} must be an int {bound}, got {value!r}')
+  return int(value)
+
+
 def validate_augment(name: str, augment: dict[str, Any] | None) -> dict:
-  """Checks `augment` keys/values; returns a normalised copy. Raises ValueError."""
+  """Checks `augment` keys/values; returns a normalised copy.
+
+  Raises ValueError (one line, naming the key and what is allowed).
+  """
   if augment is None:
     return {}
-  if not isinstance(augment, dict):
+  if not _is_mapping(augment):
     raise ValueError(f'augment must be a dict or None, got {type(augment)}')
-  unknown = sorted(set(augment) - set(AUGMENT_KEYS[name]))
+  allowed = AUGMENT_KEYS[name]
+  unknown = sorted(set(augment.keys()) - set(allowed))
   if unknown:
     raise ValueError(
         f'unknown augment key(s) {unknown} for {name} '
-        f'(supported: {list(AUGMENT_KEYS[name])})')
+        f'(supported: {list(allowed)})')
   out = {}
   for key, value in augment.items():
-    if key == 'noise_std':
-      if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
-          np.isfinite(value) and value >= 0):
-        raise ValueError(f'augment noise_std must be a float >= 0, got {value!r}')
+    if key in ('noise_std', 'color_jitter'):
+      hi = np.inf if key == 'noise_std' else 1.0
+      if isinstance(value, bool) or not isinstance(
+          value, (int, float, np.integer, np.floating)) or not (
+              np.isfinite(value) and 0 <= value <= hi):
+        bound = '>= 0' if key == 'noise_std' else 'in [0, 1]'
+        raise ValueError(
+            f'augment {key} must be a float {bound}, got {value!r}')
       out[key] = float(value)
-    else:
-      if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or (
-          value < 0):
-        raise ValueError(f'augment {key} must be an int >= 0, got {value!r}')
-      out[key] = int(value)
+    elif key in ('flip', 'sync'):
+      if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f'augment {key} must be a bool, got {value!r}')
+      out[key] = bool(value)
+    elif key == 'spec_augment':
+      if not _is_mapping(value):
+        raise ValueError(
+            f'augment spec_augment must be a dict with keys among '
+            f'{list(SPEC_AUGMENT_KEYS)}, got {value!r}')
+      bad = sorted(set(value.keys()) - set(SPEC_AUGMENT_KEYS))
+      if bad:
+        raise ValueError(
+            f'unknown augment spec_augment key(s) {bad} (supported: '
+            f'{list(SPEC_AUGMENT_KEYS)})')
+      limits = {'time_width': N_FRAMES, 'freq_width': N_MELS}
+      out[key] = {k: _int(f'spec_augment.{k}', value.get(k, 0), 0,
+                          limits.get(k)) for k in SPEC_AUGMENT_KEYS}
+    elif key == 'crop':
+      out[key] = _int(key, value, 0, 16)
+    else:  # max_shift, time_shift
+      out[key] = _int(key, value)
   return out
 
 
-def augment_transforms(name: str, augment: dict[str, Any]):
-  """(before_featurize, after_featurize) lists of RandomMap transforms."""
-  before, after = [], []
+def train_transforms(name: str, augment: dict[str, Any]) -> list:
+  """Transforms of a training element after the source, in order: `Map`s and
+  `RandomMap`s (the pipeline applies them with `map` / `random_map`).
+  `augment` must come from `validate_augment`."""
+  out: list = [Decode(name)]
+  if name in AV_DATASETS:
+    out.append(RandomWindow(name, sync=augment.get('sync', True)))
   if augment.get('max_shift', 0) or augment.get('time_shift', 0):
-    before.append(RandomShift(name, max_shift=augment.get('max_shift', 0),
-                              time_shift=augment.get('time_shift', 0)))
+    out.append(RandomShift(name, max_shift=augment.get('max_shift', 0),
+                           time_shift=augment.get('time_shift', 0)))
+  if (augment.get('crop', 0) or augment.get('flip', False)
+      or augment.get('color_jitter', 0.0)):
+    out.append(VisualAugment(name, crop=augment.get('crop', 0),
+                             flip=augment.get('flip', False),
+                             color_jitter=augment.get('color_jitter', 0.0)))
+  out.append(Featurize(name))
   if augment.get('noise_std', 0.0) > 0.0:
-    after.append(AddNoise(name, augment['noise_std']))
-  return before, after
+    out.append(AddNoise(name, augment['noise_std']))
+  spec = augment.get('spec_augment')
+  if spec and any(spec[k] for k in ('time_masks', 'freq_masks')):
+    out.append(SpecAugment(name, **spec))
+  return out
 
+
+def eval_transforms(name: str, views: int = 1) -> list[grain.transforms.Map]:
+  """Deterministic transforms of an evaluation element (AV: `views` crops)."""
+  if name in AV_DATASETS:
+    return [Decode(name), Window(name, views), Featurize(name)]
+  if views != 1:
+    raise ValueError(f'views={views} needs clips longer than the model window')
+  return [Decode(name), Featurize(name)]

@@ -11,10 +11,14 @@ Pure numpy/scipy/sklearn; no tfds here (see `builders.py` for the writers).
 * digits_audio: the words "zero".."nine" spoken by espeak-ng; speakers are
   ``base_voice+variant`` and the three splits use disjoint sets of *variants*
   (hence disjoint speakers), with noise at a random SNR.
+* av_digits / av_xor / av_multilabel: a 12-frame clip of a scan of the split
+  (with independent video degradations) and 1.5 s of a word spoken by a
+  speaker of the split (with independent audio noise); see `av_examples`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Iterator
 from typing import Any
@@ -272,3 +276,250 @@ def audio_examples(split: str) -> Iterator[tuple[str, dict[str, Any]]]:
         'pitch': item['pitch'],
         'snr_db': np.float32(snr),
     }
+
+
+# ----------------------------------------------------------- audio-visual ---
+#
+# av_digits / av_xor / av_multilabel: a 12-frame clip of one digit scan paired
+# with 1.5 s of one spoken digit. A split's scans come only from the same split
+# of digits_image and its speakers only from the same split's espeak-ng
+# variants (see `audio_variant_splits`), so no scan or speaker leaks across
+# splits. Video and audio are degraded independently (separate generators).
+
+AV_DATASETS = ('av_digits', 'av_xor', 'av_multilabel')
+AV_FRAMES = 12
+AV_SAMPLES = 12_000  # 1.5 s at 8 kHz
+AV_SIZES = {'train': 4000, 'validation': 500, 'test': 500}
+AV_SEED = 9_090_017
+_AV_CODE = {'av_digits': 0, 'av_xor': 1, 'av_multilabel': 2}
+# The word is centred at 0.75 s (+- jitter), the centre of the 1.5 s clip: every
+# 1.0 s window [t, t + 1 s] with t in [0, 0.5 s] contains [0.5 s, 1.0 s].
+AV_WORD_CENTRE = 6000
+AV_WORD_JITTER = 300
+
+
+@dataclasses.dataclass(frozen=True)
+class VideoQuality:
+  """Degradations of an AV clip (ranges are drawn uniformly per clip).
+
+  Intensities are on a 0..1 scale: the digit's ink is `background + contrast`
+  over a `background` level; an opaque rectangle (the occluder, gray level
+  `occluder_level`) covers part of the digit in every frame, static or moving;
+  then i.i.d. Gaussian pixel noise of std `noise_std` on every frame.
+  """
+
+  size: tuple[int, int] = (14, 18)            # digit box side, px
+  jitter: float = 3.0                         # px off centre at mid-clip
+  max_speed: float = 0.3                      # digit drift, px/frame
+  contrast: tuple[float, float] = (0.7, 1.0)
+  background: tuple[float, float] = (0.0, 0.1)
+  noise_std: tuple[float, float] = (0.02, 0.06)
+  occluder_prob: float = 0.0
+  occluder_size: tuple[int, int] = (10, 16)   # rectangle sides, px
+  occluder_static: float = 0.25               # probability of not moving
+  occluder_speed: tuple[float, float] = (1.0, 2.5)  # px/frame otherwise
+  occluder_offset: float = 0.33               # of the digit box, at mid-clip
+  occluder_level: tuple[float, float] = (0.0, 1.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class AudioQuality:
+  """Degradations of an AV audio clip: background noise at `snr_db` (dB,
+  against the word's own power) over the whole 1.5 s."""
+
+  snr_db: tuple[float, float] = (12.0, 30.0)
+
+
+# Tuned with `python -m mmvit.data.baselines` (see there): av_digits makes
+# each modality alone ~60-75% recognisable by a small CNN, so that fusing
+# helps; av_xor is clean (each digit easy, so that the parity XOR is learnable
+# by a fusing model); av_multilabel sits in between.
+AV_VIDEO_QUALITY = {
+    'av_digits': VideoQuality(
+        contrast=(0.5, 0.8), background=(0.1, 0.4), noise_std=(0.3, 0.45),
+        occluder_prob=1.0, occluder_size=(6, 10), occluder_offset=0.5,
+        occluder_level=(0.0, 0.8)),
+    'av_xor': VideoQuality(size=(15, 17), jitter=1.0, max_speed=0.2),
+    'av_multilabel': VideoQuality(
+        contrast=(0.5, 0.8), background=(0.1, 0.3), noise_std=(0.2, 0.3),
+        occluder_prob=0.5, occluder_size=(6, 10), occluder_offset=0.5,
+        occluder_level=(0.0, 0.8)),
+}
+AV_AUDIO_QUALITY = {
+    'av_digits': AudioQuality(snr_db=(5.0, 11.0)),
+    'av_xor': AudioQuality(snr_db=(20.0, 35.0)),
+    'av_multilabel': AudioQuality(snr_db=(10.0, 20.0)),
+}
+
+
+def _uniform(rng: np.random.Generator, lo_hi) -> float:
+  return float(rng.uniform(lo_hi[0], lo_hi[1]))
+
+
+def _track(rng: np.random.Generator, box: int, jitter: float, speed: float,
+           frames: int) -> np.ndarray:
+  """(frames, 2) int top-left corners of a `box`-px square whose centre is at
+  the canvas centre +- `jitter` px at mid-clip and which drifts in a straight
+  line at `speed` px/frame in a random direction (kept on the canvas)."""
+  angle = rng.uniform(0.0, 2.0 * np.pi)
+  vel = speed * np.array([np.sin(angle), np.cos(angle)])
+  mid = (IMAGE_SIZE - box) / 2.0 + rng.uniform(-jitter, jitter, size=2)
+  pos = mid[None] + (np.arange(frames) - frames // 2)[:, None] * vel[None]
+  return np.clip(np.round(pos), 0, IMAGE_SIZE - box).astype(np.int64)
+
+
+def render_av_clip(scan: np.ndarray, rng: np.random.Generator,
+                   q: VideoQuality) -> np.ndarray:
+  """(AV_FRAMES, 32, 32, 1) uint8 clip of `scan`, degraded as `q` says."""
+  from scipy import ndimage  # pylint: disable=g-import-not-at-top
+
+  t = AV_FRAMES
+  s = int(rng.integers(q.size[0], q.size[1] + 1))
+  sprite = np.clip(ndimage.zoom(scan / 16.0, s / scan.shape[0], order=1,
+                                mode='grid-constant', cval=0.0,
+                                grid_mode=True), 0.0, 1.0)
+  pos = _track(rng, s, q.jitter, rng.uniform(0.0, q.max_speed), t)
+  ink = np.zeros((t, IMAGE_SIZE, IMAGE_SIZE))
+  for f, (y, x) in enumerate(pos):
+    ink[f, y:y + s, x:x + s] = sprite
+  x = _uniform(rng, q.background) + _uniform(rng, q.contrast) * ink
+  if rng.uniform() < q.occluder_prob:
+    h, w = (int(v) for v in rng.integers(q.occluder_size[0],
+                                         q.occluder_size[1] + 1, size=2))
+    speed = (0.0 if rng.uniform() < q.occluder_static
+             else _uniform(rng, q.occluder_speed))
+    angle = rng.uniform(0.0, 2.0 * np.pi)
+    vel = speed * np.array([np.sin(angle), np.cos(angle)])
+    # Near the digit's centre at mid-clip, so that it hides a part of it.
+    off = q.occluder_offset * s
+    centre = pos[t // 2] + s / 2.0 + rng.uniform(-off, off, size=2)
+    level = _uniform(rng, q.occluder_level)
+    for f in range(t):
+      cy, cx = centre + (f - t // 2) * vel
+      y0, x0 = int(round(cy - h / 2.0)), int(round(cx - w / 2.0))
+      x[f, max(0, y0):max(0, y0 + h), max(0, x0):max(0, x0 + w)] = level
+  x = x + _uniform(rng, q.noise_std) * rng.standard_normal(x.shape)
+  return np.round(np.clip(x, 0.0, 1.0) * 255.0).astype(np.uint8)[..., None]
+
+
+def _trim_resample(raw: np.ndarray, sample_rate: int) -> np.ndarray:
+  """espeak int16 -> float64 word at 8 kHz, silence trimmed, peak 1."""
+  from scipy import signal  # pylint: disable=g-import-not-at-top
+
+  x = raw.astype(np.float64) / 32768.0
+  active = np.nonzero(np.abs(x) > 0.02 * (np.abs(x).max() + 1e-12))[0]
+  if active.size:
+    pad = sample_rate // 100
+    x = x[max(0, active[0] - pad):active[-1] + pad]
+  g = np.gcd(AUDIO_RATE, sample_rate)
+  y = signal.resample_poly(x, AUDIO_RATE // g, sample_rate // g)
+  return y / (np.abs(y).max() + 1e-12)
+
+
+@functools.cache
+def word_pool(split: str) -> tuple[list[dict[str, Any]], list[np.ndarray]]:
+  """The clean words of a split's digits_audio plan (same speakers), synthesised
+  once per process in plan order: (plan, list of float64 8 kHz words)."""
+  from mmvit.data import espeak  # pylint: disable=g-import-not-at-top
+
+  synth = espeak.get_synthesizer()
+  plan = audio_plan(split)
+  words = [_trim_resample(
+      synth.synth(WORDS[p['label']], p['speaker'], rate=p['rate'],
+                  pitch=p['pitch']), synth.sample_rate) for p in plan]
+  return plan, words
+
+
+def render_av_audio(word: np.ndarray, rng: np.random.Generator,
+                    q: AudioQuality) -> tuple[np.ndarray, float]:
+  """Clean 8 kHz word -> (int16 (AV_SAMPLES,) clip, SNR dB): the word centred at
+  0.75 s (+- AV_WORD_JITTER samples; a word over 1 s keeps its central 1 s), a
+  random level, background noise at a random SNR."""
+  y = word
+  if y.shape[0] > AUDIO_SAMPLES:
+    c = (y.shape[0] - AUDIO_SAMPLES) // 2
+    y = y[c:c + AUDIO_SAMPLES]
+  centre = AV_WORD_CENTRE + int(rng.integers(-AV_WORD_JITTER,
+                                             AV_WORD_JITTER + 1))
+  start = int(np.clip(centre - y.shape[0] // 2, 0, AV_SAMPLES - y.shape[0]))
+  y = y * rng.uniform(0.2, 0.6)
+  speech = np.zeros(AV_SAMPLES)
+  speech[start:start + y.shape[0]] = y
+  snr_db = _uniform(rng, q.snr_db)
+  p_speech = float(np.mean(y ** 2)) if y.size else 1e-4
+  noise = background_noise(AV_SAMPLES, rng)
+  out = speech + noise * np.sqrt(p_speech / 10 ** (snr_db / 10))
+  # Loud noise may clip; scale the clip down instead (SNR unchanged).
+  peak = np.abs(out).max()
+  if peak > 0.99:
+    out *= 0.99 / peak
+  out = np.round(np.clip(out, -1.0, 32767 / 32768) * 32768.0)
+  return out.astype(np.int16), snr_db
+
+
+def av_plan(name: str, split: str) -> list[tuple[int, int]]:
+  """(shown, spoken) digit pairs of a split, in order.
+
+  av_digits: shown == spoken, classes balanced. av_xor: shown uniform, the
+  parity XOR exactly balanced and spoken uniform among the digits of the
+  required parity (so shown and spoken are independent and uniform).
+  av_multilabel: shown and spoken independent and uniform.
+  """
+  n = AV_SIZES[split]
+  rng = np.random.default_rng([AV_SEED, _AV_CODE[name], _SPLIT_CODE[split]])
+  if name == 'av_digits':
+    d = rng.permutation(np.resize(np.arange(NUM_DIGITS), n))
+    return [(int(a), int(a)) for a in d]
+  if name == 'av_xor':
+    xor = rng.permutation(np.resize(np.arange(2), n))
+    shown = rng.integers(0, NUM_DIGITS, size=n)
+    pairs = []
+    for a, x in zip(shown, xor):
+      parity = (int(a) % 2) ^ int(x)
+      pairs.append((int(a), 2 * int(rng.integers(0, NUM_DIGITS // 2)) + parity))
+    return pairs
+  if name == 'av_multilabel':
+    d = rng.integers(0, NUM_DIGITS, size=(n, 2))
+    return [(int(a), int(b)) for a, b in d]
+  raise ValueError(f'unknown AV dataset {name!r}')
+
+
+def av_examples(name: str, split: str) -> Iterator[tuple[str, dict[str, Any]]]:
+  """Raw examples of an AV dataset: video (12,32,32,1) uint8, waveform (12000,)
+  int16, shown / spoken digits, source scan id, speaker and SNR, plus the
+  label(s): av_digits `label` = the digit, av_xor `label` = parity XOR,
+  av_multilabel `labels` = multi-hot float32 (10,) of {shown, spoken}."""
+  scans, scan_labels = digit_scans()
+  by_digit = [
+      np.array([i for i in image_split_indices()[split] if scan_labels[i] == d])
+      for d in range(NUM_DIGITS)]
+  plan, words = word_pool(split)
+  words_by_digit = [np.array([j for j, p in enumerate(plan) if p['label'] == d])
+                    for d in range(NUM_DIGITS)]
+  vq, aq = AV_VIDEO_QUALITY[name], AV_AUDIO_QUALITY[name]
+  code = [AV_SEED, _AV_CODE[name], _SPLIT_CODE[split]]
+  for k, (shown, spoken) in enumerate(av_plan(name, split)):
+    pick = np.random.default_rng(code + [k, 0])
+    i = int(pick.choice(by_digit[shown]))
+    j = int(pick.choice(words_by_digit[spoken]))
+    video = render_av_clip(scans[i], np.random.default_rng(code + [k, 1]), vq)
+    wav, snr = render_av_audio(words[j], np.random.default_rng(code + [k, 2]),
+                               aq)
+    example = {
+        'video': video,
+        'waveform': wav,
+        'shown': shown,
+        'spoken': spoken,
+        'source_id': i,
+        'speaker': plan[j]['speaker'],
+        'snr_db': np.float32(snr),
+    }
+    if name == 'av_digits':
+      example['label'] = shown
+    elif name == 'av_xor':
+      example['label'] = (shown % 2) ^ (spoken % 2)
+    else:
+      hot = np.zeros(NUM_DIGITS, np.float32)
+      hot[[shown, spoken]] = 1.0
+      example['labels'] = hot
+    yield f'{k:05d}', example
