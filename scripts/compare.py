@@ -33,13 +33,15 @@ def runs(seed: int):
     yield f"cotrain_{s}_s{seed}", f"configs/demo.py:{s}", seed
 
 
-def run_one(name, config, seed, out_dir, eval_every):
+def run_one(name, config, seed, out_dir, eval_every, scale=1.0):
   workdir = os.path.join(out_dir, name)
   done = os.path.join(workdir, "results.json")
   if os.path.exists(done):
     return json.load(open(done)), 0.0
   cmd = [sys.executable, "-m", "mmvit.main", f"--config={config}", f"--workdir={workdir}",
          f"--config.seed={seed}", f"--config.eval_every={eval_every}"]
+  tasks = [config.split(":")[1]] if "single_task" in config else TASKS
+  cmd += [f"--config.tasks.{t}.steps={max(1, round(demo.STEPS[t] * scale))}" for t in tasks]
   print("+", " ".join(cmd), flush=True)
   t0 = time.time()
   subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
@@ -79,14 +81,17 @@ def main():
   p.add_argument("--out", default=os.path.join(ROOT, "workdirs", "compare"))
   p.add_argument("--seeds", default="0")
   p.add_argument("--eval_every", type=int, default=100)
+  p.add_argument("--scale", type=float, default=1.0,
+                 help="multiplies every task's steps (configs/demo.py STEPS)")
   p.add_argument("--results", default=os.path.join(ROOT, "docs", "results_cotraining.json"))
   args = p.parse_args()
   seeds = [int(s) for s in args.seeds.split(",")]
   table = {}
   for seed in seeds:
     for name, config, s in runs(seed):
-      res, secs = run_one(name, config, s, args.out, args.eval_every)
-      table[name] = {"config": config, "seed": s, "test": res["test"], "params": res["params"],
+      res, secs = run_one(name, config, s, args.out, args.eval_every, args.scale)
+      table[name] = {"config": config, "seed": s, "scale": args.scale, "test": res["test"],
+                     "params": res["params"],
                      "steps": res["steps"], "steps_per_s": res["steps_per_s"],
                      "wall_s": secs}
       print(name, {t: round(m.get("top1", float("nan")), 4) for t, m in res["test"].items()},

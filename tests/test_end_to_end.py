@@ -22,13 +22,14 @@ def data_dir():
 
 
 def test_short_co_training_run_learns_image_digits_and_video_direction(tmp_path, data_dir):
-  """Weighted co-training of two tasks with one shared 2-layer encoder, 240 steps."""
+  """Weighted co-training of two tasks with one shared 2-layer encoder, 320 steps."""
   c = demo.get_config("weighted")
   c.data_dir = data_dir
   c.model.width, c.model.depth, c.model.mlp_dim = 64, 2, 128
   c.tasks = {k: v for k, v in c.tasks.items() if k in ("image", "video_direction")}
-  c.tasks.image.steps, c.tasks.video_direction.steps = 120, 120
-  c.eval_every, c.log_every, c.checkpoint_every = 0, 60, 0
+  c.tasks.image.steps, c.tasks.video_direction.steps = 200, 120
+  c.optimizer.warmup_steps = 20
+  c.eval_every, c.log_every, c.checkpoint_every = 0, 80, 0
   out = train.run(c, str(tmp_path / "w"))
   assert out["test"]["image"]["top1"] >= 0.85, out["test"]
   assert out["test"]["video_direction"]["top1"] >= 0.90, out["test"]
