@@ -95,3 +95,25 @@ def test_parameter_report_counts_shared_and_per_task_parameters():
   assert 0 < rep["fraction_shared"] < 1
   # T single-task models repeat the shared encoder T times.
   assert rep["single_task_total"] == 2 * rep["shared"] + rep["total"]
+
+
+def test_a_multihead_task_reports_per_head_and_joint_accuracy():
+  """Several heads on one task (e.g. verb + noun): losses averaged, metrics per head + joint."""
+  c = tiny_config("weighted", steps=2)
+  c.tasks.video_both = dict(dataset="digits_video", modalities="video", head="multihead",
+                            labels=("direction", "digit"), batch_size=8, steps=2)
+  out = train.run(c, None, data=FakeData())
+  assert set(out["test"]["video_both"]) == {"direction/top1", "direction/top5", "digit/top1",
+                                            "digit/top5", "joint_top1", "num_examples"}
+  res = out["test"]["video_both"]
+  assert res["joint_top1"] <= min(res["direction/top1"], res["digit/top1"])
+
+
+def test_sgd_with_momentum_as_in_the_seed_trains_too():
+  c = tiny_config("alternating", steps=2)
+  c.optimizer = dict(name="sgd", lr=0.1, momentum=0.9, warmup_steps=1, weight_decay=1e-4,
+                     grad_clip_norm=1.0)
+  out = train.run(c, None, data=FakeData())
+  assert out["skipped_updates"] == 0
+  exp = train.build(c, data=FakeData())
+  assert not leaves_equal(exp.state["params"], out["state"]["params"])
