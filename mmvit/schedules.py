@@ -54,7 +54,7 @@ def _split_evenly(total: int, n: int) -> list[int]:
   return [total // n + (1 if i < total % n else 0) for i in range(n)]
 
 
-def _largest_remainder(total: int, weights: Sequence[float]) -> list[int]:
+def largest_remainder(total: int, weights: Sequence[float]) -> list[int]:
   w = np.asarray(weights, np.float64)
   exact = total * w / w.sum()
   counts = np.floor(exact).astype(np.int64)
@@ -111,7 +111,7 @@ def make_schedule(
   elif kind == "ratios":
     if not ratios:
       raise ValueError("schedule.ratios: give a weight per task for kind='ratios'")
-    plan = _permuted(_largest_remainder(total_steps, [ratios[t] for t in tasks]), rng)
+    plan = _permuted(largest_remainder(total_steps, [ratios[t] for t in tasks]), rng)
   else:  # accumulated
     plan = np.full(total_steps, -1)
   return Schedule(kind=kind, tasks=tasks, plan=np.asarray(plan, np.int64))

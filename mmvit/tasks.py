@@ -11,7 +11,7 @@ from mmvit import data as data_lib
 from mmvit.config import ConfigError, as_tuple
 from mmvit.models.fusion import FusionSpec
 from mmvit.models.heads import HeadSpec
-from mmvit.models.tokenizers import TokenizerSpec, full_patch
+from mmvit.models.tokenizers import KINDS as TOKENIZER_RANK, TokenizerSpec, full_patch
 
 DEFAULT_INPUT_KEY = {
     "image": "image", "tubelet": "video", "frames": "video", "temporal_slices": "video",
@@ -63,10 +63,9 @@ def tokenizer_specs(config, infos: dict[str, data_lib.DatasetInfo], tasks_cfg
     if len(set(shapes.values())) > 1:
       raise ConfigError(f"model.tokenizers.{name}: tasks give it different input shapes {shapes}")
     shape = next(iter(shapes.values()))
-    from mmvit.models.tokenizers import KINDS  # noqa: PLC0415
-    if len(shape) != KINDS[tok.kind]:
+    if len(shape) != TOKENIZER_RANK[tok.kind]:
       raise ConfigError(f"model.tokenizers.{name}.kind={tok.kind!r}: expects inputs of rank "
-                        f"{KINDS[tok.kind]}, but {key!r} has shape {shape}")
+                        f"{TOKENIZER_RANK[tok.kind]}, but {key!r} has shape {shape}")
     patch = full_patch(tok.kind, shape, tuple(tok.patch))
     grid_dims = shape if tok.kind == "waveform" else shape[:-1]
     if len(patch) != len(grid_dims) or any(d % p for d, p in zip(grid_dims, patch)):

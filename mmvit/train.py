@@ -52,7 +52,7 @@ def steps_per_task(config, tasks: list[tasks_lib.Task]) -> dict[str, int] | None
     missing = [t.name for t in tasks if t.steps is None]
     raise config_lib.ConfigError(f"tasks.{missing[0]}.steps: set steps (or epochs) for every "
                                  "task, or for none and use config.total_steps")
-  counts = schedules._largest_remainder(total, [t.num_train / t.batch_size for t in tasks])
+  counts = schedules.largest_remainder(total, [t.num_train / t.batch_size for t in tasks])
   return {t.name: max(c, 1) for t, c in zip(tasks, counts)}
 
 

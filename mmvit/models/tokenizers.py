@@ -94,10 +94,9 @@ class Tokenizer(nnx.Module):
     self.spec = spec
     channels = 1 if spec.kind == "waveform" else spec.input_shape[-1]
     kshape = spec.patch + (channels, width)
-    fan_in = spec.patch_dim
+    # lecun_normal over a (*patch, C, D) kernel: fan-in is prod(patch) * C, as for a conv.
     self.kernel = param(rngs, nnx.initializers.lecun_normal(), kshape,
                         (None,) * (len(kshape) - 1) + ("embed",))
-    del fan_in
     self.bias = param(rngs, nnx.initializers.zeros, (width,), ("embed",))
     n_pos = spec.num_patches + int(spec.class_token and spec.posemb_includes_cls)
     self.posemb = param(rngs, nnx.initializers.normal(0.02), (1, n_pos, width),
