@@ -58,6 +58,8 @@ def run(name: str, arg: str, steps: int, out_dir: str) -> dict:
     c.tasks.av.mixup = RECIPE["mixup"]
     c.tasks.av.augment.spec_augment = RECIPE["spec_augment"]
   out = train.run(c, workdir)
+  if out["preempted"] is not None:  # SIGTERM: saved; rerunning the script resumes this row
+    sys.exit(0)
   test = out["test"]["av"]
   row = {"config": f"configs/av.py:{arg}", "steps": steps, "test": test,
          "steps_per_s": out["steps_per_s"]}
