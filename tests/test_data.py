@@ -34,13 +34,6 @@ LABELS = {
 }
 
 
-@pytest.fixture(scope='session')
-def data_dir():
-  d = os.environ.get('MMVIT_DATA_DIR') or '/tmp/mmvit_test_data'
-  for name in DATASETS:
-    data.ensure_built(name, d)
-  return d
-
 
 @pytest.fixture(scope='session')
 def raw(data_dir):

@@ -30,13 +30,6 @@ ALL_AUGMENTS = {'noise_std': 0.05, 'max_shift': 1, 'crop': 2, 'flip': True,
                 'color_jitter': 0.3, 'spec_augment': SPEC, 'sync': False}
 
 
-@pytest.fixture(scope='session')
-def data_dir():
-  d = os.environ.get('MMVIT_DATA_DIR') or '/tmp/mmvit_test_data'
-  for name in AV:
-    data.ensure_built(name, d)
-  return d
-
 
 @pytest.fixture(scope='session')
 def meta(data_dir):

@@ -16,11 +16,6 @@ sys.path.insert(0, ROOT)
 from configs import demo  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def data_dir():
-  return os.environ.get("MMVIT_DATA_DIR", "/tmp/mmvit_test_data")
-
-
 def test_short_co_training_run_learns_image_digits_and_video_direction(tmp_path, data_dir):
   """Weighted co-training of two tasks with one shared 2-layer encoder, 320 steps."""
   c = demo.get_config("weighted")

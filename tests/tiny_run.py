@@ -15,16 +15,12 @@ import time
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import tempfile  # noqa: E402
-
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-# Every run of this script compiles the same tiny steps: share the compilation cache.
-jax.config.update("jax_compilation_cache_dir",
-                  os.path.join(tempfile.gettempdir(), "mmvit_test_jax_cache"))
-jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+from tests import jax_cache  # noqa: E402
+
+jax_cache.enable()
 
 from mmvit import checkpointing, train  # noqa: E402
 from tests.fakes import FakeData  # noqa: E402

@@ -1,0 +1,14 @@
+"""One persistent compilation cache for the tests and the processes they start: they build the
+same tiny models many times, and a cache turns repeated compiles into lookups."""
+
+import os
+import tempfile
+
+import jax
+
+
+def enable():
+  jax.config.update("jax_compilation_cache_dir",
+                    os.path.join(tempfile.gettempdir(), "mmvit_test_jax_cache"))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
