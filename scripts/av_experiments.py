@@ -43,7 +43,7 @@ RUNS = {
     "multilabel/late": "av_multilabel,late",
 }
 # XOR needs both digits recognised before their parities can be combined: longer runs.
-STEPS = {"digits": 600, "xor": 1500, "multilabel": 600}
+STEPS = {"digits": 1000, "xor": 1500, "multilabel": 1000}
 
 
 def run(name: str, arg: str, steps: int, out_dir: str) -> dict:

@@ -178,6 +178,10 @@ class _AVBuilder(_Builder, skip_registration=True):
 class AVDigits(_AVBuilder, skip_registration=True):
   """The same digit shown (noisy, occluded) and spoken (low SNR)."""
 
+  VERSION = tfds.core.Version('1.1.0')
+  RELEASE_NOTES = {'1.0.0': 'Initial release.',
+                   '1.1.0': 'Less video pixel noise.'}
+
   name = 'av_digits'
   DESCRIPTION = (
       'A digit both shown (low contrast, heavy noise, an occluding patch) and '
@@ -203,6 +207,10 @@ class AVXor(_AVBuilder, skip_registration=True):
 
 class AVMultilabel(_AVBuilder, skip_registration=True):
   """Independent shown and spoken digits; labels = multi-hot of the two."""
+
+  VERSION = tfds.core.Version('1.1.0')
+  RELEASE_NOTES = {'1.0.0': 'Initial release.',
+                   '1.1.0': 'Less video pixel noise.'}
 
   name = 'av_multilabel'
   DESCRIPTION = (
