@@ -36,8 +36,8 @@ SETTINGS = {
         classes=527, tokens=4),
     "demo": dict(
         model=ModelSpec(width=96, depth=4, num_heads=4, mlp_dim=192),
-        video=TokenizerSpec("tubelet", "video", (8, 32, 32, 1), (2, 8, 8)),
-        audio=TokenizerSpec("spectrogram", "spectrogram", (64, 32, 1), (8, 8)),
+        video=TokenizerSpec("tubelet", "video", (8, 32, 32, 1), (4, 8, 8)),
+        audio=TokenizerSpec("spectrogram", "spectrogram", (64, 32, 1), (4, 32)),
         classes=10, tokens=4),
 }
 
