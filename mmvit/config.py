@@ -66,9 +66,15 @@ def _check_keys(d, allowed: set[str], where: str):
       raise ConfigError(f"{where}.{k}: unknown field; allowed: {', '.join(sorted(allowed))}")
 
 
-def _int(value, field: str, minimum: int = 1) -> int:
-  if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-    raise ConfigError(f"{field}={show(value)}: expected an integer >= {minimum}")
+# The schedule is materialised as one plan entry per step: bound it (4 bytes a step).
+MAX_STEPS = 100_000_000
+
+
+def _int(value, field: str, minimum: int = 1, maximum: int | None = None) -> int:
+  if isinstance(value, bool) or not isinstance(value, int) or value < minimum or (
+      maximum is not None and value > maximum):
+    upper = "" if maximum is None else f" and <= {maximum:_}"
+    raise ConfigError(f"{field}={show(value)}: expected an integer >= {minimum}{upper}")
   return value
 
 
@@ -138,7 +144,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check_keys(s, SCHEDULE_KEYS, "schedule")
   _choice(s.get("kind"), "schedule.kind", SCHEDULE_KINDS)
   if config.get("total_steps") is not None:
-    _int(config.total_steps, "config.total_steps", 1)
+    _int(config.total_steps, "config.total_steps", 1, MAX_STEPS)
 
   if not config.tasks:
     raise ConfigError("config.tasks: expected at least one task")
@@ -170,7 +176,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if t.get("lr_schedule") is not None:
       _choice(t.lr_schedule, f"{where}.lr_schedule", LR_SCHEDULES)
     if t.get("steps") is not None:
-      _int(t.steps, f"{where}.steps", 1)
+      _int(t.steps, f"{where}.steps", 1, MAX_STEPS)
     if t.get("mixup"):
       _check_keys(t.mixup, {"alpha", "mixmod"}, f"{where}.mixup")
       _float(t.mixup.get("alpha", 0.0), f"{where}.mixup.alpha", 0.0)

@@ -114,4 +114,4 @@ def make_schedule(
     plan = _permuted(largest_remainder(total_steps, [ratios[t] for t in tasks]), rng)
   else:  # accumulated
     plan = np.full(total_steps, -1)
-  return Schedule(kind=kind, tasks=tasks, plan=np.asarray(plan, np.int64))
+  return Schedule(kind=kind, tasks=tasks, plan=np.asarray(plan, np.int32))

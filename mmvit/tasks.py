@@ -8,6 +8,7 @@ import math
 import ml_collections
 
 from mmvit import data as data_lib
+from mmvit import config as config_lib
 from mmvit.config import ConfigError, as_tuple
 from mmvit.models.fusion import FusionSpec
 from mmvit.models.heads import HeadSpec
@@ -116,7 +117,11 @@ def resolve(config: ml_collections.ConfigDict, data=data_lib
                         f"of {t.dataset!r} ({n_train} examples)")
     steps = t.get("steps")
     if steps is None and t.get("epochs") is not None:
-      steps = max(1, math.ceil(t.epochs * n_train / t.batch_size))
+      raw = t.epochs * n_train / t.batch_size
+      if raw > config_lib.MAX_STEPS:
+        raise ConfigError(f"tasks.{tname}.epochs={t.epochs}: gives {raw:.3g} steps, more than "
+                          f"{config_lib.MAX_STEPS:_}")
+      steps = max(1, math.ceil(raw))
     base_lr = t.get("lr") if t.get("lr") is not None else o.lr
     tasks.append(Task(
         name=tname, index=i, dataset=t.dataset, modalities=as_tuple(t.modalities),

@@ -82,3 +82,9 @@ def test_loss_weights_summing_to_zero():
     for t in c.tasks.values():
       t.loss_weight = 0.0
   assert "loss weights sum to 0" in error_of(mutate)
+
+
+def test_absurd_step_counts_are_refused_before_the_plan_is_built():
+  """Found by fuzzing: steps=10**9 would materialise an 8 GB schedule plan."""
+  msg = error_of(lambda c: setattr(c.tasks.image, "steps", 10**9))
+  assert "tasks.image.steps=1000000000: expected an integer >= 1 and <= 100_000_000" in msg
