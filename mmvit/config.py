@@ -189,7 +189,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(f"{where}.fusion: fusion needs two or more modalities, got {mods}")
     if t.get("epochs") is not None:
       _float(t.epochs, f"{where}.epochs", 0.0)
-  weights = [config.tasks[t].get("loss_weight", 1.0) or 0.0 for t in config.tasks]
+  weights = [1.0 if config.tasks[t].get("loss_weight") is None else config.tasks[t].loss_weight
+             for t in config.tasks]
   if sum(weights) <= 0:
     raise ConfigError("tasks.*.loss_weight: the loss weights sum to 0; expected a positive sum")
   if s.kind == "ratios":

@@ -130,7 +130,7 @@ def resolve(config: ml_collections.ConfigDict, data=data_lib
         lr=float(base_lr) * float(t.get("lr_mult", 1.0) or 1.0),
         warmup_steps=int(t.get("warmup_steps", o.get("warmup_steps", 0)) or 0),
         lr_schedule=t.get("lr_schedule") or o.get("lr_schedule", "cosine"),
-        loss_weight=float(t.get("loss_weight", 1.0)),
+        loss_weight=float(1.0 if t.get("loss_weight") is None else t.loss_weight),
         label_smoothing=float(t.get("label_smoothing", 0.0) or 0.0),
         stochastic_depth=float(t.get("stochastic_depth", config.model.get("stochastic_depth", 0.0))
                                or 0.0),
