@@ -134,14 +134,12 @@ class DigitsAudio(_Builder, skip_registration=True):
 
 
 class _AVBuilder(_Builder, skip_registration=True):
-  """Common base of the audio-visual datasets (see `synth.av_examples`)."""
+  """Common base of the audio-visual datasets (see `synth.av_examples`); each subclass
+  defines `_label_features()`, the features of its label."""
 
   VERSION = tfds.core.Version('1.0.0')
   RELEASE_NOTES = {'1.0.0': 'Initial release.'}
   DESCRIPTION = ''
-
-  def _label_features(self) -> dict:
-    raise NotImplementedError
 
   def _info(self):
     n = synth.IMAGE_SIZE
