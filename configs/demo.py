@@ -11,7 +11,7 @@ schedule but accumulated, where each of the U/T updates uses one batch of every 
 import ml_collections
 
 # Per-task batches: the same under every schedule and in configs/single_task.py.
-STEPS = {"image": 400, "video_direction": 300, "video_digit": 1500, "audio": 1000}
+STEPS = {"image": 500, "video_direction": 400, "video_digit": 1500, "audio": 1000}
 
 
 def model_config() -> ml_collections.ConfigDict:
@@ -30,9 +30,9 @@ def task_configs() -> dict:
   common = dict(batch_size=64)
   return dict(
       image=dict(dataset="digits_image", modalities="image", labels="label", **common),
-      # Direction is easy: half the batch halves the cost of its (64-token) steps.
+      # Batch 32 and 300 steps for direction cost 33 points of test accuracy (66% vs 99%).
       video_direction=dict(dataset="digits_video", modalities="video", labels="direction",
-                           batch_size=32),
+                           **common),
       # Random shifts of up to 4 px: the digit must be recognised wherever it is (87.6% vs
       # 78.6% test accuracy alone, 1500 steps).
       video_digit=dict(dataset="digits_video", modalities="video", labels="digit",
