@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 import mmvit.data as data
+from tests.batches import assert_same_batches, take
 from mmvit.data import preprocess, synth
 
 DATASETS = ('digits_image', 'digits_video', 'digits_audio')  # AV: test_data_av
@@ -46,17 +47,6 @@ def raw(data_dir):
       out[name][split] = list(src.__getitems__(range(len(src))))
   return out
 
-
-def _take(it, n):
-  return [next(it) for _ in range(n)]
-
-
-def _assert_same_batches(a, b):
-  assert len(a) == len(b)
-  for x, y in zip(a, b):
-    assert x.keys() == y.keys()
-    for k in x:
-      np.testing.assert_array_equal(x[k], y[k], err_msg=k)
 
 
 # ------------------------------------------------------------- errors -----
@@ -240,10 +230,10 @@ def test_log_mel_has_64_frames_of_32_bins():
 @pytest.mark.parametrize('name', DATASETS)
 def test_train_iterator_is_deterministic_given_seed(name, data_dir):
   kw = dict(batch_size=8, data_dir=data_dir, augment={'noise_std': 0.05})
-  a = _take(data.train_iterator(name, seed=3, **kw), 2)
-  b = _take(data.train_iterator(name, seed=3, **kw), 2)
-  _assert_same_batches(a, b)
-  c = _take(data.train_iterator(name, seed=4, **kw), 2)
+  a = take(data.train_iterator(name, seed=3, **kw), 2)
+  b = take(data.train_iterator(name, seed=3, **kw), 2)
+  assert_same_batches(a, b)
+  c = take(data.train_iterator(name, seed=4, **kw), 2)
   first_input = next(iter(INPUT_SPEC[name]))
   assert not np.array_equal(a[0][first_input], c[0][first_input])
 
@@ -258,12 +248,12 @@ def test_restored_state_continues_with_identical_batches(
     name, augment, data_dir):
   kw = dict(batch_size=8, seed=11, data_dir=data_dir, augment=augment)
   it = data.train_iterator(name, **kw)
-  _take(it, 3)
+  take(it, 3)
   state = it.get_state()
-  expected = _take(it, 3)
+  expected = take(it, 3)
   fresh = data.train_iterator(name, **kw)
   fresh.set_state(state)
-  _assert_same_batches(_take(fresh, 3), expected)
+  assert_same_batches(take(fresh, 3), expected)
 
 
 def test_restored_state_across_an_epoch_boundary(data_dir):
@@ -271,12 +261,12 @@ def test_restored_state_across_an_epoch_boundary(data_dir):
   bs = n // 2 + 1  # the second batch straddles epochs 1 and 2
   kw = dict(batch_size=bs, seed=5, data_dir=data_dir)
   it = data.train_iterator('digits_image', **kw)
-  _take(it, 2)
+  take(it, 2)
   state = it.get_state()
-  expected = _take(it, 2)
+  expected = take(it, 2)
   fresh = data.train_iterator('digits_image', **kw)
   fresh.set_state(state)
-  _assert_same_batches(_take(fresh, 2), expected)
+  assert_same_batches(take(fresh, 2), expected)
 
 
 def _digest(x):
@@ -345,7 +335,7 @@ def test_eval_batches_cover_every_example_exactly_once(name, data_dir, raw):
   # Deterministic.
   again = list(data.eval_batches(name, split='test', batch_size=bs,
                                  data_dir=data_dir))
-  _assert_same_batches(batches, again)
+  assert_same_batches(batches, again)
 
 
 def test_eval_batches_match_train_preprocessing(data_dir, raw):

@@ -19,6 +19,7 @@ import pytest
 
 import mmvit.data as data
 from mmvit.data import preprocess, synth
+from tests.batches import assert_same_batches, take
 
 AV = data.AV_DATASETS
 SPLITS = ('train', 'validation', 'test')
@@ -52,17 +53,6 @@ def _clips(data_dir, name, split):
   return [preprocess.Decode(name).map(e)
           for e in src.__getitems__(range(len(src)))]
 
-
-def _take(it, n):
-  return [next(it) for _ in range(n)]
-
-
-def _assert_same_batches(a, b):
-  assert len(a) == len(b)
-  for x, y in zip(a, b):
-    assert x.keys() == y.keys()
-    for k in x:
-      np.testing.assert_array_equal(x[k], y[k], err_msg=k)
 
 
 def _locate(data_dir, name, split, videos):
@@ -316,7 +306,7 @@ def test_visual_augmentations_change_inputs_deterministically_per_seed(
   key = 'image' if name == 'digits_image' else 'video'
   plain = _batch(name, data_dir=data_dir)
   a = _batch(name, augment, data_dir=data_dir)
-  _assert_same_batches([a], [_batch(name, augment, data_dir=data_dir)])
+  assert_same_batches([a], [_batch(name, augment, data_dir=data_dir)])
   other = _batch(name, augment, seed=1, data_dir=data_dir)
   assert not np.array_equal(a[key], other[key])
   changed = [not np.array_equal(x, y) for x, y in zip(plain[key], a[key])]
@@ -393,9 +383,9 @@ def test_restored_state_continues_with_identical_augmented_batches(
     name, augment, data_dir):
   kw = dict(batch_size=8, seed=7, data_dir=data_dir, augment=augment)
   it = data.train_iterator(name, **kw)
-  _take(it, 2)
+  take(it, 2)
   state = it.get_state()
-  expected = _take(it, 2)
+  expected = take(it, 2)
   fresh = data.train_iterator(name, **kw)
   fresh.set_state(state)
-  _assert_same_batches(_take(fresh, 2), expected)
+  assert_same_batches(take(fresh, 2), expected)

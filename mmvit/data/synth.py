@@ -233,15 +233,7 @@ def render_utterance(raw: np.ndarray, sample_rate: int,
   when there is room), sets a random peak level and adds background noise at a
   random SNR measured against the word's own (active-region) power.
   """
-  from scipy import signal  # pylint: disable=g-import-not-at-top
-
-  x = raw.astype(np.float64) / 32768.0
-  active = np.nonzero(np.abs(x) > 0.02 * (np.abs(x).max() + 1e-12))[0]
-  if active.size:
-    pad = sample_rate // 100
-    x = x[max(0, active[0] - pad):active[-1] + pad]
-  g = np.gcd(AUDIO_RATE, sample_rate)
-  y = signal.resample_poly(x, AUDIO_RATE // g, sample_rate // g)
+  y = _trim(raw, sample_rate)
   if y.shape[0] > AUDIO_SAMPLES:
     c = (y.shape[0] - AUDIO_SAMPLES) // 2
     y = y[c:c + AUDIO_SAMPLES]
@@ -404,8 +396,8 @@ def render_av_clip(scan: np.ndarray, rng: np.random.Generator,
   return np.round(np.clip(x, 0.0, 1.0) * 255.0).astype(np.uint8)[..., None]
 
 
-def _trim_resample(raw: np.ndarray, sample_rate: int) -> np.ndarray:
-  """espeak int16 -> float64 word at 8 kHz, silence trimmed, peak 1."""
+def _trim(raw: np.ndarray, sample_rate: int) -> np.ndarray:
+  """espeak int16 -> float64 word at 8 kHz, silence trimmed (10 ms kept either side)."""
   from scipy import signal  # pylint: disable=g-import-not-at-top
 
   x = raw.astype(np.float64) / 32768.0
@@ -415,6 +407,12 @@ def _trim_resample(raw: np.ndarray, sample_rate: int) -> np.ndarray:
     x = x[max(0, active[0] - pad):active[-1] + pad]
   g = np.gcd(AUDIO_RATE, sample_rate)
   y = signal.resample_poly(x, AUDIO_RATE // g, sample_rate // g)
+  return y
+
+
+def _trim_resample(raw: np.ndarray, sample_rate: int) -> np.ndarray:
+  """espeak int16 -> float64 word at 8 kHz, silence trimmed, peak 1."""
+  y = _trim(raw, sample_rate)
   return y / (np.abs(y).max() + 1e-12)
 
 
