@@ -181,3 +181,79 @@ class Checkpointer:
 def abstract(tree, shardings):
   return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                       tree, shardings)
+
+
+def _step_dir(path: str, step: int | None, where: str) -> str:
+  """<workdir>/checkpoints/<step>, <checkpoints>/<step> or a step directory itself."""
+  path = os.path.abspath(os.path.expanduser(path))
+  if os.path.isdir(os.path.join(path, "state")):
+    if step is not None and os.path.basename(path) != str(step):
+      raise CheckpointError(f"{where}.workdir={path} is the step directory "
+                            f"{os.path.basename(path)}, not step {step}")
+    return path
+  ckpts = os.path.join(path, "checkpoints")
+  if not os.path.isdir(ckpts):
+    ckpts = path
+  steps = sorted(int(d) for d in (os.listdir(ckpts) if os.path.isdir(ckpts) else ())
+                 if d.isdigit() and os.path.isdir(os.path.join(ckpts, d, "state")))
+  if not steps:
+    raise CheckpointError(f"{where}.workdir={path}: no checkpoint found (expected "
+                          "<workdir>/checkpoints/<step>/state)")
+  if step is None:
+    step = steps[-1]
+  elif step not in steps:
+    raise CheckpointError(f"{where}.step={step}: {ckpts} has steps {steps}")
+  return os.path.join(ckpts, str(step))
+
+
+def load_params(sources, abstract_params: dict) -> tuple[dict, list[str]]:
+  """Parameter groups of earlier runs (seed: 'initialize the shared self-attention blocks from
+  a single-task network'; MBT: start from pretrained unimodal encoders).
+
+  `sources` is config.init_from as a list of {workdir, step, groups}: every group of this
+  model whose name matches a pattern of `groups` (fnmatch, e.g. 'shared', 'tokenizers.*') is
+  read from that run's checkpoint, later sources overriding earlier ones. Only parameters are
+  read (Orbax partial restore), straight onto the shardings of `abstract_params`; optimizer
+  state starts fresh. Returns ({group: params}, log lines)."""
+  import fnmatch  # noqa: PLC0415
+
+  from mmvit.config import ConfigError, names  # noqa: PLC0415
+  loaded, lines = {}, []
+  for i, src in enumerate(sources):
+    where = f"init_from[{i}]"
+    patterns = names(src.get("groups"), f"{where}.groups")
+    for p in patterns:
+      if not any(fnmatch.fnmatchcase(g, p) for g in abstract_params):
+        raise ConfigError(f"{where}.groups: {p!r} matches no parameter group of this model "
+                          f"({', '.join(abstract_params)})")
+    chosen = [g for g in abstract_params if any(fnmatch.fnmatchcase(g, p) for p in patterns)]
+    step_dir = _step_dir(src.get("workdir"), src.get("step"), where)
+    item = os.path.join(step_dir, "state")
+    ckptr = ocp.PyTreeCheckpointer()
+    try:
+      meta = ckptr.metadata(item)
+    except Exception as e:  # noqa: BLE001
+      raise CheckpointError(f"{where}: {item} is unreadable ({type(e).__name__})") from None
+    meta = getattr(meta, "item_metadata", meta)  # StepMetadata -> TreeMetadata
+    tree = getattr(meta, "tree", meta)
+    have = tree.get("params", {}) if isinstance(tree, Mapping) else {}
+    for g in chosen:
+      if g not in have:
+        raise CheckpointError(f"{where}: {item} has no parameter group {g} (it has "
+                              f"{', '.join(have)})")
+      want, got = _shapes(abstract_params[g]), _shapes(have[g])
+      for k in sorted(set(want) | set(got)):
+        if k not in got or k not in want:
+          raise CheckpointError(f"{where}: parameter {g}/{k} is in "
+                                f"{'this model' if k in want else item} only: the two models "
+                                "differ")
+        if tuple(got[k].shape) != tuple(want[k].shape):
+          raise CheckpointError(f"{where}: parameter {g}/{k} has shape {tuple(got[k].shape)} in "
+                                f"{item}, this model expects {tuple(want[k].shape)}")
+    target = {"params": {g: abstract_params[g] for g in chosen}}
+    out = ckptr.restore(item, args=ocp.args.PyTreeRestore(
+        item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+        partial_restore=True))
+    loaded.update(out["params"])
+    lines.append(f"{where}: {', '.join(chosen)} from {step_dir}")
+  return loaded, lines

@@ -17,8 +17,9 @@ LR_SCHEDULES = ("cosine", "constant", "linear")
 TOP_LEVEL = {
     "seed", "data_dir", "total_steps", "schedule", "model", "tasks", "optimizer", "eval_every",
     "eval_batch_size", "log_every", "checkpoint_every", "keep_checkpoints", "mesh", "test_split",
-    "eval_split", "augment", "nonfinite",
+    "eval_split", "augment", "nonfinite", "init_from",
 }
+INIT_FROM_KEYS = {"workdir", "step", "groups"}
 MODEL_KEYS = {
     "width", "depth", "num_heads", "mlp_dim", "dropout", "attention_dropout", "stochastic_depth",
     "pool", "adapter_depth", "class_token", "posemb_includes_cls", "tokenizers",
@@ -93,6 +94,19 @@ def _choice(value, field: str, allowed) -> str:
   if value not in allowed:
     raise ConfigError(f"{field}={show(value)}: expected one of {', '.join(allowed)}")
   return value
+
+
+def init_sources(config) -> list:
+  """config.init_from as a list: None, one source dict, or a list/tuple of them."""
+  v = config.get("init_from")
+  if not v:
+    return []
+  if isinstance(v, (Mapping, ml_collections.ConfigDict)):
+    return [v]
+  if isinstance(v, (list, tuple)):
+    return list(v)
+  raise ConfigError(f"init_from={show(v)}: expected a dict (workdir, step, groups) or a list "
+                    "of them")
 
 
 def as_tuple(v) -> tuple:
@@ -212,6 +226,17 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if not isinstance(v, int) or isinstance(v, bool) or (v < 1 and v != -1):
       raise ConfigError(f"mesh.{a}={show(v)}: expected a positive integer or -1 (all remaining "
                         "devices)")
+  for i, src in enumerate(init_sources(config)):
+    where = f"init_from[{i}]"
+    _check_keys(src, INIT_FROM_KEYS, where)
+    if not isinstance(src.get("workdir"), str) or not src.get("workdir"):
+      raise ConfigError(f"{where}.workdir={show(src.get('workdir'))}: expected the workdir (or "
+                        "checkpoints directory) of an earlier run")
+    if src.get("step") is not None:
+      _int(src.get("step"), f"{where}.step", 0)
+    if not names(src.get("groups", ()), f"{where}.groups"):
+      raise ConfigError(f"{where}.groups: expected one or more parameter-group patterns, e.g. "
+                        "('shared', 'tokenizers.*')")
   nf = config.get("nonfinite") or {}
   _check_keys(nf, {"policy", "max_skips"}, "nonfinite")
   _choice(nf.get("policy", "stop"), "nonfinite.policy", ("stop", "skip"))

@@ -467,6 +467,14 @@ def run(config: ml_collections.ConfigDict, workdir: str | None, *, devices=None,
       for name, it in iters.items():
         it.set_state(data_states_[name])
       log.info("resumed from %s at step %d", ckpt.directory, start)
+  init_lines = []
+  if start == 0 and config_lib.init_sources(cfg):
+    # Only a fresh run is initialised from other runs; a resumed one continues its own params.
+    abstract = checkpointing.abstract(state["params"], exp.state_shardings["params"])
+    loaded, init_lines = checkpointing.load_params(config_lib.init_sources(cfg), abstract)
+    state = {**state, "params": {**state["params"], **loaded}}
+    for line in init_lines:
+      log.info("initialised %s", line)
 
   schedule = exp.schedule
   end = schedule.num_steps if stop_at is None else min(stop_at, schedule.num_steps)
@@ -578,7 +586,8 @@ def run(config: ml_collections.ConfigDict, workdir: str | None, *, devices=None,
   summary = {"test": results.get(test_split), eval_split: results.get(eval_split),
              "params": report, "steps": final_step, "steps_per_s": steps_per_s,
              "traces": dict(exp.traces), "preempted": preempted,
-             "skipped_updates": int(jax.device_get(state["guard"]["skipped"]))}
+             "skipped_updates": int(jax.device_get(state["guard"]["skipped"])),
+             "init_from": init_lines}
   if workdir and preempted is None:
     with open(os.path.join(workdir, "results.json"), "w") as f:
       json.dump(summary, f, indent=2)

@@ -23,8 +23,11 @@ from tests.batches import assert_same_batches, take
 
 AV = data.AV_DATASETS
 SPLITS = ('train', 'validation', 'test')
-LABELS = {'av_digits': {'label': 10}, 'av_xor': {'label': 2},
-          'av_multilabel': {'labels': 10}}
+# Besides its label, every AV clip names the digit shown and the digit spoken (for unimodal
+# tasks on the same clips).
+_PER_MODALITY = {'shown': 10, 'spoken': 10}
+LABELS = {'av_digits': {'label': 10, **_PER_MODALITY}, 'av_xor': {'label': 2, **_PER_MODALITY},
+          'av_multilabel': {'labels': 10, **_PER_MODALITY}}
 INPUTS = {'video': (8, 32, 32, 1), 'spectrogram': (64, 32, 1)}
 SPEC = dict(time_masks=1, time_width=7, freq_masks=1, freq_width=5)
 ALL_AUGMENTS = {'noise_std': 0.05, 'max_shift': 1, 'crop': 2, 'flip': True,
@@ -86,7 +89,8 @@ def test_sizes_shapes_and_classes_come_from_the_built_data(name, data_dir,
   assert 200 <= info.splits['validation'] <= 1000
   assert 200 <= info.splits['test'] <= 1000
   assert info.num_classes == LABELS[name]
-  label_spec = {'label': ((), np.dtype(np.int32)),
+  label_spec = {'label': ((), np.dtype(np.int32)), 'shown': ((), np.dtype(np.int32)),
+                'spoken': ((), np.dtype(np.int32)),
                 'labels': ((10,), np.dtype(np.float32))}
   assert info.features == {
       **{k: (s, np.dtype(np.float32)) for k, s in INPUTS.items()},

@@ -118,9 +118,11 @@ LABEL_KEYS = {
     'digits_image': ('label',),
     'digits_video': ('direction', 'digit'),
     'digits_audio': ('label',),
-    'av_digits': ('label',),
-    'av_xor': ('label',),
-    'av_multilabel': ('labels',),
+    # Every AV clip also names the digit shown and the digit spoken: unimodal tasks on the
+    # same clips (e.g. to pretrain each stream before fusion).
+    'av_digits': ('label', 'shown', 'spoken'),
+    'av_xor': ('label', 'shown', 'spoken'),
+    'av_multilabel': ('labels', 'shown', 'spoken'),
 }
 _VISUAL_AUGMENTS = ('noise_std', 'max_shift', 'crop', 'flip', 'color_jitter')
 # Augmentation keys each dataset accepts (see `train_transforms`).
@@ -171,6 +173,8 @@ class Decode(grain.transforms.Map):
         out['labels'] = np.asarray(element['labels'], np.float32)
       else:
         out['label'] = np.int32(element['label'])
+      out['shown'] = np.int32(element['shown'])
+      out['spoken'] = np.int32(element['spoken'])
       return out
     raise ValueError(f'unknown dataset {self.name!r}')
 
