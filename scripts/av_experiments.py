@@ -1,6 +1,11 @@
 r"""MBT experiments on the offline audio-visual suite -> docs/results_av.json:
 
   uv run python scripts/av_experiments.py [--only=NAME,...] [--steps=800]
+  uv run python scripts/av_experiments.py --only='pre/*'      # the pretrained rows
+
+Rows named pre/<row> start both streams from a unimodal pretraining run (configs/av_pretrain.py,
+row `pretrain`, run first when needed), as MBT starts from a pretrained ViT; the others start
+from scratch.
 
 Each row is one run of configs/av.py (its own workdir under workdirs/av, so a rerun skips
 finished rows): single modalities, late, full pairwise and bottleneck fusion at several L_f on
@@ -12,6 +17,7 @@ one modality missing.
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
 import logging
 import os
@@ -21,7 +27,7 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from configs import av  # noqa: E402
+from configs import av, av_pretrain  # noqa: E402
 from mmvit import train  # noqa: E402
 
 RECIPE = dict(mixup=dict(alpha=0.3), spec_augment=dict(time_masks=2, time_width=8,
@@ -42,8 +48,26 @@ RUNS = {
     "multilabel/bottleneck_lf2": "av_multilabel,bottleneck,2,4",
     "multilabel/late": "av_multilabel,late",
 }
+RUNS.update({f"pre/{k}": f"{v},pretrained" for k, v in list(RUNS.items())})
 # XOR needs both digits recognised before their parities can be combined: longer runs.
 STEPS = {"digits": 1000, "xor": 1500, "multilabel": 1000}
+
+
+def pretrain(out_dir: str) -> dict:
+  workdir = os.path.join(out_dir, "pretrain")
+  done = os.path.join(workdir, "row.json")
+  if os.path.exists(done):
+    return json.load(open(done))
+  c = av_pretrain.get_config()
+  c.eval_every = 0
+  out = train.run(c, workdir)
+  if out["preempted"] is not None:
+    sys.exit(0)
+  row = {"config": "configs/av_pretrain.py", "steps": out["steps"], "test": out["test"],
+         "steps_per_s": out["steps_per_s"]}
+  with open(done, "w") as f:
+    json.dump(row, f, indent=2)
+  return row
 
 
 def run(name: str, arg: str, steps: int, out_dir: str) -> dict:
@@ -52,7 +76,9 @@ def run(name: str, arg: str, steps: int, out_dir: str) -> dict:
   if os.path.exists(done):
     return json.load(open(done))
   c = av.get_config(arg)
-  c.tasks.av.steps = steps or STEPS[name.split("/")[0]]
+  if c.get("init_from"):
+    c.init_from.workdir = os.path.join(out_dir, "pretrain")
+  c.tasks.av.steps = steps or STEPS[name.removeprefix("pre/").split("/")[0]]
   c.eval_every = 0
   if name.endswith("_recipe"):
     c.tasks.av.mixup = RECIPE["mixup"]
@@ -62,7 +88,7 @@ def run(name: str, arg: str, steps: int, out_dir: str) -> dict:
     sys.exit(0)
   test = out["test"]["av"]
   row = {"config": f"configs/av.py:{arg}", "steps": c.tasks.av.steps, "test": test,
-         "steps_per_s": out["steps_per_s"]}
+         "steps_per_s": out["steps_per_s"], "init_from": out["init_from"]}
   if "fusion" in c.tasks.av:
     exp = train.build(c)
     params = out["state"]["params"]
@@ -82,8 +108,11 @@ def main():
   p.add_argument("--out", default=os.path.join(ROOT, "workdirs", "av"))
   p.add_argument("--results", default=os.path.join(ROOT, "docs", "results_av.json"))
   args = p.parse_args()
-  names = args.only.split(",") if args.only else list(RUNS)
+  names = [n for pat in (args.only or "*").split(",") for n in fnmatch.filter(RUNS, pat)]
   results = json.load(open(args.results)) if os.path.exists(args.results) else {}
+  if any(RUNS[n].endswith(",pretrained") for n in names):
+    results["pretrain"] = pretrain(args.out)
+    print(f"{'pretrain':32s} test {json.dumps(results['pretrain']['test'])}", flush=True)
   for name in names:
     row = run(name, RUNS[name], args.steps, args.out)
     results[name] = row

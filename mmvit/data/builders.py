@@ -71,16 +71,19 @@ class DigitsVideo(_Builder, skip_registration=True):
   """8-frame clips of a digit scan moving in one of 8 directions."""
 
   name = 'digits_video'
-  VERSION = tfds.core.Version('1.0.0')
-  RELEASE_NOTES = {'1.0.0': 'Initial release.'}
+  VERSION = tfds.core.Version('1.1.0')
+  # 14-16 px digits spanned 2x2 patches of 8 px: a tiny ViT alone stopped at 87.6% digit
+  # accuracy (1,500 steps); at 18-21 px it reached 89.1% in 1,000 steps.
+  RELEASE_NOTES = {'1.0.0': 'Initial release.',
+                   '1.1.0': 'Larger (18-21 px), slower (1.2-2.0 px/frame) digits.'}
 
   def _info(self):
     n = synth.IMAGE_SIZE
     return tfds.core.DatasetInfo(
         builder=self,
         description=(
-            '8x32x32 clips of one digits_image scan (14-16 px) moving '
-            'in a straight line (1.5-2.5 px/frame) in one of 8 directions, '
+            '8x32x32 clips of one digits_image scan (18-21 px) moving '
+            'in a straight line (1.2-2.0 px/frame) in one of 8 directions, '
             "with noise; a split's clips come only from that split's scans."),
         features=tfds.features.FeaturesDict({
             'video': tfds.features.Tensor(

@@ -95,14 +95,14 @@ def render_clip(scan: np.ndarray, direction: int,
   """One (8, 32, 32, 1) uint8 clip of `scan` moving towards `direction`.
 
   Direction 0 is N (up), then clockwise in 45 degree steps. The digit box is
-  14..16 px, speed 1.5..2.5 px/frame, start drawn so that the box never leaves
+  18..21 px, speed 1.2..2.0 px/frame, start drawn so that the box never leaves
   the canvas by more than `_VIDEO_MARGIN` px; then a random contrast, a faint
   background level and Gaussian pixel noise.
   """
   from scipy import ndimage  # pylint: disable=g-import-not-at-top
 
-  size = rng.uniform(14.0, 16.0)
-  speed = rng.uniform(1.5, 2.5)
+  size = rng.uniform(18.0, 21.0)
+  speed = rng.uniform(1.2, 2.0)
   angle = direction * np.pi / 4.0
   vel = speed * np.array([-np.cos(angle), np.sin(angle)])  # (dy, dx)
   travel = vel * (VIDEO_FRAMES - 1)
