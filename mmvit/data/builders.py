@@ -179,9 +179,10 @@ class _AVBuilder(_Builder, skip_registration=True):
 class AVDigits(_AVBuilder, skip_registration=True):
   """The same digit shown (noisy, occluded) and spoken (low SNR)."""
 
-  VERSION = tfds.core.Version('1.1.0')
+  VERSION = tfds.core.Version('1.2.0')
   RELEASE_NOTES = {'1.0.0': 'Initial release.',
-                   '1.1.0': 'Less video pixel noise.'}
+                   '1.1.0': 'Less video pixel noise.',
+                   '1.2.0': 'Larger digits (20-24 px).'}
 
   name = 'av_digits'
   DESCRIPTION = (
@@ -196,6 +197,10 @@ class AVDigits(_AVBuilder, skip_registration=True):
 class AVXor(_AVBuilder, skip_registration=True):
   """Independent shown and spoken digits; label = parity XOR (balanced)."""
 
+  VERSION = tfds.core.Version('1.1.0')
+  RELEASE_NOTES = {'1.0.0': 'Initial release.',
+                   '1.1.0': 'Larger digits (21-23 px).'}
+
   name = 'av_xor'
   DESCRIPTION = (
       'Independent, uniform shown and spoken digits (clean-ish); label = '
@@ -209,9 +214,10 @@ class AVXor(_AVBuilder, skip_registration=True):
 class AVMultilabel(_AVBuilder, skip_registration=True):
   """Independent shown and spoken digits; labels = multi-hot of the two."""
 
-  VERSION = tfds.core.Version('1.1.0')
+  VERSION = tfds.core.Version('1.2.0')
   RELEASE_NOTES = {'1.0.0': 'Initial release.',
-                   '1.1.0': 'Less video pixel noise.'}
+                   '1.1.0': 'Less video pixel noise.',
+                   '1.2.0': 'Larger digits (20-24 px).'}
 
   name = 'av_multilabel'
   DESCRIPTION = (
