@@ -50,7 +50,7 @@ RUNS = {
 }
 RUNS.update({f"pre/{k}": f"{v},pretrained" for k, v in list(RUNS.items())})
 # XOR needs both digits recognised before their parities can be combined: longer runs.
-STEPS = {"digits": 1000, "xor": 1500, "multilabel": 1000}
+STEPS = {"digits": 1000, "xor": 2000, "multilabel": 1000}
 
 
 def pretrain(out_dir: str) -> dict:
