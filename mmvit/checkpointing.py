@@ -229,31 +229,35 @@ def load_params(sources, abstract_params: dict) -> tuple[dict, list[str]]:
     chosen = [g for g in abstract_params if any(fnmatch.fnmatchcase(g, p) for p in patterns)]
     step_dir = _step_dir(src.get("workdir"), src.get("step"), where)
     item = os.path.join(step_dir, "state")
-    ckptr = ocp.PyTreeCheckpointer()
-    try:
-      meta = ckptr.metadata(item)
-    except Exception as e:  # noqa: BLE001
-      raise CheckpointError(f"{where}: {item} is unreadable ({type(e).__name__})") from None
-    meta = getattr(meta, "item_metadata", meta)  # StepMetadata -> TreeMetadata
-    tree = getattr(meta, "tree", meta)
-    have = tree.get("params", {}) if isinstance(tree, Mapping) else {}
-    for g in chosen:
-      if g not in have:
-        raise CheckpointError(f"{where}: {item} has no parameter group {g} (it has "
-                              f"{', '.join(have)})")
-      want, got = _shapes(abstract_params[g]), _shapes(have[g])
-      for k in sorted(set(want) | set(got)):
-        if k not in got or k not in want:
-          raise CheckpointError(f"{where}: parameter {g}/{k} is in "
-                                f"{'this model' if k in want else item} only: the two models "
-                                "differ")
-        if tuple(got[k].shape) != tuple(want[k].shape):
-          raise CheckpointError(f"{where}: parameter {g}/{k} has shape {tuple(got[k].shape)} in "
-                                f"{item}, this model expects {tuple(want[k].shape)}")
-    target = {"params": {g: abstract_params[g] for g in chosen}}
-    out = ckptr.restore(item, args=ocp.args.PyTreeRestore(
-        item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
-        partial_restore=True))
+    with ocp.PyTreeCheckpointer() as ckptr:
+      try:
+        meta = ckptr.metadata(item)
+      except Exception as e:  # noqa: BLE001
+        reason = " ".join(f"{type(e).__name__}: {e}".split())[:200]
+        raise CheckpointError(f"{where}: {item} is unreadable ({reason})") from None
+      meta = getattr(meta, "item_metadata", meta)  # StepMetadata -> TreeMetadata
+      tree = getattr(meta, "tree", meta)
+      have = tree.get("params") if isinstance(tree, Mapping) else None
+      if not isinstance(have, Mapping) or not have:
+        raise CheckpointError(f"{where}: {item} holds no parameter groups: expected the state of "
+                              "an mmvit run")
+      for g in chosen:
+        if g not in have:
+          raise CheckpointError(f"{where}.groups: {item} has no parameter group {g}; it has "
+                                f"{', '.join(have)}")
+        want, got = _shapes(abstract_params[g]), _shapes(have[g])
+        for k in sorted(set(want) | set(got)):
+          if k not in got or k not in want:
+            raise CheckpointError(
+                f"{where}: parameter {g}/{k} is in {'this model' if k in want else item} only: "
+                f"expected the same parameters in group {g} of both models")
+          if tuple(got[k].shape) != tuple(want[k].shape):
+            raise CheckpointError(f"{where}: parameter {g}/{k} has shape {tuple(got[k].shape)} "
+                                  f"in {item}, this model expects {tuple(want[k].shape)}")
+      target = {"params": {g: abstract_params[g] for g in chosen}}
+      out = ckptr.restore(item, args=ocp.args.PyTreeRestore(
+          item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+          partial_restore=True))
     loaded.update(out["params"])
     lines.append(f"{where}: {', '.join(chosen)} from {step_dir}")
   return loaded, lines

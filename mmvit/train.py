@@ -459,16 +459,16 @@ def run(config: ml_collections.ConfigDict, workdir: str | None, *, devices=None,
 
   iters = train_iterators(exp)
   state = exp.state
-  start = 0
-  if ckpt.enabled:
-    restored = ckpt.restore_latest(checkpointing.abstract(state, exp.state_shardings))
-    if restored is not None:
-      start, state, data_states_, _ = restored
-      for name, it in iters.items():
-        it.set_state(data_states_[name])
-      log.info("resumed from %s at step %d", ckpt.directory, start)
-  init_lines = []
-  if start == 0 and config_lib.init_sources(cfg):
+  start, init_lines = 0, []
+  restored = (ckpt.restore_latest(checkpointing.abstract(state, exp.state_shardings))
+              if ckpt.enabled else None)
+  if restored is not None:
+    start, state, data_states_, meta_ = restored
+    for name, it in iters.items():
+      it.set_state(data_states_[name])
+    log.info("resumed from %s at step %d", ckpt.directory, start)
+    init_lines = list(meta_.get("init_from", []))  # what the run was started from
+  if restored is None and config_lib.init_sources(cfg):
     # Only a fresh run is initialised from other runs; a resumed one continues its own params.
     abstract = checkpointing.abstract(state["params"], exp.state_shardings["params"])
     loaded, init_lines = checkpointing.load_params(config_lib.init_sources(cfg), abstract)
@@ -496,7 +496,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | None, *, devices=None,
 
   def meta(step):
     return {"step": step, "seed": seed, "schedule": schedule.kind,
-            "config_digest": checkpointing.config_digest(cfg)}
+            "config_digest": checkpointing.config_digest(cfg), "init_from": init_lines}
 
   def check_finite():
     """Stops once more than max_skips updates were dropped; the state holds none of them."""

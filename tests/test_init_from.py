@@ -26,7 +26,8 @@ def params_of(summary):
 
 
 def same(a, b):
-  return all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+  return jax.tree.structure(a) == jax.tree.structure(b) and len(jax.tree.leaves(a)) > 0 and all(
+      np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
 
 @pytest.fixture(scope="module")
@@ -59,14 +60,19 @@ def test_cotraining_starts_from_single_task_networks(single_runs, tmp_path):
 
 
 def test_a_resumed_run_continues_its_own_parameters_not_the_source(single_runs, tmp_path):
+  """Only a fresh run is initialised; a resumed one restores its own checkpoint and still
+  reports what it was started from."""
   img_wd, img = single_runs["image"]
   c = single_task("image", steps=4)
-  c.init_from = dict(workdir=img_wd, groups="shared")
+  c.init_from = dict(workdir=img_wd, step=3, groups="shared")
+  assert same(params_of(train.run(c, None, data=FakeData(), stop_at=0))["shared"], img["shared"])
   wd = str(tmp_path / "ft")
   first = train.run(c, wd, data=FakeData(), stop_at=2)
-  assert first["init_from"] and not same(params_of(first)["shared"], img["shared"])
-  again = train.run(c, wd, data=FakeData())
-  assert again["init_from"] == [] and again["steps"] == 4
+  again = train.run(c, wd, data=FakeData(), stop_at=2)  # resumes at 2: nothing left to train
+  assert same(params_of(again), params_of(first))
+  assert not same(params_of(again)["shared"], img["shared"])
+  assert again["init_from"] == first["init_from"] != []
+  assert train.run(c, wd, data=FakeData())["steps"] == 4
 
 
 def test_init_from_errors_name_the_field_and_what_was_expected(single_runs, tmp_path):
@@ -86,10 +92,22 @@ def test_init_from_errors_name_the_field_and_what_was_expected(single_runs, tmp_
   wider.init_from = dict(workdir=img_wd, groups="shared")
   with pytest.raises(checkpointing.CheckpointError, match=r"parameter shared/.* has shape"):
     train.run(wider, None, data=FakeData())
+  for bad, field in ((dict(workdir="", groups="shared"), r"\.workdir=''"),
+                     (dict(workdir=img_wd, groups=()), r"\.groups: expected one or more"),
+                     (dict(workdir=img_wd, step=-1, groups="shared"), r"\.step=-1"),
+                     ("somewhere", r"='somewhere': expected a dict")):
+    c = single_task("image")
+    c.init_from = bad
+    with pytest.raises(ConfigError, match=r"init_from(\[0\])?" + field):
+      train.run(c, None, data=FakeData())
+  c = single_task("image")
   c.init_from = dict(workdir=img_wd, groups="heads.image", extra=1)
   with pytest.raises(ConfigError, match=r"init_from\[0\]\.extra: unknown field"):
     train.run(c, None, data=FakeData())
   c.init_from = dict(workdir=img_wd, groups="tokenizers.audio")
   c.tasks.audio = single_task("audio").tasks.audio.to_dict()
-  with pytest.raises(checkpointing.CheckpointError, match=r"has no parameter group tokenizers.audio"):
+  with pytest.raises(checkpointing.CheckpointError,
+                     match=r"init_from\[0\]\.groups: .* has no parameter group tokenizers.audio; "
+                           r"it has (heads.image|shared|tokenizers.image)(, (heads.image|shared|"
+                           r"tokenizers.image)){2}$"):
     train.run(c, None, data=FakeData())
