@@ -153,6 +153,17 @@ def test_av_xor_label_is_parity_xor_and_balanced(meta):
       assert len(y) >= 250 and abs(np.mean(y) - 0.5) < 0.1, (key, d)
 
 
+@pytest.mark.parametrize('name', AV)
+def test_batches_carry_the_stored_shown_and_spoken_digits(name, data_dir, meta):
+  """Unimodal tasks on AV clips (labels 'shown' / 'spoken') read the stored digits: the eval
+  pipeline keeps the stored order, so batch i holds records i*B .. (i+1)*B - 1."""
+  batch = next(data.eval_batches(name, split='validation', batch_size=16,
+                                 data_dir=data_dir))
+  for key in ('shown', 'spoken'):
+    want = [int(e[key]) for e in meta[name]['validation'][:16]]
+    assert batch[key].dtype == np.int32 and batch[key].tolist() == want, key
+
+
 def test_av_multilabel_labels_are_multi_hot_of_shown_and_spoken(meta):
   positives = collections.Counter()
   for s in SPLITS:
