@@ -13,7 +13,7 @@ import ml_collections
 
 from configs import av
 
-STEPS = {"shown": 2000, "spoken": 1000, "words": 1000}
+STEPS = {"shown": 4000, "spoken": 2000, "words": 2000}
 
 
 def get_config(arg: str = "av_multilabel"):
