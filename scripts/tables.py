@@ -34,6 +34,10 @@ def av(path):
   out = ["| run | config | steps | test | 4-view test | without audio | without video |",
          "|---|---|---|---|---|---|---|"]
   for name, r in rows.items():
+    if all(isinstance(v, dict) for v in r["test"].values()):  # several tasks (pretraining)
+      tests = ", ".join(f"{t} top1 {v['top1']:.4f}" for t, v in r["test"].items())
+      out.append(f"| {name} | `{r['config']}` | {r['steps']} | {tests} | - | - | - |")
+      continue
     m = "mAP" if "mAP" in r["test"] else "top1"
     cell = lambda k: f"{r[k][m]:.4f}" if k in r else "-"
     out.append(f"| {name} | `{r['config']}` | {r['steps']} | {m} {r['test'][m]:.4f} | "
@@ -44,6 +48,6 @@ def av(path):
 if __name__ == "__main__":
   docs = os.path.join(ROOT, "docs")
   for name, fn in (("results_cotraining.json", cotraining), ("results_av.json", av)):
-    path = sys.argv[1] if False else os.path.join(docs, name)
+    path = os.path.join(docs, name)
     if os.path.exists(path):
       print(fn(path), end="\n\n")
