@@ -11,7 +11,7 @@ schedule but accumulated, where each of the U/T updates uses one batch of every 
 import ml_collections
 
 # Per-task batches: the same under every schedule and in configs/single_task.py.
-STEPS = {"image": 700, "video_direction": 400, "video_digit": 1700, "audio": 1700}
+STEPS = {"image": 1100, "video_direction": 450, "video_digit": 1750, "audio": 1700}
 
 
 def model_config() -> ml_collections.ConfigDict:
@@ -29,18 +29,20 @@ def model_config() -> ml_collections.ConfigDict:
 def task_configs() -> dict:
   common = dict(batch_size=64)
   return dict(
-      image=dict(dataset="digits_image", modalities="image", labels="label", **common),
+      image=dict(dataset="digits_image", modalities="image", labels="label",
+                 label_smoothing=0.1, **common),
       # Batch 32 and 300 steps for direction cost 33 points of test accuracy (66% vs 99%).
       # Half the lr for direction: at the full lr, direction (learnt fast) pulled the shared
       # video tokenizer and encoder away from shape, and video digit stalled (84.0% against
       # 88.0% test at half lr; direction 97.9% against 95.5%).
       video_direction=dict(dataset="digits_video", modalities="video", labels="direction",
-                           lr_mult=0.5, **common),
+                           lr_mult=0.4, **common),
       # Random shifts of up to 4 px: the digit must be recognised wherever it is (87.6% vs
       # 78.6% test accuracy alone, 1500 steps).
       video_digit=dict(dataset="digits_video", modalities="video", labels="digit",
-                       augment=dict(max_shift=4), **common),
-      audio=dict(dataset="digits_audio", modalities="audio", labels="label", **common),
+                       augment=dict(max_shift=4), label_smoothing=0.1, **common),
+      audio=dict(dataset="digits_audio", modalities="audio", labels="label",
+                 label_smoothing=0.1, **common),
   )
 
 
@@ -57,7 +59,7 @@ def get_config(arg: str = "weighted"):
   c.total_steps = None  # sum of the tasks' steps (accumulated: that sum / number of tasks)
   c.optimizer = dict(name="adamw", lr=3e-3, warmup_steps=100, lr_schedule="cosine",
                      weight_decay=1e-4, b1=0.9, b2=0.999, grad_clip_norm=1.0)
-  c.eval_every = 1000
+  c.eval_every = 2000
   c.eval_batch_size = 256
   c.log_every = 100
   c.checkpoint_every = 1000
