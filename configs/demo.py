@@ -32,9 +32,9 @@ def task_configs() -> dict:
       image=dict(dataset="digits_image", modalities="image", labels="label",
                  label_smoothing=0.1, **common),
       # Batch 32 and 300 steps for direction cost 33 points of test accuracy (66% vs 99%).
-      # Half the lr for direction: at the full lr, direction (learnt fast) pulled the shared
-      # video tokenizer and encoder away from shape, and video digit stalled (84.0% against
-      # 88.0% test at half lr; direction 97.9% against 95.5%).
+      # 0.4x the lr for direction: at the full lr, direction (learnt fast) pulled the shared
+      # video tokenizer and encoder away from shape and video digit stalled (84.0% test against
+      # 88.0% at 0.5x; docs/results.md, demo config search).
       video_direction=dict(dataset="digits_video", modalities="video", labels="direction",
                            lr_mult=0.4, **common),
       # Random shifts of up to 4 px: the digit must be recognised wherever it is (87.6% vs
