@@ -49,6 +49,13 @@ RUNS = {
     "multilabel/late": "av_multilabel,late",
 }
 RUNS.update({f"pre/{k}": f"{v},pretrained" for k, v in list(RUNS.items())})
+RUNS.update({
+    "pre/digits/bottleneck_lf1": "av_digits,bottleneck,1,4,pretrained",
+    "pre/digits/bottleneck_lf3": "av_digits,bottleneck,3,4,pretrained",
+    # A second fine-tuning seed (same pretrained start) for the rows at the 90% line.
+    "pre/xor/bottleneck_lf1_seed1": "av_xor,bottleneck,1,4,pretrained",
+    "pre/xor/full_pairwise_lf1_seed1": "av_xor,full_pairwise,1,pretrained",
+})
 # XOR needs both digits recognised before their parities can be combined: longer runs.
 STEPS = {"digits": 1000, "xor": 2000, "multilabel": 1000}
 
@@ -79,6 +86,8 @@ def run(name: str, arg: str, steps: int, out_dir: str) -> dict:
   if c.get("init_from"):
     c.init_from.workdir = os.path.join(out_dir, "pretrain")
   c.tasks.av.steps = steps or STEPS[name.removeprefix("pre/").split("/")[0]]
+  if "_seed" in name:
+    c.seed = int(name.rsplit("_seed", 1)[1])
   c.eval_every = 0
   if name.endswith("_recipe"):
     c.tasks.av.mixup = RECIPE["mixup"]
@@ -87,7 +96,7 @@ def run(name: str, arg: str, steps: int, out_dir: str) -> dict:
   if out["preempted"] is not None:  # SIGTERM: saved; rerunning the script resumes this row
     sys.exit(0)
   test = out["test"]["av"]
-  row = {"config": f"configs/av.py:{arg}", "steps": c.tasks.av.steps, "test": test,
+  row = {"config": f"configs/av.py:{arg}", "seed": c.seed, "steps": c.tasks.av.steps, "test": test,
          "steps_per_s": out["steps_per_s"], "init_from": out["init_from"]}
   if "fusion" in c.tasks.av:
     exp = train.build(c)
