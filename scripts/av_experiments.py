@@ -96,7 +96,8 @@ def run(name: str, arg: str, steps: int, out_dir: str) -> dict:
   if out["preempted"] is not None:  # SIGTERM: saved; rerunning the script resumes this row
     sys.exit(0)
   test = out["test"]["av"]
-  row = {"config": f"configs/av.py:{arg}", "seed": c.seed, "steps": c.tasks.av.steps, "test": test,
+  row = {"config": f"configs/av.py:{arg}", "seed": c.seed, "steps": c.tasks.av.steps,
+         "test": test,
          "steps_per_s": out["steps_per_s"], "init_from": out["init_from"]}
   if "fusion" in c.tasks.av:
     exp = train.build(c)
