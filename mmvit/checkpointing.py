@@ -93,6 +93,21 @@ def _shapes(tree, prefix="") -> dict:
   return {prefix: tree}
 
 
+def _first_mismatch(want, have):
+  """The first leaf, in sorted path order, where two trees of arrays (or array metadata)
+  differ, as (path, "missing" | "extra" | "shape", wanted leaf, present leaf); None when
+  they match. "missing": in `want` only; "extra": in `have` only."""
+  want, have = _shapes(want), _shapes(have)
+  for k in sorted(set(want) | set(have)):
+    if k not in have:
+      return k, "missing", want[k], None
+    if k not in want:
+      return k, "extra", None, have[k]
+    if tuple(have[k].shape) != tuple(want[k].shape):
+      return k, "shape", want[k], have[k]
+  return None
+
+
 class Checkpointer:
   def __init__(self, workdir: str, keep: int = 3, enabled: bool = True):
     self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
@@ -129,19 +144,20 @@ class Checkpointer:
       raise OSError("no readable metadata for 'state'")
     # Parameters decide compatibility (optimizer and counters follow from them).
     tree = getattr(meta, "tree", meta)
-    want, have = _shapes(abstract_state["params"]), _shapes(tree["params"])
-    for k in sorted(set(want) | set(have)):
-      if k not in have:
-        raise CheckpointError(f"checkpoint step {step} in {self.directory} has no parameter "
-                              f"{k}: it was written by an incompatible config")
-      if k not in want:
-        raise CheckpointError(f"checkpoint step {step} in {self.directory} has parameter {k} "
-                              "that this config does not: it was written by an incompatible "
-                              "config")
-      if tuple(have[k].shape) != tuple(want[k].shape):
-        raise CheckpointError(f"checkpoint step {step} in {self.directory}: parameter {k} has "
-                              f"shape {tuple(have[k].shape)}, this config expects "
-                              f"{tuple(want[k].shape)}")
+    bad = _first_mismatch(abstract_state["params"], tree["params"])
+    if bad is None:
+      return
+    k, kind, want, have = bad
+    if kind == "missing":
+      raise CheckpointError(f"checkpoint step {step} in {self.directory} has no parameter "
+                            f"{k}: it was written by an incompatible config")
+    if kind == "extra":
+      raise CheckpointError(f"checkpoint step {step} in {self.directory} has parameter {k} "
+                            "that this config does not: it was written by an incompatible "
+                            "config")
+    raise CheckpointError(f"checkpoint step {step} in {self.directory}: parameter {k} has "
+                          f"shape {tuple(have.shape)}, this config expects "
+                          f"{tuple(want.shape)}")
 
   def restore_latest(self, abstract_state):
     """Restores the newest readable step onto the shardings of `abstract_state`; returns
@@ -245,15 +261,16 @@ def load_params(sources, abstract_params: dict) -> tuple[dict, list[str]]:
         if g not in have:
           raise CheckpointError(f"{where}.groups: {item} has no parameter group {g}; it has "
                                 f"{', '.join(have)}")
-        want, got = _shapes(abstract_params[g]), _shapes(have[g])
-        for k in sorted(set(want) | set(got)):
-          if k not in got or k not in want:
-            raise CheckpointError(
-                f"{where}: parameter {g}/{k} is in {'this model' if k in want else item} only: "
-                f"expected the same parameters in group {g} of both models")
-          if tuple(got[k].shape) != tuple(want[k].shape):
-            raise CheckpointError(f"{where}: parameter {g}/{k} has shape {tuple(got[k].shape)} "
-                                  f"in {item}, this model expects {tuple(want[k].shape)}")
+        bad = _first_mismatch(abstract_params[g], have[g])
+        if bad is None:
+          continue
+        k, kind, want, got = bad
+        if kind != "shape":
+          raise CheckpointError(
+              f"{where}: parameter {g}/{k} is in {'this model' if kind == 'missing' else item} "
+              f"only: expected the same parameters in group {g} of both models")
+        raise CheckpointError(f"{where}: parameter {g}/{k} has shape {tuple(got.shape)} "
+                              f"in {item}, this model expects {tuple(want.shape)}")
       target = {"params": {g: abstract_params[g] for g in chosen}}
       out = ckptr.restore(item, args=ocp.args.PyTreeRestore(
           item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),

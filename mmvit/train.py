@@ -468,10 +468,10 @@ def run(config: ml_collections.ConfigDict, workdir: str | None, *, devices=None,
       it.set_state(data_states_[name])
     log.info("resumed from %s at step %d", ckpt.directory, start)
     init_lines = list(meta_.get("init_from", []))  # what the run was started from
-  if restored is None and config_lib.init_sources(cfg):
+  elif sources := config_lib.init_sources(cfg):
     # Only a fresh run is initialised from other runs; a resumed one continues its own params.
     abstract = checkpointing.abstract(state["params"], exp.state_shardings["params"])
-    loaded, init_lines = checkpointing.load_params(config_lib.init_sources(cfg), abstract)
+    loaded, init_lines = checkpointing.load_params(sources, abstract)
     state = {**state, "params": {**state["params"], **loaded}}
     for line in init_lines:
       log.info("initialised %s", line)
