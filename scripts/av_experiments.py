@@ -60,28 +60,30 @@ RUNS.update({
 STEPS = {"digits": 1000, "xor": 2000, "multilabel": 1000}
 
 
-def pretrain(out_dir: str) -> dict:
-  workdir = os.path.join(out_dir, "pretrain")
+def _row(workdir: str, config, describe) -> dict:
+  """Trains `config` in `workdir` once: a finished row is read back from row.json; a SIGTERM
+  (saved, resumable) exits, so rerunning the script continues this row."""
   done = os.path.join(workdir, "row.json")
   if os.path.exists(done):
     return json.load(open(done))
-  c = av_pretrain.get_config()
-  c.eval_every = 0
-  out = train.run(c, workdir)
+  out = train.run(config, workdir)
   if out["preempted"] is not None:
     sys.exit(0)
-  row = {"config": "configs/av_pretrain.py", "steps": out["steps"], "test": out["test"],
-         "steps_per_s": out["steps_per_s"]}
+  row = describe(out)
   with open(done, "w") as f:
     json.dump(row, f, indent=2)
   return row
 
 
+def pretrain(out_dir: str) -> dict:
+  c = av_pretrain.get_config()
+  c.eval_every = 0
+  return _row(os.path.join(out_dir, "pretrain"), c, lambda out: {
+      "config": "configs/av_pretrain.py", "steps": out["steps"], "test": out["test"],
+      "steps_per_s": out["steps_per_s"]})
+
+
 def run(name: str, arg: str, steps: int, out_dir: str) -> dict:
-  workdir = os.path.join(out_dir, name.replace("/", "_"))
-  done = os.path.join(workdir, "row.json")
-  if os.path.exists(done):
-    return json.load(open(done))
   c = av.get_config(arg)
   if c.get("init_from"):
     c.init_from.workdir = os.path.join(out_dir, "pretrain")
@@ -92,22 +94,20 @@ def run(name: str, arg: str, steps: int, out_dir: str) -> dict:
   if name.endswith("_recipe"):
     c.tasks.av.mixup = RECIPE["mixup"]
     c.tasks.av.augment.spec_augment = RECIPE["spec_augment"]
-  out = train.run(c, workdir)
-  if out["preempted"] is not None:  # SIGTERM: saved; rerunning the script resumes this row
-    sys.exit(0)
-  test = out["test"]["av"]
-  row = {"config": f"configs/av.py:{arg}", "seed": c.seed, "steps": c.tasks.av.steps,
-         "test": test,
-         "steps_per_s": out["steps_per_s"], "init_from": out["init_from"]}
-  if "fusion" in c.tasks.av:
-    exp = train.build(c)
-    params = out["state"]["params"]
-    row["views4"] = train.evaluate_all(exp, params, "test", views=4)["av"]
-    row["without_audio"] = train.evaluate_all(exp, params, "test", drop=("audio",))["av"]
-    row["without_video"] = train.evaluate_all(exp, params, "test", drop=("video",))["av"]
-  with open(done, "w") as f:
-    json.dump(row, f, indent=2)
-  return row
+
+  def describe(out):
+    row = {"config": f"configs/av.py:{arg}", "seed": c.seed, "steps": c.tasks.av.steps,
+           "test": out["test"]["av"], "steps_per_s": out["steps_per_s"],
+           "init_from": out["init_from"]}
+    if "fusion" in c.tasks.av:
+      exp = train.build(c)
+      params = out["state"]["params"]
+      row["views4"] = train.evaluate_all(exp, params, "test", views=4)["av"]
+      row["without_audio"] = train.evaluate_all(exp, params, "test", drop=("audio",))["av"]
+      row["without_video"] = train.evaluate_all(exp, params, "test", drop=("video",))["av"]
+    return row
+
+  return _row(os.path.join(out_dir, name.replace("/", "_")), c, describe)
 
 
 def main():
