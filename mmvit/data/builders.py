@@ -19,6 +19,9 @@ from mmvit.data import synth
 
 _CITATION = ''
 _HOMEPAGE = ''
+# Before these releases, two builds differed in the noisy voices' samples.
+_SEEDED_SPEECH = ('espeak-ng noise reseeded per utterance, in a fresh process: the same '
+                  'samples in every build.')
 
 
 class _Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
@@ -107,8 +110,9 @@ class DigitsAudio(_Builder, skip_registration=True):
   """Spoken digits by espeak-ng voices, 1 s at 8 kHz, with background noise."""
 
   name = 'digits_audio'
-  VERSION = tfds.core.Version('1.0.0')
-  RELEASE_NOTES = {'1.0.0': 'Initial release.'}
+  VERSION = tfds.core.Version('1.1.0')
+  RELEASE_NOTES = {'1.0.0': 'Initial release.',
+                   '1.1.0': _SEEDED_SPEECH}
 
   def _info(self):
     return tfds.core.DatasetInfo(
@@ -179,10 +183,11 @@ class _AVBuilder(_Builder, skip_registration=True):
 class AVDigits(_AVBuilder, skip_registration=True):
   """The same digit shown (noisy, occluded) and spoken (low SNR)."""
 
-  VERSION = tfds.core.Version('1.2.0')
+  VERSION = tfds.core.Version('1.3.0')
   RELEASE_NOTES = {'1.0.0': 'Initial release.',
                    '1.1.0': 'Less video pixel noise.',
-                   '1.2.0': 'Larger digits (20-24 px).'}
+                   '1.2.0': 'Larger digits (20-24 px).',
+                   '1.3.0': _SEEDED_SPEECH}
 
   name = 'av_digits'
   DESCRIPTION = (
@@ -197,9 +202,10 @@ class AVDigits(_AVBuilder, skip_registration=True):
 class AVXor(_AVBuilder, skip_registration=True):
   """Independent shown and spoken digits; label = parity XOR (balanced)."""
 
-  VERSION = tfds.core.Version('1.1.0')
+  VERSION = tfds.core.Version('1.2.0')
   RELEASE_NOTES = {'1.0.0': 'Initial release.',
-                   '1.1.0': 'Larger digits (21-23 px).'}
+                   '1.1.0': 'Larger digits (21-23 px).',
+                   '1.2.0': _SEEDED_SPEECH}
 
   name = 'av_xor'
   DESCRIPTION = (
@@ -214,10 +220,11 @@ class AVXor(_AVBuilder, skip_registration=True):
 class AVMultilabel(_AVBuilder, skip_registration=True):
   """Independent shown and spoken digits; labels = multi-hot of the two."""
 
-  VERSION = tfds.core.Version('1.2.0')
+  VERSION = tfds.core.Version('1.3.0')
   RELEASE_NOTES = {'1.0.0': 'Initial release.',
                    '1.1.0': 'Less video pixel noise.',
-                   '1.2.0': 'Larger digits (20-24 px).'}
+                   '1.2.0': 'Larger digits (20-24 px).',
+                   '1.3.0': _SEEDED_SPEECH}
 
   name = 'av_multilabel'
   DESCRIPTION = (

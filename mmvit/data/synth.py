@@ -251,15 +251,23 @@ def render_utterance(raw: np.ndarray, sample_rate: int,
   return out.astype(np.int16), snr_db
 
 
-def audio_examples(split: str) -> Iterator[tuple[str, dict[str, Any]]]:
+def spoken_words(split: str) -> tuple[list[dict[str, Any]], int, list[np.ndarray]]:
+  """(plan, sample rate, raw int16 words) of a split's utterances: the same in every
+  build (each utterance reseeds espeak-ng's noise; the list runs in a fresh process)."""
   from mmvit.data import espeak  # pylint: disable=g-import-not-at-top
 
-  synth = espeak.get_synthesizer()
-  for j, item in enumerate(audio_plan(split)):
-    raw = synth.synth(WORDS[item['label']], item['speaker'], rate=item['rate'],
-                      pitch=item['pitch'])
+  plan = audio_plan(split)
+  rate, raws = espeak.synthesize([
+      (WORDS[p['label']], p['speaker'], p['rate'], p['pitch'],
+       _SPLIT_CODE[split] * 100_000 + j) for j, p in enumerate(plan)])
+  return plan, rate, raws
+
+
+def audio_examples(split: str) -> Iterator[tuple[str, dict[str, Any]]]:
+  plan, sample_rate, raws = spoken_words(split)
+  for j, (item, raw) in enumerate(zip(plan, raws)):
     rng = np.random.default_rng([AUDIO_SEED, _SPLIT_CODE[split], j])
-    wav, snr = render_utterance(raw, synth.sample_rate, rng)
+    wav, snr = render_utterance(raw, sample_rate, rng)
     yield item['key'], {
         'waveform': wav,
         'label': item['label'],
@@ -422,14 +430,8 @@ def _trim_resample(raw: np.ndarray, sample_rate: int) -> np.ndarray:
 def word_pool(split: str) -> tuple[list[dict[str, Any]], list[np.ndarray]]:
   """The clean words of a split's digits_audio plan (same speakers), synthesised
   once per process in plan order: (plan, list of float64 8 kHz words)."""
-  from mmvit.data import espeak  # pylint: disable=g-import-not-at-top
-
-  synth = espeak.get_synthesizer()
-  plan = audio_plan(split)
-  words = [_trim_resample(
-      synth.synth(WORDS[p['label']], p['speaker'], rate=p['rate'],
-                  pitch=p['pitch']), synth.sample_rate) for p in plan]
-  return plan, words
+  plan, sample_rate, raws = spoken_words(split)
+  return plan, [_trim_resample(raw, sample_rate) for raw in raws]
 
 
 def render_av_audio(word: np.ndarray, rng: np.random.Generator,
