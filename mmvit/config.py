@@ -17,7 +17,7 @@ LR_SCHEDULES = ("cosine", "constant", "linear")
 TOP_LEVEL = {
     "seed", "data_dir", "total_steps", "schedule", "model", "tasks", "optimizer", "eval_every",
     "eval_batch_size", "log_every", "checkpoint_every", "keep_checkpoints", "mesh", "test_split",
-    "eval_split", "augment", "nonfinite", "init_from",
+    "eval_split", "augment", "nonfinite", "init_from", "cache_data",
 }
 INIT_FROM_KEYS = {"workdir", "step", "groups"}
 MODEL_KEYS = {
@@ -120,6 +120,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   empty datasets, input sizes against patch sizes) happen in tasks.resolve, also before jit."""
   _check_keys(config, TOP_LEVEL, "config")
   _int(config.get("seed", 0), "config.seed", 0)
+  if not isinstance(config.get("cache_data", False), bool):
+    raise ConfigError(f"config.cache_data={show(config.cache_data)}: expected True or False")
   m = config.model
   _check_keys(m, MODEL_KEYS, "model")
   for f in ("width", "depth", "num_heads", "mlp_dim"):

@@ -79,7 +79,7 @@ class FakeData:
                 FEATURES[name], CLASSES[name])
 
   def train_iterator(self, name, *, batch_size, seed, data_dir=None, split="train",
-                     augment=None):
+                     augment=None, cache=False):
     self.iterators_made += 1
     return FakeIterator(name, batch_size, seed)
 

@@ -44,6 +44,11 @@ def test_unknown_optimizer():
   assert "optimizer.name='lamb'" in msg and "adamw, sgd" in msg
 
 
+def test_cache_data_must_be_a_bool():
+  msg = error_of(lambda c: setattr(c, "cache_data", "yes"))
+  assert msg == "config.cache_data='yes': expected True or False"
+
+
 def test_input_size_not_divisible_by_patch_size():
   msg = error_of(lambda c: setattr(c.model.tokenizers.image, "patch", (5, 5)))
   assert "model.tokenizers.image.patch=(5, 5)" in msg and "(32, 32, 1)" in msg

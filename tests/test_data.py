@@ -264,6 +264,19 @@ def test_train_iterator_is_deterministic_given_seed(name, data_dir):
   assert not np.array_equal(a[0][first_input], c[0][first_input])
 
 
+@pytest.mark.parametrize('name', DATASETS)
+def test_records_cached_in_memory_give_the_same_batches(name, data_dir):
+  kw = dict(batch_size=8, seed=5, data_dir=data_dir, augment={'noise_std': 0.05})
+  if name != 'digits_audio':
+    kw['augment']['max_shift'] = 3
+  read = data.train_iterator(name, **kw)
+  cached = data.train_iterator(name, cache=True, **kw)
+  assert_same_batches(take(read, 3), take(cached, 3))
+  resumed = data.train_iterator(name, cache=True, **kw)
+  resumed.set_state(read.get_state())  # states move between the two kinds
+  assert_same_batches(take(read, 2), take(resumed, 2))
+
+
 @pytest.mark.parametrize('name,augment', [
     ('digits_image', None),
     ('digits_image', {'noise_std': 0.1, 'max_shift': 2}),
