@@ -28,7 +28,7 @@ TOKENIZER_KEYS = {"kind", "patch", "input_key"}
 TASK_KEYS = {
     "dataset", "modalities", "head", "labels", "batch_size", "lr", "lr_mult", "warmup_steps",
     "lr_schedule", "loss_weight", "label_smoothing", "stochastic_depth", "steps", "epochs",
-    "augment", "fusion", "mixup", "eval_views",
+    "augment", "fusion", "mixup", "eval_views", "pool",
 }
 OPTIMIZER_KEYS = {
     "name", "lr", "warmup_steps", "lr_schedule", "weight_decay", "momentum", "b1", "b2",
@@ -183,6 +183,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
       raise ConfigError(f"{where}.labels={show(labels)}: expected one label key (several only with "
                         "head='multihead')")
     _int(t.get("batch_size"), f"{where}.batch_size", 1)
+    if t.get("pool") is not None:
+      _choice(t.pool, f"{where}.pool", POOLS)
+      if t.pool == "token" and not m.get("class_token", True):
+        raise ConfigError(f"{where}.pool='token' needs model.class_token=True")
     for f in ("lr", "lr_mult", "loss_weight", "label_smoothing", "stochastic_depth"):
       if t.get(f) is not None:
         hi = 1.0 if f in ("label_smoothing", "stochastic_depth") else None

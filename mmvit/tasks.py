@@ -125,7 +125,8 @@ def resolve(config: ml_collections.ConfigDict, data=data_lib
     base_lr = t.get("lr") if t.get("lr") is not None else o.lr
     tasks.append(Task(
         name=tname, index=i, dataset=t.dataset, modalities=as_tuple(t.modalities),
-        head=HeadSpec(kind, labels, tuple(info.num_classes[k] for k in labels)),
+        head=HeadSpec(kind, labels, tuple(info.num_classes[k] for k in labels),
+                      pool=t.get("pool")),
         batch_size=int(t.batch_size),
         lr=float(base_lr) * float(t.get("lr_mult", 1.0) or 1.0),
         warmup_steps=int(t.get("warmup_steps", o.get("warmup_steps", 0)) or 0),

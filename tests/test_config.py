@@ -49,6 +49,11 @@ def test_cache_data_must_be_a_bool():
   assert msg == "config.cache_data='yes': expected True or False"
 
 
+def test_unknown_task_pool():
+  msg = error_of(lambda c: setattr(c.tasks.image, "pool", "max"))
+  assert msg == "tasks.image.pool='max': expected one of token, gap"
+
+
 def test_input_size_not_divisible_by_patch_size():
   msg = error_of(lambda c: setattr(c.model.tokenizers.image, "patch", (5, 5)))
   assert "model.tokenizers.image.patch=(5, 5)" in msg and "(32, 32, 1)" in msg

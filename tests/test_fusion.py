@@ -112,6 +112,16 @@ def test_shapes_one_prediction_per_stream_with_token_one_with_gap(kind, pool):
   assert m.bottlenecks["av"].tokens.shape == (1, 4, 32) if kind == "bottleneck" else True
 
 
+def test_a_task_may_pool_other_than_the_model():
+  # Pooling is the head's: one model, a token-pooled and a gap-pooled task on the same streams.
+  spec = ModelSpec(width=32, depth=DEPTH, num_heads=2, mlp_dim=64, pool="token")
+  f = fusion.FusionSpec("bottleneck", 1, 4, True)
+  gap = HeadSpec("multiclass", ("label",), (5,), pool="gap")
+  m = Model(spec, TOKS, {"tok": (("video", "audio"), HEAD, f), "gap": (("video", "audio"), gap, f)},
+            rngs=nnx.Rngs(0))
+  assert len(m("tok", inputs(0))) == 2 and len(m("gap", inputs(0))) == 1
+
+
 def test_separate_weights_give_audio_its_own_stack():
   shared, separate = model(shared=True), model(shared=False)
   assert "audio" not in shared.stream_encoders and "audio" in separate.stream_encoders

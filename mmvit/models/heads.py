@@ -26,6 +26,7 @@ class HeadSpec:
   kind: str
   labels: tuple[str, ...]       # label keys in the batch, one per output
   num_classes: tuple[int, ...]  # classes per label key
+  pool: str | None = None       # "token" or "gap"; None: the model's (ModelSpec.pool)
 
 
 class Head(nnx.Module):

@@ -28,7 +28,7 @@ class ModelSpec:
   num_heads: int
   mlp_dim: int
   adapter_depth: int = 0
-  pool: str = "token"
+  pool: str = "token"  # for heads that do not set their own (HeadSpec.pool)
   dropout: float = 0.0
   attention_dropout: float = 0.0
 
@@ -91,7 +91,7 @@ class Model(nnx.Module):
     outs = [self.encoder.encoder_norm(x) for x in outs]
     has_cls = self.tokenizers[mods[0]].spec.class_token
     head = self.heads[task]
-    if spec.pool == "token":
+    if (head.spec.pool or spec.pool) == "token":
       return [head(x[:, 0]) for x in outs]
     pooled = jnp.concatenate([x[:, 1:] if has_cls else x for x in outs], axis=1).mean(axis=1)
     return [head(pooled)]
