@@ -20,7 +20,7 @@ def test_short_co_training_run_learns_image_digits_and_video_direction(tmp_path,
   """Weighted co-training of two tasks with one shared 2-layer encoder, 320 steps."""
   c = demo.get_config("weighted")
   c.data_dir = data_dir
-  c.model.width, c.model.depth, c.model.mlp_dim = 64, 2, 128
+  c.model.width, c.model.depth, c.model.mlp_dim, c.model.adapter_depth = 64, 2, 128, 0
   c.tasks = {k: v for k, v in c.tasks.items() if k in ("image", "video_direction")}
   c.tasks.image.steps, c.tasks.video_direction.steps = 200, 120
   c.tasks.video_direction.lr_mult = 1.0  # the demo halves it to spare video digit, absent here

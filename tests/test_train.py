@@ -19,12 +19,15 @@ def copy(tree):
   return jax.tree.map(lambda x: np.array(x), tree)
 
 
-def test_a_step_of_task_a_gives_task_b_no_update_no_momentum_drift_no_decay():
-  """Parameter groups: an image step touches shared + image tokenizer + image head only. The
-  audio head has non-zero Adam moments (an audio step ran first) and weight decay is on, so
-  any update of its group would move it."""
+@pytest.mark.parametrize("adapter_depth", [0, 1])
+def test_a_step_of_task_a_gives_task_b_no_update_no_momentum_drift_no_decay(adapter_depth):
+  """Parameter groups: an image step touches shared + image tokenizer (+ image adapter) + image
+  head only. The audio head has non-zero Adam moments (an audio step ran first) and weight decay
+  is on, so any update of its group would move it."""
   data = FakeData()
-  exp = train.build(tiny_config(), data=data)
+  cfg = tiny_config()
+  cfg.model.adapter_depth = adapter_depth
+  exp = train.build(cfg, data=data)
   state = exp.state
   batch = {n: next(data.train_iterator(t.dataset, batch_size=8, seed=1))
            for n, t in exp.task_by_name.items()}
@@ -34,14 +37,19 @@ def test_a_step_of_task_a_gives_task_b_no_update_no_momentum_drift_no_decay():
     for s in range(1, 4):
       state, _ = exp.train_steps["image"](state, batch["image"], jnp.int32(s))
   after = copy(state)
-  for g in ("heads.audio", "tokenizers.audio", "heads.video_digit", "tokenizers.video"):
+  others = ("heads.audio", "tokenizers.audio", "heads.video_digit", "tokenizers.video")
+  own = ("shared", "tokenizers.image", "heads.image")
+  if adapter_depth:
+    others += ("adapters.audio", "adapters.video")
+    own += ("adapters.image",)
+  for g in others:
     assert leaves_equal(before["params"][g], after["params"][g]), g
     assert leaves_equal(before["opt"][g], after["opt"][g]), g
   assert after["counts"]["audio"] == 1 and after["counts"]["video_digit"] == 0
   assert after["counts"]["image"] == 3
-  for g in ("shared", "tokenizers.image", "heads.image"):
+  for g in own:
     assert not leaves_equal(before["params"][g], after["params"][g]), g
-  assert exp.groups["image"] == ("shared", "tokenizers.image", "heads.image")
+  assert sorted(exp.groups["image"]) == sorted(own)
 
 
 @pytest.mark.parametrize("kind", ["weighted", "accumulated"])
@@ -95,6 +103,18 @@ def test_parameter_report_counts_shared_and_per_task_parameters():
   assert 0 < rep["fraction_shared"] < 1
   # T single-task models repeat the shared encoder T times.
   assert rep["single_task_total"] == 2 * rep["shared"] + rep["total"]
+
+
+def test_adapter_blocks_count_as_their_modality_not_as_shared():
+  reports, adapters = [], 0
+  for depth in (0, 1):
+    cfg = tiny_config()
+    cfg.model.adapter_depth = depth
+    exp = train.build(cfg, data=FakeData())
+    reports.append(train.parameter_report(exp.state["params"], exp.groups))
+  adapters = sum(x.size for x in jax.tree.leaves(exp.state["params"]["adapters.image"]))
+  assert adapters > 0 and reports[1]["shared"] == reports[0]["shared"]
+  assert reports[1]["per_modality"]["image"] - reports[0]["per_modality"]["image"] == adapters
 
 
 def test_a_multihead_task_reports_per_head_and_joint_accuracy():
