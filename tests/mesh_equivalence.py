@@ -1,7 +1,15 @@
 """Run by test_sharding.py in a subprocess with 8 simulated CPU devices: trains the tiny config
-for a few steps on several meshes and prints the per-step losses and a parameter checksum."""
+for a few steps on several meshes and saves, per mesh, the per-step losses and the final
+parameters to an .npz file.
 
-import json
+  python tests/mesh_equivalence.py OUT.npz [--break=labels|param_shards]
+
+--break injects a sharding bug into the `data=4,tensor=2` run so that the test can show that
+its comparison catches one: `labels` rotates the device shards of the inputs against those of
+the labels (a batch assembled in the wrong order across devices or hosts); `param_shards`
+swaps the two tensor-parallel halves of one MLP kernel (shards restored in the wrong order).
+"""
+
 import os
 import sys
 
@@ -23,29 +31,77 @@ from tests.tiny import tiny_config  # noqa: E402
 
 MESHES = {"1 device": None, "data=8": dict(data=8), "data=4,tensor=2": dict(data=4, tensor=2),
           "data=2,fsdp=2,tensor=2": dict(data=2, fsdp=2, tensor=2)}
+BROKEN = "data=4,tensor=2"
+
+
+def equivalence_config():
+  """The tiny config (dropout and stochastic depth on, so random bits must not depend on the
+  mesh either) with SGD: its update is linear in the gradient, so a rounding difference in a
+  gradient stays a rounding difference in the parameters. Adam divides by sqrt(v) and turns
+  the rounding noise of a zero gradient (the attention key bias: softmax ignores a shift shared
+  by all keys) into a full-size step of random sign."""
+  cfg = tiny_config("weighted", steps=3)
+  cfg.optimizer = dict(name="sgd", lr=0.1, momentum=0.9, warmup_steps=2, lr_schedule="cosine",
+                       weight_decay=1e-4, grad_clip_norm=1.0)
+  return cfg
+
+
+def rotate_inputs(batch, n):
+  """The inputs' n row blocks rotated by one against the labels'."""
+  out = dict(batch)
+  for k, v in batch.items():
+    if np.issubdtype(v.dtype, np.floating):
+      out[k] = np.roll(v, v.shape[0] // n, axis=0)
+  return out
+
+
+def swap_tensor_halves(params):
+  """The first MLP kernel with its two halves over the `mlp` axis swapped."""
+  block = params["shared"]["encoderblock_0"]["MlpBlock_0"]["Dense_0"]
+  k = np.asarray(block["kernel"])
+  half = k.shape[1] // 2
+  block["kernel"] = jax.device_put(np.concatenate([k[:, half:], k[:, :half]], 1),
+                                   block["kernel"].sharding)
+  return params
+
+
+def run(mesh, broken: str | None):
+  cfg = equivalence_config()
+  cfg.mesh = mesh or dict(data=1)
+  devices = jax.devices()[:1] if mesh is None else jax.devices()
+  exp = train.build(cfg, devices=devices, data=FakeData())
+  iters = train.train_iterators(exp)
+  state, losses = exp.state, []
+  if broken == "param_shards":
+    state = {**state, "params": swap_tensor_halves(state["params"])}
+  with jax.set_mesh(exp.mesh):
+    for step in range(exp.schedule.num_steps):
+      (task,) = exp.schedule.tasks_at(step)
+      host = next(iters[task])
+      if broken == "labels":
+        host = rotate_inputs(host, exp.mesh.shape["data"])
+      batch = train.sharding.shard_batch(host, exp.mesh)
+      state, m = exp.train_steps[task](state, batch, jnp.int32(step))
+      losses.append(float(m["loss"]))
+  leaves = jax.tree_util.tree_leaves_with_path(state["params"])
+  specs = sorted({str(x.sharding.spec) for _, x in leaves})
+  return losses, {jax.tree_util.keystr(p): np.asarray(x) for p, x in leaves}, specs
 
 
 def main():
-  out = {}
+  out_path = sys.argv[1]
+  broken = next((a.split("=", 1)[1] for a in sys.argv[2:] if a.startswith("--break=")), None)
+  arrays = {}
   for name, mesh in MESHES.items():
-    cfg = tiny_config("weighted", steps=3)
-    cfg.mesh = mesh or dict(data=1)
-    devices = jax.devices()[:1] if mesh is None else jax.devices()
-    exp = train.build(cfg, devices=devices, data=FakeData())
-    iters = train.train_iterators(exp)
-    state, losses = exp.state, []
-    with jax.set_mesh(exp.mesh):
-      for step in range(exp.schedule.num_steps):
-        (task,) = exp.schedule.tasks_at(step)
-        batch = train.sharding.shard_batch(next(iters[task]), exp.mesh)
-        state, m = exp.train_steps[task](state, batch, jnp.int32(step))
-        losses.append(float(m["loss"]))
-    specs = sorted({str(x.sharding.spec) for x in jax.tree.leaves(state["params"])})
-    out[name] = {"losses": losses,
-                 "params": [float(np.asarray(x, np.float64).sum())
-                            for x in jax.tree.leaves(state["params"])],
-                 "specs": specs, "devices": len(exp.mesh.devices.flat)}
-  print(json.dumps(out))
+    if broken and name not in ("1 device", BROKEN):
+      continue
+    losses, params, specs = run(mesh, broken if name == BROKEN else None)
+    arrays[f"{name}|losses"] = np.asarray(losses, np.float32)
+    arrays[f"{name}|specs"] = np.asarray(specs)
+    arrays[f"{name}|devices"] = np.asarray(1 if mesh is None else len(jax.devices()))
+    for path, x in params.items():
+      arrays[f"{name}|param|{path}"] = x
+  np.savez(out_path, **arrays)
 
 
 if __name__ == "__main__":
