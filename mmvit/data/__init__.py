@@ -169,6 +169,7 @@ def _builder(name: str, data_dir: str | os.PathLike | None):
             _log.info('built %s in %s in %.1f s', name, data_dir,
                       time.perf_counter() - t0)
             builder = make()
+            _report_fingerprints(builder)
     except DataError:
       raise
     except Exception as e:  # pylint: disable=broad-except
@@ -185,6 +186,36 @@ def _builder(name: str, data_dir: str | os.PathLike | None):
             ' (delete that directory to rebuild)')
     _BUILDERS[key] = builder
     return builder
+
+
+def _report_fingerprints(builder) -> dict[str, str]:
+  """Fingerprints of every split of a fresh build, logged, and compared with the reference
+  build's (fingerprints.EXPECTED): a mismatch is one warning line, not an error."""
+  from mmvit.data import fingerprints  # pylint: disable=g-import-not-at-top
+
+  name, version = builder.name, str(builder.info.version)
+  found = {}
+  for split in SPLITS:
+    found[split] = fingerprints.split_fingerprint(builder.as_data_source(split=split))
+    fingerprints.check(name, version, split, found[split])
+  _log.info('%s %s fingerprints: %s', name, version,
+            ' '.join(f'{s}={f}' for s, f in found.items()))
+  return found
+
+
+def inspect(name: str, data_dir: str | None = None) -> dict[str, dict]:
+  """Per split: number of records, fingerprint, the reference build's fingerprint."""
+  from mmvit.data import fingerprints  # pylint: disable=g-import-not-at-top
+
+  builder = _builder(name, data_dir)
+  version = str(builder.info.version)
+  out = {}
+  for split in SPLITS:
+    source = builder.as_data_source(split=split)
+    out[split] = {'records': len(source),
+                  'fingerprint': fingerprints.split_fingerprint(source),
+                  'reference': fingerprints.expected(name, version, split)}
+  return out
 
 
 def ensure_built(name: str, data_dir: str | None = None) -> None:
