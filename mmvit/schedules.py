@@ -4,13 +4,24 @@ A schedule is a pure function of (kind, task list, per-task batch counts, seed):
 is derived at start-up, identically on every host and after a resume, and step s simply reads
 plan[s]. Nothing about it is carried in a checkpoint except the inputs that derive it.
 
-Kinds (U_j = batches of task j, U = sum_j U_j, T = number of tasks):
+Kinds (U_j = batches of task j, U = sum_j U_j, T = number of tasks, q, r = divmod(U, T)):
   task_by_task  tasks in a random order, all U_j batches of one task before the next (forgets).
   alternating   a fixed repeating order t_0, t_1, ..., t_{T-1}, t_0, ...; U steps.
-  uniform       a random permutation of an array holding U/T entries of each task.
+  uniform       a random permutation of an array holding q entries of each task, then the
+                remainder: r distinct tasks in a seeded random order. So the first q*T steps
+                hold every task exactly q times whether or not T divides U.
   weighted      a random permutation of an array holding U_j entries of task j.
-  accumulated   U/T steps; each makes one update from one batch of every task.
+  accumulated   q steps; each makes one update from one batch of every task. The r batches left
+                over cannot make a full update and are not used.
   ratios        like weighted, with U_j = U * r_j / sum(r) (largest remainder rounding).
+
+The length of training comes from ONE source, never both: either every task's batch count U_j
+(the seed's FIG. 3: U = sum U_j; accumulated takes q = U // T updates), or the number of steps
+U itself (`total_steps`, the plan length for every kind; for accumulated each step is one update
+from every task). task_by_task and weighted need the U_j; given only a total, the trainer
+derives them (in proportion to each task's train batches) before calling make_schedule. Giving
+both is an error here and, in a config, a one-line ConfigError (mmvit/train.make_schedule):
+which one should win differs by kind, so neither silently does.
 """
 
 from __future__ import annotations
@@ -50,10 +61,6 @@ def _rng(seed: int) -> np.random.Generator:
   return np.random.default_rng([int(seed), 0x5C4ED])
 
 
-def _split_evenly(total: int, n: int) -> list[int]:
-  return [total // n + (1 if i < total % n else 0) for i in range(n)]
-
-
 def largest_remainder(total: int, weights: Sequence[float]) -> list[int]:
   w = np.asarray(weights, np.float64)
   exact = total * w / w.sum()
@@ -77,10 +84,10 @@ def make_schedule(
     total_steps: int | None = None,
     ratios: Mapping[str, float] | None = None,
 ) -> Schedule:
-  """Builds the plan.
+  """Builds the plan from exactly one of `steps_per_task` (U_j) and `total_steps` (U).
 
-  `steps_per_task` (U_j) drives task_by_task and weighted, and gives U = sum U_j for the others
-  when `total_steps` is not set. `total_steps` is the number of training steps (U); for
+  `steps_per_task` drives task_by_task and weighted (which require it), and gives U = sum U_j
+  for the others. `total_steps` is the number of training steps, i.e. the plan length; for
   `accumulated` it is the number of updates, each of which uses one batch of every task.
   """
   tasks = tuple(tasks)
@@ -90,9 +97,9 @@ def make_schedule(
     raise ValueError("schedule: no tasks to schedule")
   rng = _rng(seed)
   u_j = [int(steps_per_task[t]) for t in tasks] if steps_per_task else None
+  if (total_steps is None) == (u_j is None):
+    raise ValueError("schedule: give total_steps or steps per task, exactly one of them")
   if total_steps is None:
-    if u_j is None:
-      raise ValueError("schedule: give total_steps or steps per task")
     total_steps = sum(u_j) // len(tasks) if kind == "accumulated" else sum(u_j)
   total_steps = int(total_steps)
 
@@ -107,7 +114,10 @@ def make_schedule(
   elif kind == "alternating":
     plan = np.arange(total_steps) % len(tasks)
   elif kind == "uniform":
-    plan = _permuted(_split_evenly(total_steps, len(tasks)), rng)
+    # Balanced prefix, then the r extras as distinct tasks: shuffled in with the rest, they
+    # would let the favoured tasks run ahead anywhere in training.
+    q, r = divmod(total_steps, len(tasks))
+    plan = np.concatenate([_permuted([q] * len(tasks), rng), rng.permutation(len(tasks))[:r]])
   elif kind == "ratios":
     if not ratios:
       raise ValueError("schedule.ratios: give a weight per task for kind='ratios'")

@@ -39,35 +39,55 @@ def derive_key(seed: int, step, task_index: int) -> jax.Array:
   return jax.random.fold_in(key, task_index)
 
 
-def steps_per_task(config, tasks: list[tasks_lib.Task]) -> dict[str, int] | None:
-  """U_j for each task: explicit (steps/epochs); else, with config.total_steps, proportional
-  to each task's number of train batches (n_j / b_j), as the weighted schedule prescribes."""
+def explicit_steps(config, tasks: list[tasks_lib.Task]) -> dict[str, int] | None:
+  """Every task's steps (or epochs), or None when no task sets them. The one rule for every
+  schedule kind: the length of training is config.total_steps or every task's steps, not both."""
   known = {t.name: t.steps for t in tasks if t.steps is not None}
-  if len(known) == len(tasks):
-    return known
   total = config.get("total_steps")
-  if total is None:
-    return None
-  if known:
+  if known and len(known) < len(tasks):
     missing = [t.name for t in tasks if t.steps is None]
     raise config_lib.ConfigError(f"tasks.{missing[0]}.steps: set steps (or epochs) for every "
                                  "task, or for none and use config.total_steps")
+  if known and total is not None:
+    # Which would win differs by kind (U or U_j; U or U/T updates), so refuse rather than guess.
+    raise config_lib.ConfigError(
+        f"config.total_steps={total} and tasks.*.steps: set one of them; every task sets steps "
+        "(or epochs), which fix the length of training, so set config.total_steps=None")
+  if not known and total is None:
+    raise config_lib.ConfigError("config.total_steps: required unless every task sets steps "
+                                 "(or epochs)")
+  return known or None
+
+
+def steps_per_task(config, tasks: list[tasks_lib.Task]) -> dict[str, int]:
+  """U_j for each task: explicit (steps/epochs); else proportional to each task's number of
+  train batches (n_j / b_j), as the weighted schedule prescribes, summing to exactly
+  config.total_steps with at least one step per task."""
+  known = explicit_steps(config, tasks)
+  if known:
+    return known
+  total = config.total_steps
+  if total < len(tasks):
+    raise config_lib.ConfigError(f"config.total_steps={total}: fewer steps than the "
+                                 f"{len(tasks)} tasks; expected at least one step per task")
   counts = schedules.largest_remainder(total, [t.num_train / t.batch_size for t in tasks])
-  return {t.name: max(c, 1) for t, c in zip(tasks, counts)}
+  # A task rounded to 0 takes its step from the largest, so the plan is still total steps long.
+  for i in [i for i, c in enumerate(counts) if c == 0]:
+    counts[i] = 1
+    counts[counts.index(max(counts))] -= 1
+  return {t.name: c for t, c in zip(tasks, counts)}
 
 
 def make_schedule(config, tasks) -> schedules.Schedule:
   kind = config.schedule.kind
-  u = steps_per_task(config, tasks)
-  total = config.get("total_steps")
-  if kind in ("task_by_task", "weighted") and u is None:
-    raise config_lib.ConfigError(f"schedule.kind={kind!r}: needs tasks.*.steps or epochs, or "
-                                 "config.total_steps")
-  if total is None and u is None:
-    raise config_lib.ConfigError("config.total_steps: required unless every task sets steps")
+  if kind in ("task_by_task", "weighted"):  # these are defined by the U_j
+    kw = dict(steps_per_task=steps_per_task(config, tasks))
+  else:  # these need only U (or, accumulated, the number of updates): take it as given
+    u = explicit_steps(config, tasks)
+    kw = dict(steps_per_task=u) if u else dict(total_steps=config.total_steps)
   ratios = dict(config.schedule.get("ratios") or {}) or None
   return schedules.make_schedule(kind, [t.name for t in tasks], seed=config.get("seed", 0),
-                                 steps_per_task=u, total_steps=total, ratios=ratios)
+                                 ratios=ratios, **kw)
 
 
 @dataclasses.dataclass
