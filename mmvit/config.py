@@ -3,6 +3,7 @@ raised before anything is built or compiled. Code behind this door trusts its co
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 
 import ml_collections
@@ -28,7 +29,7 @@ TOKENIZER_KEYS = {"kind", "patch", "input_key"}
 TASK_KEYS = {
     "dataset", "modalities", "head", "labels", "batch_size", "lr", "lr_mult", "warmup_steps",
     "lr_schedule", "loss_weight", "label_smoothing", "stochastic_depth", "steps", "epochs",
-    "augment", "fusion", "mixup", "eval_views", "pool",
+    "augment", "fusion", "mixup", "eval_views", "pool", "train_split",
 }
 OPTIMIZER_KEYS = {
     "name", "lr", "warmup_steps", "lr_schedule", "weight_decay", "momentum", "b1", "b2",
@@ -202,6 +203,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
       _float(t.mixup.get("alpha", 0.0), f"{where}.mixup.alpha", 0.0)
     if t.get("eval_views") is not None:
       _int(t.eval_views, f"{where}.eval_views", 1)
+    if t.get("train_split") is not None and not (
+        isinstance(t.train_split, str) and re.fullmatch(r"train(\[[^\]]*\])?", t.train_split)):
+      # Only the train split or a slice of it: training on validation or test would leak.
+      raise ConfigError(f"{where}.train_split={show(t.train_split)}: expected 'train' or a "
+                        "slice of it such as 'train[:10%]'")
     if t.get("fusion"):
       from mmvit.models.fusion import validate_fusion  # noqa: PLC0415
       validate_fusion(t.fusion, m.depth, f"{where}.fusion")

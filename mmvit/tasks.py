@@ -34,7 +34,8 @@ class Task:
   loss_weight: float
   label_smoothing: float
   stochastic_depth: float
-  num_train: int
+  num_train: int  # examples in train_split
+  train_split: str  # 'train' or a slice of it, e.g. 'train[:10%]' (a low-data task)
   steps: int | None  # U_j when known from the config (steps or epochs)
   augment: tuple = ()  # sorted (key, value) pairs
   fusion: FusionSpec | None = None
@@ -111,7 +112,13 @@ def resolve(config: ml_collections.ConfigDict, data=data_lib
       if k not in info.num_classes:
         raise ConfigError(f"tasks.{tname}.labels: dataset {t.dataset!r} has no label {k!r}; it "
                           f"has {', '.join(sorted(info.num_classes))}")
+    train_split = t.get("train_split") or "train"
     n_train = info.splits["train"]
+    if train_split != "train":
+      try:
+        n_train = data.num_examples(t.dataset, train_split, config.get("data_dir"))
+      except data_lib.DataError as e:
+        raise ConfigError(f"tasks.{tname}.train_split: {e}") from None
     if t.batch_size > n_train:
       raise ConfigError(f"tasks.{tname}.batch_size={t.batch_size}: larger than the train split "
                         f"of {t.dataset!r} ({n_train} examples)")
@@ -135,7 +142,7 @@ def resolve(config: ml_collections.ConfigDict, data=data_lib
         label_smoothing=float(t.get("label_smoothing", 0.0) or 0.0),
         stochastic_depth=float(t.get("stochastic_depth", config.model.get("stochastic_depth", 0.0))
                                or 0.0),
-        num_train=n_train, steps=steps,
+        num_train=n_train, train_split=train_split, steps=steps,
         augment=tuple(sorted((t.get("augment") or {}).items())),
         fusion=FusionSpec(**t.fusion) if t.get("fusion") else None,
         input_keys=tuple(specs[m].input_key for m in as_tuple(t.modalities)),

@@ -393,7 +393,7 @@ def train_iterators(exp: Experiment) -> dict:
   cfg = exp.config
   return {t.name: exp.data.train_iterator(
       t.dataset, batch_size=t.batch_size, seed=task_seed(int(cfg.get("seed", 0)), t.index),
-      data_dir=cfg.get("data_dir"), augment=dict(t.augment) or None,
+      data_dir=cfg.get("data_dir"), split=t.train_split, augment=dict(t.augment) or None,
       cache=bool(cfg.get("cache_data", False))) for t in exp.tasks}
 
 

@@ -1,6 +1,7 @@
 r"""Co-training against single-task training on the offline digits suite -> docs/results.md.
 
-  uv run python scripts/compare.py --out=workdirs/compare [--seeds=0] [--only=weighted,image]
+  uv run python scripts/compare.py --out=workdirs/compare [--seeds=0]
+  uv run python scripts/compare.py --plan=claims --seeds=0,1,2 --results=docs/results_claims.json
 
 Runs configs/single_task.py:<task> for every task and configs/demo.py:<schedule> for the five
 schedules (each in its own workdir, so a rerun resumes or skips finished runs), then writes the
@@ -26,20 +27,38 @@ SCHEDULES = ("task_by_task", "alternating", "uniform", "weighted", "accumulated"
 TASKS = tuple(sorted(demo.STEPS))
 
 
-def runs(seed: int):
+# The low-data task of the transfer rows: trained on this slice of its train split.
+LOW_DATA_TASK, LOW_DATA_SPLIT = "image", "train[:10%]"
+
+
+def runs(seed: int, plan: str = "all"):
+  """(name, config, seed, scale, overrides) of every run of a plan. 'all': single-task and
+  the five schedules. 'claims' (the seed's claims over seeds 0-2): single-task, weighted and
+  accumulated on every seed, the other schedules on seed 0 only; weighted at 0.5x and 0.75x
+  of the summed single-task steps (fewer total steps, P:L393); and the low-data task alone
+  against co-trained (positive transfer)."""
+  multi = plan == "all" or seed == 0
   for t in TASKS:
-    yield f"single_{t}_s{seed}", f"configs/single_task.py:{t}", seed
+    yield f"single_{t}_s{seed}", f"configs/single_task.py:{t}", seed, 1.0, ()
   for s in SCHEDULES:
-    yield f"cotrain_{s}_s{seed}", f"configs/demo.py:{s}", seed
+    if multi or s in ("weighted", "accumulated"):
+      yield f"cotrain_{s}_s{seed}", f"configs/demo.py:{s}", seed, 1.0, ()
+  if plan == "claims":
+    for scale in (0.5, 0.75):
+      yield f"cotrain_weighted_x{scale}_s{seed}", "configs/demo.py:weighted", seed, scale, ()
+    low = (f"--config.tasks.{LOW_DATA_TASK}.train_split={LOW_DATA_SPLIT}",)
+    yield (f"single_{LOW_DATA_TASK}_lowdata_s{seed}", f"configs/single_task.py:{LOW_DATA_TASK}",
+           seed, 1.0, low)
+    yield f"cotrain_weighted_lowdata_s{seed}", "configs/demo.py:weighted", seed, 1.0, low
 
 
-def run_one(name, config, seed, out_dir, eval_every, scale=1.0):
+def run_one(name, config, seed, out_dir, eval_every, scale=1.0, overrides=()):
   workdir = os.path.join(out_dir, name)
   done = os.path.join(workdir, "results.json")
   if os.path.exists(done):
     return json.load(open(done)), 0.0
   cmd = [sys.executable, "-m", "mmvit.main", f"--config={config}", f"--workdir={workdir}",
-         f"--config.seed={seed}", f"--config.eval_every={eval_every}"]
+         f"--config.seed={seed}", f"--config.eval_every={eval_every}", *overrides]
   tasks = [config.split(":")[1]] if "single_task" in config else TASKS
   cmd += [f"--config.tasks.{t}.steps={max(1, round(demo.STEPS[t] * scale))}" for t in tasks]
   print("+", " ".join(cmd), flush=True)
@@ -83,14 +102,18 @@ def main():
   p.add_argument("--eval_every", type=int, default=100)
   p.add_argument("--scale", type=float, default=1.0,
                  help="multiplies every task's steps (configs/demo.py STEPS)")
+  p.add_argument("--plan", choices=("all", "claims"), default="all",
+                 help="claims: seeds' table of the seed's claims (see runs())")
   p.add_argument("--results", default=os.path.join(ROOT, "docs", "results_cotraining.json"))
   args = p.parse_args()
   seeds = [int(s) for s in args.seeds.split(",")]
   table = {}
   for seed in seeds:
-    for name, config, s in runs(seed):
-      res, secs = run_one(name, config, s, args.out, args.eval_every, args.scale)
-      table[name] = {"config": config, "seed": s, "scale": args.scale, "test": res["test"],
+    for name, config, s, scale, overrides in runs(seed, args.plan):
+      scale *= args.scale
+      res, secs = run_one(name, config, s, args.out, args.eval_every, scale, overrides)
+      table[name] = {"config": config, "seed": s, "scale": scale, "overrides": list(overrides),
+                     "test": res["test"],
                      "params": res["params"],
                      "steps": res["steps"], "steps_per_s": res["steps_per_s"],
                      "wall_s": secs}

@@ -408,3 +408,38 @@ def test_concurrent_builds_do_not_corrupt_the_data_dir(tmp_path, data_dir):
   count = sum(b['mask'].sum() for b in data.eval_batches(
       'digits_image', split='test', batch_size=128, data_dir=str(tmp_path)))
   assert count == n
+
+
+# ------------------------------------------------------ low-data slices ----
+
+def test_a_task_may_train_on_a_slice_of_its_train_split(data_dir, raw):
+  # A low-data task (PolyViT's small datasets): 'train[:10%]' in tfds' slice syntax.
+  from mmvit import tasks as tasks_lib  # pylint: disable=g-import-not-at-top
+  from tests.tiny import tiny_config  # pylint: disable=g-import-not-at-top
+  n = len(raw['digits_image']['train'])
+  assert data.num_examples('digits_image', 'train[:10%]', data_dir) == round(n / 10)
+  ids = {int(e['id']) for e in raw['digits_image']['train'][:round(n / 10)]}
+  source = data.data_source('digits_image', 'train[:10%]', data_dir)
+  assert {int(source[i]['id']) for i in range(len(source))} == ids
+  cfg = tiny_config()
+  cfg.data_dir = data_dir
+  cfg.tasks.image.train_split = 'train[:10%]'
+  cfg.tasks.image.epochs, cfg.tasks.image.steps = 2, None
+  for t in ('video_digit', 'audio'):
+    del cfg.tasks[t]
+  (task,), _ = tasks_lib.resolve(cfg)
+  assert task.num_train == round(n / 10) and task.train_split == 'train[:10%]'
+  assert task.steps == math.ceil(2 * round(n / 10) / 8)  # epochs count the slice
+
+
+@pytest.mark.parametrize('split', ['test', 'validation[:10%]', 'train[:zz]'])
+def test_a_train_split_that_is_not_a_slice_of_train_is_one_line(data_dir, split):
+  from mmvit import config as config_lib, tasks as tasks_lib  # pylint: disable=g-import-not-at-top
+  from tests.tiny import tiny_config  # pylint: disable=g-import-not-at-top
+  cfg = tiny_config()
+  cfg.data_dir = data_dir
+  cfg.tasks.image.train_split = split
+  with pytest.raises(config_lib.ConfigError, match=r'tasks\.image\.train_split') as e:
+    config_lib.validate(cfg)
+    tasks_lib.resolve(cfg)
+  assert '\n' not in str(e.value)

@@ -59,7 +59,7 @@ if TYPE_CHECKING:
 __all__ = [
     'AV_DATASETS', 'DATASETS', 'DataError', 'DatasetInfo', 'data_source',
     'dataset_info',
-    'default_data_dir', 'ensure_built', 'eval_batches', 'train_iterator',
+    'default_data_dir', 'ensure_built', 'eval_batches', 'num_examples', 'train_iterator',
 ]
 
 AV_DATASETS: tuple[str, ...] = ('av_digits', 'av_xor', 'av_multilabel')
@@ -235,11 +235,22 @@ def data_source(name: str, split: str, data_dir: str | None = None):
   order. Builds the dataset if needed.
   """
   builder = _builder(name, data_dir)
-  if split not in builder.info.splits:
+  base = split.split('[', 1)[0]
+  if base not in builder.info.splits:
     raise DataError(
         f'{name}: unknown split {split!r} (have: '
         f'{", ".join(builder.info.splits.keys())})')
-  return builder.as_data_source(split=split)
+  try:  # a slice in tfds' syntax, e.g. 'train[:10%]' or 'train[100:600]'
+    return builder.as_data_source(split=split)
+  except (ValueError, AssertionError) as e:
+    msg = ' '.join(str(e).split())[:200]
+    raise DataError(f'{name}: split {split!r} is not a split or a slice of one such as '
+                    f"'train[:10%]' ({msg})") from None
+
+
+def num_examples(name: str, split: str, data_dir: str | None = None) -> int:
+  """Records in a split or a slice of one ('train[:10%]')."""
+  return len(data_source(name, split, data_dir))
 
 
 @functools.cache
