@@ -1,0 +1,111 @@
+"""The command line's door: every bad flag, file or path is one line on stderr naming it, and
+exit code 2, before any model is built; signals stop a run cleanly at any moment."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from mmvit import config as config_lib, main
+from mmvit.config import ConfigError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEMO = os.path.join(ROOT, "configs", "demo.py")
+
+
+@pytest.fixture(autouse=True)
+def _in_the_repository(monkeypatch):
+  monkeypatch.chdir(ROOT)  # config paths as a user types them
+
+
+def cli(*args, timeout=120):
+  """`python -m mmvit.main ARGS` -> (exit code, stderr)."""
+  out = subprocess.run([sys.executable, "-m", "mmvit.main", *args], cwd=ROOT, text=True,
+                       capture_output=True, timeout=timeout,
+                       env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  return out.returncode, out.stderr
+
+
+def load_error(spec, *argv):
+  """The one-line ConfigError of loading `spec` with the overrides in `argv`."""
+  _, overrides = main.split_overrides(["prog", *argv])
+  with pytest.raises(ConfigError) as e:
+    config_lib.load(spec, overrides)
+  assert "\n" not in str(e.value)
+  return str(e.value)
+
+
+def load(spec, *argv):
+  _, overrides = main.split_overrides(["prog", *argv])
+  return config_lib.load(spec, overrides)
+
+
+def test_a_typo_in_an_override_is_one_line_and_exit_2_without_a_traceback(tmp_path):
+  code, err = cli(f"--config={DEMO}", f"--workdir={tmp_path / 'w'}",
+                  "--config.tasks.imagee.steps=3")
+  assert code == 2
+  assert err == ("config error: --config.tasks.imagee.steps: no field 'imagee' in config.tasks "
+                 "(did you mean 'image'?)\n")
+  assert not os.path.exists(tmp_path / "w")  # refused before anything was written
+
+
+def test_a_typo_in_an_override_names_the_field_and_the_nearest_valid_one():
+  assert load_error(DEMO, "--config.modle.depth=2") == (
+      "--config.modle.depth: no field 'modle' in config (did you mean 'model'?)")
+  assert load_error(DEMO, "--config.model.tokenizers.vide.patch=(4,8,8)") == (
+      "--config.model.tokenizers.vide.patch: no field 'vide' in config.model.tokenizers (did you "
+      "mean 'video'?)")
+  assert load_error(DEMO, "--config.tasks.image.augment.max_shfit=2") == (
+      "--config.tasks.image.augment.max_shfit: no field 'max_shfit' in config.tasks.image.augment "
+      "(did you mean 'max_shift'?)")
+  assert "it has augment, cache_data" in load_error(DEMO, "--config.zzz=1")
+  assert load_error(DEMO, "--config.seed.x=1") == "--config.seed.x: config.seed=0 has no fields"
+
+
+def test_a_value_of_the_wrong_type_names_the_flag():
+  assert load_error(DEMO, "--config.model.depth=two") == (
+      "--config.model.depth=two: expected an integer")
+  assert load_error(DEMO, "--config.cache_data=maybe") == (
+      "--config.cache_data=maybe: expected true or false")
+
+
+def test_documented_fields_the_config_file_does_not_set_can_be_overridden():
+  c = load(DEMO, "--config.nonfinite.policy=skip", "--config.nonfinite.max_skips=3",
+           "--config.tasks.image.mixup.alpha=0.2", "--config.eval_split=test",
+           "--config.tasks.audio.lr=1e-3")
+  assert c.nonfinite.to_dict() == {"policy": "skip", "max_skips": 3}
+  assert c.tasks.image.mixup.alpha == 0.2 and c.eval_split == "test"
+  assert c.tasks.audio.lr == 1e-3
+  config_lib.validate(c)
+
+
+def test_the_override_forms_that_worked_with_config_flags_still_work():
+  c = load(DEMO, "--config.seed=1", "--config.mesh.data=4",
+           "--config.model.tokenizers.video.patch=(4,8,8)", "--config.tasks.video_digit.steps=1000",
+           "--config.model.pool=gap", "--config.log_every", "7", "--noconfig.cache_data",
+           "--config.total_steps=100", "--config.optimizer.lr=1")
+  assert (c.seed, c.mesh.data, c.model.tokenizers.video.patch) == (1, 4, (4, 8, 8))
+  assert (c.tasks.video_digit.steps, c.model.pool, c.log_every) == (1000, "gap", 7)
+  assert (c.cache_data, c.total_steps, c.optimizer.lr) == (False, 100, 1.0)
+  assert c.is_locked  # as config_flags left it: code cannot add a field by a typo
+
+
+def test_a_config_file_with_a_syntax_error_names_its_file_and_line(tmp_path):
+  bad = tmp_path / "bad.py"
+  bad.write_text("import ml_collections\n\ndef get_config(:\n  return None\n")
+  assert load_error(str(bad)) == f"{bad}:3: SyntaxError: invalid syntax"
+  bad.write_text("x = 1\ny = undefined\n")
+  assert load_error(str(bad)) == f"{bad}:2: NameError: name 'undefined' is not defined"
+
+
+def test_a_missing_config_file_names_the_path():
+  assert load_error("configs/nope.py") == "--config=configs/nope.py: no such file"
+  assert load_error("configs") == "--config=configs: not a file"
+
+
+def test_a_bad_config_argument_names_it_and_the_valid_ones():
+  assert load_error("configs/single_task.py:imag") == (
+      "--config=configs/single_task.py:imag: argument 'imag': expected a task, one of audio, "
+      "image, video_digit, video_direction")
+  assert list(load("configs/single_task.py:audio").tasks) == ["audio"]
