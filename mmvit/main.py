@@ -10,6 +10,7 @@ import logging
 import os
 import re
 import sys
+import tempfile
 
 from absl import app, flags
 
@@ -50,6 +51,32 @@ def parse_flags(argv: list[str]):
   return app.parse_flags_with_usage(rest), overrides
 
 
+def check_workdir(workdir: str) -> None:
+  """The door for --workdir: it is (or can be made) a directory this process can write in,
+  checked before anything is built rather than at the first save."""
+  from mmvit.config import ConfigError  # noqa: PLC0415
+  flag = f"--workdir={workdir}" if workdir.strip() == workdir != "" else f"--workdir={workdir!r}"
+  if not workdir:
+    raise ConfigError(f"{flag}: expected a directory")
+  path = os.path.abspath(workdir)
+  if os.path.exists(path) and not os.path.isdir(path):
+    raise ConfigError(f"{flag}: is a file, not a directory")
+  parent = path
+  while not os.path.exists(parent):
+    parent = os.path.dirname(parent)
+  if not os.path.isdir(parent):
+    raise ConfigError(f"{flag}: cannot create it: {parent} is a file, not a directory")
+  try:
+    os.makedirs(path, exist_ok=True)
+  except OSError as e:
+    raise ConfigError(f"{flag}: cannot create it: {e.strerror}") from None
+  try:
+    with tempfile.TemporaryFile(dir=path):
+      pass
+  except OSError as e:
+    raise ConfigError(f"{flag}: cannot write in it: {e.strerror}") from None
+
+
 def main(args) -> int:
   _, overrides = args
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S",
@@ -59,6 +86,7 @@ def main(args) -> int:
   from mmvit import checkpointing, config as config_lib, data as data_lib, train  # noqa: PLC0415
   try:
     config = config_lib.load(_CONFIG.value, overrides)
+    check_workdir(_WORKDIR.value)
     summary = train.run(config, _WORKDIR.value, allow_config_change=_ALLOW.value)
   except config_lib.ConfigError as e:
     print(f"config error: {e}", file=sys.stderr)

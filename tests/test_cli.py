@@ -1,6 +1,7 @@
 """The command line's door: every bad flag, file or path is one line on stderr naming it, and
 exit code 2, before any model is built; signals stop a run cleanly at any moment."""
 
+import errno
 import os
 import subprocess
 import sys
@@ -109,3 +110,39 @@ def test_a_bad_config_argument_names_it_and_the_valid_ones():
       "--config=configs/single_task.py:imag: argument 'imag': expected a task, one of audio, "
       "image, video_digit, video_direction")
   assert list(load("configs/single_task.py:audio").tasks) == ["audio"]
+
+
+def workdir_error(workdir):
+  with pytest.raises(ConfigError) as e:
+    main.check_workdir(workdir)
+  assert "\n" not in str(e.value)
+  return str(e.value)
+
+
+def test_a_workdir_that_cannot_hold_checkpoints_is_refused_at_the_door(tmp_path, monkeypatch):
+  file = tmp_path / "f"
+  file.write_text("")
+  assert workdir_error("") == "--workdir='': expected a directory"
+  assert workdir_error(str(file)) == f"--workdir={file}: is a file, not a directory"
+  assert workdir_error(str(file / "w")) == (
+      f"--workdir={file / 'w'}: cannot create it: {file} is a file, not a directory")
+  main.check_workdir(str(tmp_path / "new" / "w"))  # created, and written in
+  assert os.listdir(tmp_path / "new" / "w") == []
+
+  def read_only(*a, **kw):
+    raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+  makedirs = os.makedirs
+  monkeypatch.setattr(os, "makedirs", read_only)
+  assert workdir_error(str(tmp_path / "ro")) == (
+      f"--workdir={tmp_path / 'ro'}: cannot create it: Read-only file system")
+  monkeypatch.setattr(os, "makedirs", makedirs)
+  monkeypatch.setattr(main.tempfile, "TemporaryFile", read_only)
+  assert workdir_error(str(tmp_path)) == (
+      f"--workdir={tmp_path}: cannot write in it: Read-only file system")
+
+
+def test_a_bad_workdir_is_one_line_and_exit_2_from_the_cli(tmp_path):
+  file = tmp_path / "f"
+  file.write_text("")
+  assert cli(f"--config={DEMO}", f"--workdir={file}") == (
+      2, f"config error: --workdir={file}: is a file, not a directory\n")
