@@ -146,3 +146,48 @@ def test_a_bad_workdir_is_one_line_and_exit_2_from_the_cli(tmp_path):
   file.write_text("")
   assert cli(f"--config={DEMO}", f"--workdir={file}") == (
       2, f"config error: --workdir={file}: is a file, not a directory\n")
+
+
+def test_every_split_the_run_reads_is_opened_at_start_up_before_the_model_is_built(monkeypatch):
+  from mmvit import train
+  from mmvit.data import DataError
+  from tests.fakes import FakeData
+  from tests.tiny import tiny_config
+  data = FakeData()
+  train.prepare(tiny_config(), data=data)
+  datasets = ("digits_image", "digits_video", "digits_audio")
+  assert sorted(data.checked) == sorted((d, s) for d in datasets
+                                        for s in ("train", "validation", "test"))
+  monkeypatch.setattr(train, "build_model", lambda *a: pytest.fail("built a model"))
+  with pytest.raises(DataError, match=r"^digits_audio: split 'test': cannot read record 0"):
+    train.build(tiny_config(), data=FakeData(unreadable=[("digits_audio", "test")]))
+  with pytest.raises(ConfigError) as e:
+    train.build(tiny_config(test_split="tst"), data=FakeData())
+  assert str(e.value) == ("config.test_split='tst': dataset 'digits_audio' (tasks.audio) has "
+                          "splits train, validation, test")
+
+
+@pytest.fixture
+def image_data_dir():
+  """digits_image alone (fast to build), where conftest's data_dir builds the suite."""
+  from mmvit import data
+  d = os.environ.get("MMVIT_DATA_DIR") or "/tmp/mmvit_test_data"
+  data.ensure_built("digits_image", d)
+  return d
+
+
+def test_a_truncated_split_file_is_a_data_error_naming_dataset_split_and_file(image_data_dir,
+                                                                              tmp_path):
+  import shutil
+
+  from mmvit import data
+  shutil.copytree(os.path.join(image_data_dir, "digits_image"), tmp_path / "digits_image")
+  data.check_split("digits_image", "test", str(tmp_path))
+  (path,) = (tmp_path / "digits_image").glob("*/digits_image-test.array_record*")
+  path.write_bytes(path.read_bytes()[:path.stat().st_size // 2])
+  with pytest.raises(data.DataError) as e:
+    data.check_split("digits_image", "test", str(tmp_path))
+  msg = str(e.value)
+  assert "\n" not in msg
+  assert msg.startswith(f"digits_image: split 'test': cannot read record 0 of {path} (")
+  data.check_split("digits_image", "train", str(tmp_path))
