@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import signal
 import sys
 import tempfile
 
@@ -77,6 +78,13 @@ def check_workdir(workdir: str) -> None:
     raise ConfigError(f"{flag}: cannot write in it: {e.strerror}") from None
 
 
+def _stop_at_once(signum, frame):
+  """SIGTERM or SIGINT before train.run: nothing has been written, nothing to save."""
+  del signum, frame
+  os.write(1, b"stopped before the first step; nothing to save\n")
+  os._exit(0)
+
+
 def main(args) -> int:
   _, overrides = args
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S",
@@ -87,7 +95,12 @@ def main(args) -> int:
   try:
     config = config_lib.load(_CONFIG.value, overrides)
     check_workdir(_WORKDIR.value)
-    summary = train.run(config, _WORKDIR.value, allow_config_change=_ALLOW.value)
+    # From here a signal stops the run before its first step, or saves after the current one.
+    with train.Preempted():
+      summary = train.run(config, _WORKDIR.value, allow_config_change=_ALLOW.value)
+  except train.Stopped as e:
+    print(e)
+    return 0
   except config_lib.ConfigError as e:
     print(f"config error: {e}", file=sys.stderr)
     return 2
@@ -112,4 +125,7 @@ def main(args) -> int:
 
 
 if __name__ == "__main__":
+  # Before anything slow (importing jax takes seconds): a signal used to kill with a traceback.
+  for sig in (signal.SIGTERM, signal.SIGINT):
+    signal.signal(sig, _stop_at_once)
   app.run(main, flags_parser=parse_flags)

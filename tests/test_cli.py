@@ -3,8 +3,10 @@ exit code 2, before any model is built; signals stop a run cleanly at any moment
 
 import errno
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -191,3 +193,80 @@ def test_a_truncated_split_file_is_a_data_error_naming_dataset_split_and_file(im
   assert "\n" not in msg
   assert msg.startswith(f"digits_image: split 'test': cannot read record 0 of {path} (")
   data.check_split("digits_image", "train", str(tmp_path))
+
+
+def tiny_run(workdir, sleep):
+  """tests/tiny_run.py (train.run of the tiny config on FakeData), once it has logged a step."""
+  sys.path.insert(0, os.path.join(ROOT, "scripts"))
+  import kill_resume  # noqa: PLC0415
+  logged = kill_resume.train_records(workdir)
+  proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "tests", "tiny_run.py"), workdir,
+                           "weighted", "--steps=3", f"--sleep={sleep}"], cwd=ROOT, text=True,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+  while kill_resume.train_records(workdir) <= logged and proc.poll() is None:
+    time.sleep(0.01)
+  return proc
+
+
+def test_ctrl_c_stops_training_as_sigterm_does(capfd):
+  """The loop's check after every step then saves and returns, as the SIGTERM test shows."""
+  from mmvit import train
+  leaked = []  # a SIGINT that Preempted let through (KeyboardInterrupt would end pytest)
+  previous = signal.signal(signal.SIGINT, lambda *a: leaked.append(a))
+  try:
+    with train.Preempted() as stop:
+      os.kill(os.getpid(), signal.SIGINT)
+      time.sleep(0.01)  # the handler runs in the main thread between bytecodes
+      assert stop.signalled and not leaked
+  finally:
+    signal.signal(signal.SIGINT, previous)
+  assert capfd.readouterr().err == "interrupted: stopping cleanly (Ctrl-C again to exit at once)\n"
+
+
+def test_a_second_ctrl_c_exits_at_once_with_130_in_one_line(tmp_path):
+  workdir = str(tmp_path / "w")
+  proc = tiny_run(workdir, sleep=2.0)  # each step sleeps 2 s first: both land in one step
+  proc.send_signal(signal.SIGINT)
+  time.sleep(0.3)
+  proc.send_signal(signal.SIGINT)
+  _, err = proc.communicate(timeout=60)
+  assert proc.returncode == 130, err[-2000:]
+  assert err.splitlines()[-2:] == [
+      "interrupted: stopping cleanly (Ctrl-C again to exit at once)",
+      "interrupted again: exited at once; rerun to resume from the last save"]
+  assert "Traceback" not in err
+
+
+def test_a_signal_during_start_up_stops_before_the_first_step_saving_nothing(tmp_path):
+  from mmvit import train
+  from tests.fakes import FakeData
+  from tests.tiny import tiny_config
+
+  class SignalledWhileLoading(FakeData):
+    def dataset_info(self, name, data_dir=None):
+      os.kill(os.getpid(), signal.SIGTERM)  # as a preemption notice during data loading
+      return super().dataset_info(name, data_dir)
+  handler = signal.getsignal(signal.SIGTERM)
+  with train.Preempted():
+    with pytest.raises(train.Stopped, match="^stopped before the first step; nothing to save$"):
+      train.run(tiny_config(checkpoint_every=1), str(tmp_path / "w"),
+                data=SignalledWhileLoading())
+  ckpts = tmp_path / "w" / "checkpoints"
+  assert not ckpts.exists() or not [n for n in os.listdir(ckpts) if n.isdigit()]
+  assert signal.getsignal(signal.SIGTERM) is handler
+
+
+def test_a_signal_before_the_run_starts_exits_0_in_one_line(tmp_path):
+  started = tmp_path / "started"
+  slow = tmp_path / "slow.py"  # a config whose get_config is still running
+  slow.write_text(f"import time\n\ndef get_config():\n  open({str(started)!r}, 'w').close()\n"
+                  "  time.sleep(120)\n")
+  proc = subprocess.Popen([sys.executable, "-m", "mmvit.main", f"--config={slow}",
+                           f"--workdir={tmp_path / 'w'}"], cwd=ROOT, text=True,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  while not started.exists() and proc.poll() is None:
+    time.sleep(0.01)
+  proc.send_signal(signal.SIGTERM)
+  out, err = proc.communicate(timeout=30)
+  assert (proc.returncode, out, err) == (0, "stopped before the first step; nothing to save\n", "")
