@@ -13,7 +13,8 @@ def get_config(arg: str = "image"):
   c = demo.get_config("weighted")
   tasks = dict(c.tasks)
   if arg not in tasks:
-    raise ValueError(f"single_task config argument {arg!r}: expected one of {', '.join(tasks)}")
+    # ValueError: the CLI reports it as one line naming the argument (mmvit.config.load).
+    raise ValueError(f"argument {arg!r}: expected a task, one of {', '.join(tasks)}")
   c.tasks = ml_collections.ConfigDict({arg: tasks[arg].to_dict()})
   c.schedule = dict(kind="alternating")
   return c

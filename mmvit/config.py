@@ -3,10 +3,19 @@ raised before anything is built or compiled. Code behind this door trusts its co
 
 from __future__ import annotations
 
+import ast
+import difflib
+import importlib.machinery
+import importlib.util
+import os
 import re
+import sys
+import traceback
 from collections.abc import Mapping
 
 import ml_collections
+from absl import flags
+from ml_collections.config_flags import tuple_parser
 
 from mmvit.models.heads import HEAD_KINDS, POOLS
 from mmvit.models.tokenizers import KINDS as TOKENIZER_KINDS
@@ -37,6 +46,8 @@ OPTIMIZER_KEYS = {
 }
 SCHEDULE_KEYS = {"kind", "ratios"}
 MESH_AXES = ("data", "fsdp", "tensor")
+NONFINITE_KEYS = {"policy", "max_skips"}
+MIXUP_KEYS = {"alpha", "mixmod"}
 
 
 class ConfigError(ValueError):
@@ -199,7 +210,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if t.get("steps") is not None:
       _int(t.steps, f"{where}.steps", 1, MAX_STEPS)
     if t.get("mixup"):
-      _check_keys(t.mixup, {"alpha", "mixmod"}, f"{where}.mixup")
+      _check_keys(t.mixup, MIXUP_KEYS, f"{where}.mixup")
       _float(t.mixup.get("alpha", 0.0), f"{where}.mixup.alpha", 0.0)
     if t.get("eval_views") is not None:
       _int(t.eval_views, f"{where}.eval_views", 1)
@@ -250,7 +261,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
       raise ConfigError(f"{where}.groups: expected one or more parameter-group patterns, e.g. "
                         "('shared', 'tokenizers.*')")
   nf = config.get("nonfinite") or {}
-  _check_keys(nf, {"policy", "max_skips"}, "nonfinite")
+  _check_keys(nf, NONFINITE_KEYS, "nonfinite")
   _choice(nf.get("policy", "stop"), "nonfinite.policy", ("stop", "skip"))
   _int(nf.get("max_skips", 0), "nonfinite.max_skips", 0)
   for f in ("eval_every", "log_every", "checkpoint_every"):
@@ -258,3 +269,164 @@ def validate(config: ml_collections.ConfigDict) -> None:
       _int(config[f], f"config.{f}", 0)
   if config.get("keep_checkpoints") is not None:
     _int(config.keep_checkpoints, "config.keep_checkpoints", 1)
+
+
+# ---------------------------------------------------------------- the command line's door ----
+# The CLI loads the config file and applies --config.<field> overrides here rather than through
+# ml_collections' config_flags, which raises its errors (a typo, a missing file, a syntax error)
+# as tracebacks while absl parses the flags, and cannot set a field the file leaves out.
+
+
+def allowed_fields(config, path: tuple[str, ...]) -> set[str] | None:
+  """The names a field of `config` at `path` may hold (as validate allows them): documented
+  fields, or the config's own tasks and modalities; None where validate does not restrict."""
+  fixed = {(): TOP_LEVEL, ("model",): MODEL_KEYS, ("optimizer",): OPTIMIZER_KEYS,
+           ("schedule",): SCHEDULE_KEYS, ("mesh",): set(MESH_AXES),
+           ("nonfinite",): NONFINITE_KEYS, ("init_from",): INIT_FROM_KEYS}
+  if path in fixed:
+    return fixed[path]
+  tasks = config.get("tasks") or {}
+  if path in (("tasks",), ("schedule", "ratios")):
+    return set(tasks)
+  if path == ("model", "tokenizers"):
+    return set((config.get("model") or {}).get("tokenizers") or {})
+  if len(path) == 3 and path[:2] == ("model", "tokenizers"):
+    return TOKENIZER_KEYS
+  if len(path) < 2 or path[0] != "tasks":
+    return None
+  if len(path) == 2:
+    return TASK_KEYS
+  if path[2:] == ("mixup",):
+    return MIXUP_KEYS
+  if path[2:] == ("fusion",):
+    from mmvit.models.fusion import KEYS  # noqa: PLC0415
+    return KEYS
+  if path[2] == "augment" and len(path) <= 4:
+    from mmvit.data import preprocess  # noqa: PLC0415  (imports grain: only when asked)
+    if path[3:] == ("spec_augment",):
+      return set(preprocess.SPEC_AUGMENT_KEYS)
+    dataset = (tasks.get(path[1]) or {}).get("dataset")
+    return set(preprocess.AUGMENT_KEYS[dataset]) if dataset in preprocess.AUGMENT_KEYS else None
+  return None
+
+
+def _literal(raw: str):
+  """A Python literal, else the string itself (config_flags' rule for untyped fields)."""
+  try:
+    return ast.literal_eval({"true": "True", "false": "False"}.get(raw, raw))
+  except (ValueError, SyntaxError):
+    return raw
+
+
+def _parse(raw: str | None, current, flag: str):
+  """`raw` read as the type of the value it replaces, as config_flags reads it."""
+  if isinstance(current, bool) or (current is None and raw is None):
+    if raw is None:  # --config.<field> alone
+      return True
+    try:
+      return flags.BooleanParser().parse(raw)
+    except ValueError:
+      raise ConfigError(f"{flag}={raw}: expected true or false") from None
+  if raw is None:
+    raise ConfigError(f"{flag}: expected a value ({flag}=VALUE)")
+  parsers = [(int, flags.IntegerParser(), "an integer"), (float, flags.FloatParser(), "a number"),
+             ((tuple, list), tuple_parser.TupleParser(), "a tuple")]
+  for types, parser, what in parsers:
+    if isinstance(current, types):
+      try:
+        return parser.parse(raw)
+      except ValueError:
+        raise ConfigError(f"{flag}={raw}: expected {what}") from None
+  if isinstance(current, str):
+    return raw
+  value = _literal(raw)
+  if isinstance(current, (Mapping, ml_collections.ConfigDict)) and not isinstance(value, dict):
+    raise ConfigError(f"{flag}={raw}: expected a dict, e.g. \"{flag}={{'key': 1}}\"")
+  return value
+
+
+def override(config: ml_collections.ConfigDict, path: str, raw: str | None,
+             negated: bool = False) -> None:
+  """Applies --config.<path>=<raw> (`negated`: --noconfig.<path>). A documented field that the
+  file does not set is added; any other missing name is a ConfigError naming the nearest
+  valid one."""
+  flag = f"--config.{path}"
+  keys = path.split(".")
+  if not all(keys):
+    raise ConfigError(f"{flag}: expected --config.<field>[.<field>...]=VALUE")
+  node, where = config, "config"
+  for i, key in enumerate(keys):
+    if not isinstance(node, ml_collections.ConfigDict):
+      raise ConfigError(f"{flag}: {where}={show(node)} has no fields")
+    if key not in node:
+      allowed = allowed_fields(config, tuple(keys[:i]))
+      if allowed is not None and key not in allowed:
+        valid = sorted(allowed | set(node.keys()))
+        near = difflib.get_close_matches(key, valid, n=1)
+        hint = f"did you mean {near[0]!r}?" if near else f"it has {', '.join(valid) or 'none'}"
+        raise ConfigError(f"{flag}: no field {key!r} in {where} ({hint})")
+      if i < len(keys) - 1:
+        node[key] = ml_collections.ConfigDict()
+    if i < len(keys) - 1:
+      node, where = node[key], f"{where}.{key}"
+  key = keys[-1]
+  current = node.get(key)
+  if negated:
+    if not isinstance(current, bool) and current is not None:
+      raise ConfigError(f"--noconfig.{path}: config.{path}={show(current)} is not a boolean")
+    value = False
+  else:
+    value = _parse(raw, current, flag)
+  try:
+    node[key] = value
+  except (TypeError, ValueError) as e:
+    raise ConfigError(f"{flag}={raw}: {' '.join(str(e).split())}") from None
+
+
+def _where(exc: BaseException, directory: str) -> str:
+  """file:line of the innermost frame of `exc` in the config's directory."""
+  frames = [f for f in traceback.extract_tb(exc.__traceback__)
+            if os.path.abspath(f.filename).startswith(directory + os.sep)]
+  return f"{frames[-1].filename}:{frames[-1].lineno}: " if frames else ""
+
+
+def load(spec: str, overrides=()) -> ml_collections.ConfigDict:
+  """The config of `--config=<file>[:<arg>]`: <file>'s get_config(<arg>) with `overrides`
+  ((path, raw value or None, negated) each) applied, then locked (a later typo in code cannot
+  add a field). Every failure is a one-line ConfigError naming the flag, file or line."""
+  path, colon, arg = spec.partition(":")
+  if not os.path.isfile(path):
+    raise ConfigError(f"--config={path}: " + ("not a file" if os.path.exists(path) else
+                                              "no such file"))
+  directory = os.path.dirname(os.path.abspath(path))
+  name = "mmvit_config_file"
+  try:
+    loader = importlib.machinery.SourceFileLoader(name, path)
+    module = importlib.util.module_from_spec(importlib.util.spec_from_loader(name, loader))
+    sys.modules[name] = module  # as an import would (dataclasses look their module up)
+    loader.exec_module(module)
+  except SyntaxError as e:
+    raise ConfigError(f"{e.filename}:{e.lineno}: SyntaxError: {e.msg}") from None
+  except Exception as e:  # noqa: BLE001  (any error in the file is the file's)
+    raise ConfigError(f"{_where(e, directory)}{type(e).__name__}: "
+                      f"{' '.join(str(e).split())}") from None
+  get_config = getattr(module, "get_config", None)
+  if not callable(get_config):
+    raise ConfigError(f"--config={path}: defines no get_config()")
+  try:
+    config = get_config(arg) if colon else get_config()
+  except ValueError as e:  # a bad argument, by the convention of configs/
+    raise ConfigError(f"--config={spec}: {' '.join(str(e).split())}") from None
+  except Exception as e:  # noqa: BLE001
+    raise ConfigError(f"--config={spec}: {_where(e, directory)}{type(e).__name__}: "
+                      f"{' '.join(str(e).split())}") from None
+  if isinstance(config, Mapping):
+    config = ml_collections.ConfigDict(config)
+  if not isinstance(config, ml_collections.ConfigDict):
+    raise ConfigError(f"--config={spec}: get_config() returned {show(config)}, expected a "
+                      "ConfigDict")
+  with config.unlocked():
+    for field, raw, negated in overrides:
+      override(config, field, raw, negated)
+  config.lock()
+  return config

@@ -8,28 +8,99 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+import signal
 import sys
-
+import tempfile
 
 from absl import app, flags
-from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a get_config() file.")
+_CONFIG = flags.DEFINE_string("config", None, "Path to a get_config() file, optionally "
+                              "followed by :<argument>. Fields: --config.<field>=VALUE.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and results go.")
 _ALLOW = flags.DEFINE_bool("allow_config_change", False,
                            "Resume a workdir whose checkpoints were written by another config.")
 flags.mark_flags_as_required(["config", "workdir"])
 
+_OVERRIDE = re.compile(r"-{1,2}(no)?config\.([^=]*)(?:=(.*))?", re.DOTALL)
 
-def main(argv):
-  del argv
+
+def split_overrides(argv: list[str]) -> tuple[list[str], list[tuple[str, str | None, bool]]]:
+  """Takes the --config.<field>[=VALUE] overrides (also `--config.<field> VALUE` and
+  `--noconfig.<field>`) out of argv, for config.load; the rest is for absl."""
+  rest, overrides, i = argv[:1], [], 1
+  while i < len(argv):
+    arg = argv[i]
+    if arg == "--":  # absl: no flags after it
+      rest += argv[i:]
+      break
+    m = _OVERRIDE.fullmatch(arg)
+    if m is None:
+      rest.append(arg)
+    else:
+      negated, path, value = m.group(1) is not None, m.group(2), m.group(3)
+      if value is None and not negated and i + 1 < len(argv) and not argv[i + 1].startswith("-"):
+        i += 1
+        value = argv[i]
+      overrides.append((path, value, negated))
+    i += 1
+  return rest, overrides
+
+
+def parse_flags(argv: list[str]):
+  rest, overrides = split_overrides(argv)
+  return app.parse_flags_with_usage(rest), overrides
+
+
+def check_workdir(workdir: str) -> None:
+  """The door for --workdir: it is (or can be made) a directory this process can write in,
+  checked before anything is built rather than at the first save."""
+  from mmvit.config import ConfigError  # noqa: PLC0415
+  flag = f"--workdir={workdir}" if workdir.strip() == workdir != "" else f"--workdir={workdir!r}"
+  if not workdir:
+    raise ConfigError(f"{flag}: expected a directory")
+  path = os.path.abspath(workdir)
+  if os.path.exists(path) and not os.path.isdir(path):
+    raise ConfigError(f"{flag}: is a file, not a directory")
+  parent = path
+  while not os.path.exists(parent):
+    parent = os.path.dirname(parent)
+  if not os.path.isdir(parent):
+    raise ConfigError(f"{flag}: cannot create it: {parent} is a file, not a directory")
+  try:
+    os.makedirs(path, exist_ok=True)
+  except OSError as e:
+    raise ConfigError(f"{flag}: cannot create it: {e.strerror}") from None
+  try:
+    with tempfile.TemporaryFile(dir=path):
+      pass
+  except OSError as e:
+    raise ConfigError(f"{flag}: cannot write in it: {e.strerror}") from None
+
+
+def _stop_at_once(signum, frame):
+  """SIGTERM or SIGINT before train.run: nothing has been written, nothing to save."""
+  del signum, frame
+  os.write(1, b"stopped before the first step; nothing to save\n")
+  os._exit(0)
+
+
+def main(args) -> int:
+  _, overrides = args
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S",
                       stream=sys.stdout, force=True)
   for noisy in ("absl", "jax", "orbax", "tensorflow_datasets", "grain"):
     logging.getLogger(noisy).setLevel(logging.WARNING)
   from mmvit import checkpointing, config as config_lib, data as data_lib, train  # noqa: PLC0415
   try:
-    summary = train.run(_CONFIG.value, _WORKDIR.value, allow_config_change=_ALLOW.value)
+    config = config_lib.load(_CONFIG.value, overrides)
+    check_workdir(_WORKDIR.value)
+    # From here a signal stops the run before its first step, or saves after the current one.
+    with train.Preempted():
+      summary = train.run(config, _WORKDIR.value, allow_config_change=_ALLOW.value)
+  except train.Stopped as e:
+    print(e)
+    return 0
   except config_lib.ConfigError as e:
     print(f"config error: {e}", file=sys.stderr)
     return 2
@@ -54,4 +125,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(lambda argv: sys.exit(main(argv)))
+  # Before anything slow (importing jax takes seconds): a signal used to kill with a traceback.
+  for sig in (signal.SIGTERM, signal.SIGINT):
+    signal.signal(sig, _stop_at_once)
+  app.run(main, flags_parser=parse_flags)

@@ -83,8 +83,9 @@ def tokenizer_specs(config, infos: dict[str, data_lib.DatasetInfo], tasks_cfg
 def resolve(config: ml_collections.ConfigDict, data=data_lib
             ) -> tuple[list[Task], dict[str, TokenizerSpec]]:
   """Reads dataset metadata (building missing datasets) and returns Tasks and tokenizer specs.
-  Raises ConfigError for datasets that are missing, empty or lack the named labels. `data` is
-  mmvit.data or a stand-in with the same functions (tests)."""
+  Raises ConfigError for datasets that are missing, empty or lack the named labels, DataError
+  for a split that cannot be read. `data` is mmvit.data or a stand-in with the same functions
+  (tests)."""
   data_dir = config.get("data_dir")
 
   def info_fn(name):
@@ -101,6 +102,19 @@ def resolve(config: ml_collections.ConfigDict, data=data_lib
     n = infos[t.dataset].splits.get("train", 0)
     if n <= 0:
       raise ConfigError(f"tasks.{tname}.dataset={t.dataset!r}: the train split is empty")
+  # Every split the run will read opens and yields a record, before anything is built: a
+  # damaged test split would otherwise fail only at the evaluation after all of training.
+  splits = {"train": "train", "eval_split": config.get("eval_split", "validation"),
+            "test_split": config.get("test_split", "test")}
+  checked = set()
+  for tname, t in config.tasks.items():
+    for field, split in splits.items():
+      if not isinstance(split, str) or split not in infos[t.dataset].splits:
+        raise ConfigError(f"config.{field}={config_lib.show(split)}: dataset {t.dataset!r} "
+                          f"(tasks.{tname}) has splits {', '.join(infos[t.dataset].splits)}")
+      if (t.dataset, split) not in checked:
+        data.check_split(t.dataset, split, data_dir)
+        checked.add((t.dataset, split))
   specs = tokenizer_specs(config, infos, config.tasks)
 
   tasks = []

@@ -12,6 +12,7 @@ import logging
 import math
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -436,25 +437,50 @@ class NonFiniteError(RuntimeError):
   """Training stopped on a non-finite loss or gradient."""
 
 
+class Stopped(Exception):
+  """A signal arrived before the first step: nothing was trained, so nothing is saved."""
+
+
 class Preempted:
-  """Set by SIGTERM; the loop checks it after every step."""
+  """Set by SIGTERM or a first SIGINT (Ctrl-C); the loop checks it after every step. A second
+  SIGINT exits at once (130), as a kill would: saves are atomic. Entered inside another one
+  (main installs one before start-up) that was signalled, it stops the run (Stopped)."""
 
   def __init__(self):
     self.signalled = False
-    self._previous = None
+    self._previous = {}
 
   def __enter__(self):
     if threading.current_thread() is threading.main_thread():
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
+      self._previous = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)}
+      if getattr(self._outer(), "signalled", False):
+        self.__exit__()
+        raise Stopped("stopped before the first step; nothing to save")
     return self
 
+  def _outer(self):
+    outer = getattr(self._previous.get(signal.SIGTERM), "__self__", None)
+    return outer if isinstance(outer, Preempted) else None
+
   def _handle(self, signum, frame):
-    del signum, frame
+    del frame
+    if signum == signal.SIGINT:
+      if self.signalled:
+        try:
+          sys.stdout.flush()  # the log so far
+        except Exception:  # noqa: BLE001  (interrupted mid-write: exit regardless)
+          pass
+        os.write(2, b"interrupted again: exited at once; rerun to resume from the last save\n")
+        os._exit(130)
+      os.write(2, b"interrupted: stopping cleanly (Ctrl-C again to exit at once)\n")
     self.signalled = True
 
   def __exit__(self, *exc):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
+    for s, previous in self._previous.items():
+      if previous is not None:
+        signal.signal(s, previous)
+    if self._outer() is not None:  # a Ctrl-C after this one still exits at once
+      self._outer().signalled |= self.signalled
 
 
 def run(config: ml_collections.ConfigDict, workdir: str | None, *, devices=None,

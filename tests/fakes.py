@@ -65,9 +65,11 @@ class FakeData:
 
   DataError = DataError
 
-  def __init__(self, n_train=512, n_eval=64, missing=(), empty=()):
+  def __init__(self, n_train=512, n_eval=64, missing=(), empty=(), unreadable=()):
     self.n_train, self.n_eval, self.missing, self.empty = n_train, n_eval, missing, empty
+    self.unreadable = unreadable  # (dataset, split) pairs whose file is damaged
     self.iterators_made = 0
+    self.checked = []  # (dataset, split) of every check_split call
 
   def ensure_built(self, name, data_dir=None):
     if name not in FEATURES or name in self.missing:
@@ -83,6 +85,11 @@ class FakeData:
     base, _, rest = split.partition("[")
     n = self.dataset_info(name).splits[base]
     return min(n, int(rest.strip(":]"))) if rest else n
+
+  def check_split(self, name, split, data_dir=None):
+    self.checked.append((name, split))
+    if (name, split) in self.unreadable:
+      raise DataError(f"{name}: split {split!r}: cannot read record 0 of /fake/{name}-{split}")
 
   def train_iterator(self, name, *, batch_size, seed, data_dir=None, split="train",
                      augment=None, cache=False):

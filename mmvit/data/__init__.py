@@ -57,8 +57,8 @@ if TYPE_CHECKING:
   import grain
 
 __all__ = [
-    'AV_DATASETS', 'DATASETS', 'DataError', 'DatasetInfo', 'data_source',
-    'dataset_info',
+    'AV_DATASETS', 'DATASETS', 'DataError', 'DatasetInfo', 'check_split',
+    'data_source', 'dataset_info',
     'default_data_dir', 'ensure_built', 'eval_batches', 'num_examples', 'train_iterator',
 ]
 
@@ -251,6 +251,37 @@ def data_source(name: str, split: str, data_dir: str | None = None):
 def num_examples(name: str, split: str, data_dir: str | None = None) -> int:
   """Records in a split or a slice of one ('train[:10%]')."""
   return len(data_source(name, split, data_dir))
+
+
+def check_split(name: str, split: str, data_dir: str | None = None) -> None:
+  """Reads the first record of every file of a split and its last record.
+
+  Cheap (the index of a file is read when it opens), and a truncated or corrupt
+  file then fails at start-up rather than when the split is first read (the
+  test split: after all of training).
+
+  Raises:
+    DataError: naming the dataset, split and file.
+  """
+  builder = _builder(name, data_dir)
+  source = data_source(name, split, data_dir)
+  firsts, start = [], 0
+  for f in builder.info.splits[split].file_instructions:
+    if f.take > 0:
+      firsts.append((start, f.filename))
+      start += f.take
+  if not firsts or len(source) != start:
+    raise DataError(f'{name}: split {split!r} has no records in {builder.data_dir} '
+                    '(delete that directory to rebuild)')
+  for index, filename in firsts + [(start - 1, firsts[-1][1])]:
+    try:
+      source[index]
+    except Exception as e:  # pylint: disable=broad-except
+      msg = ' '.join(str(e).split())[:200]
+      raise DataError(
+          f'{name}: split {split!r}: cannot read record {index} of {filename} '
+          f'({type(e).__name__}: {msg}); delete {builder.data_dir} to rebuild'
+      ) from None
 
 
 @functools.cache

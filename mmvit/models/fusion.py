@@ -24,6 +24,7 @@ from mmvit.models.encoder import depth_rates
 from mmvit.models.layers import param
 
 KINDS = ("bottleneck", "full_pairwise", "joint", "late")
+KEYS = {"kind", "layer", "tokens", "shared_weights"}  # the fields of tasks.<t>.fusion
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,7 +87,7 @@ def encode(streams: list[jax.Array], stacks: list, spec: FusionSpec | None,
 def validate_fusion(f, depth: int, where: str):
   """Raises ConfigError for a bad `tasks.<t>.fusion` dict."""
   from mmvit.config import ConfigError, _check_keys, _choice, _int  # noqa: PLC0415
-  _check_keys(f, {"kind", "layer", "tokens", "shared_weights"}, where)
+  _check_keys(f, KEYS, where)
   kind = _choice(f.get("kind", "late"), f"{where}.kind", KINDS)
   layer = _int(f.get("layer", 0), f"{where}.layer", 0)
   if layer > depth:
