@@ -123,7 +123,7 @@ class Checkpointer:
         "meta": ocp.JsonCheckpointHandler()})
 
   def latest_step(self) -> int | None:
-    return self.manager.latest_step() if self.enabled else None
+    return self.manager.latest_step() if self.manager is not None else None
 
   def save(self, step: int, state, data_states: dict, meta: dict, force: bool = False) -> bool:
     if not self.enabled:
@@ -185,13 +185,22 @@ class Checkpointer:
     return None
 
   def wait(self):
-    if self.enabled:
+    if self.manager is not None:
       self.manager.wait_until_finished()
 
   def close(self):
-    if self.enabled:
-      self.manager.wait_until_finished()
-      self.manager.close()
+    """Waits for the pending save and closes Orbax's threads; idempotent. Must run on every
+    path out of a run: threads left running die at interpreter shutdown, mid-write."""
+    if self.manager is not None:
+      manager, self.manager = self.manager, None
+      manager.wait_until_finished()
+      manager.close()
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self.close()
 
 
 def abstract(tree, shardings):

@@ -6,6 +6,7 @@ routes, and the loop only picks tasks from the schedule and calls their compiled
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -444,14 +445,23 @@ def run(config: ml_collections.ConfigDict, workdir: str | None, *, devices=None,
   'state': final state, ...}. `stop_at` ends the loop early (the schedule, hence the lr
   horizon, is unchanged). On SIGTERM or at Orbax's preemption point it saves and returns with
   summary['preempted'] = step, skipping the final evaluation."""
+  # Writers and checkpointer are closed on every path out, errors included: their threads
+  # must not be left to interpreter shutdown.
+  with contextlib.ExitStack() as closing:
+    return _run(closing, config, workdir, devices=devices, stop_at=stop_at, data=data,
+                allow_config_change=allow_config_change)
+
+
+def _run(closing: contextlib.ExitStack, config, workdir, *, devices, stop_at, data,
+         allow_config_change) -> dict:
   exp = build(config, devices=devices, data=data)
   cfg = exp.config
   seed = int(cfg.get("seed", 0))
   if workdir:
     checkpointing.guard_workdir(workdir, cfg, allow_config_change)
-  writer = MetricWriter(workdir, enabled=workdir is not None)
-  ckpt = checkpointing.Checkpointer(workdir or "", keep=int(cfg.get("keep_checkpoints", 3)),
-                                    enabled=workdir is not None)
+  writer = closing.enter_context(MetricWriter(workdir, enabled=workdir is not None))
+  ckpt = closing.enter_context(checkpointing.Checkpointer(
+      workdir or "", keep=int(cfg.get("keep_checkpoints", 3)), enabled=workdir is not None))
   report = parameter_report(exp.state["params"], exp.groups)
   log.info("parameters: %s", json.dumps(report))
   if workdir:

@@ -29,6 +29,17 @@ class MetricWriter:
       self._tb.add_scalar(f"{split}/{task}/{k}", float(v), int(step))
 
   def close(self):
-    if self.enabled:
+    """Idempotent. Must run before interpreter shutdown: tensorboardX flushes from a thread,
+    and Python 3.12+ cannot start one then ("can't create new thread at interpreter shutdown")."""
+    if self._tb is not None:
       self._tb.close()
+      self._tb = None
+    if self._jsonl is not None:
       self._jsonl.close()
+      self._jsonl = None
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self.close()

@@ -200,3 +200,46 @@ def test_a_nan_record_is_a_one_line_data_error_naming_task_step_key_and_record()
     train.run(tiny_config("weighted", steps=3), None, data=data)
   assert "\n" not in str(e.value)
   assert "task audio step" in str(e.value) and "input 'spectrogram' of record 3" in str(e.value)
+
+
+class BrokenData(FakeData):
+  """The audio pipeline raises at its batch `at`, as a failing input pipeline does."""
+
+  def __init__(self, at):
+    super().__init__()
+    self.at = at
+
+  def train_iterator(self, name, **kw):
+    it = super().train_iterator(name, **kw)
+    if name != "digits_audio":
+      return it
+    at = self.at
+
+    class Broken(type(it)):
+      def __next__(self):
+        if self.index == at:
+          raise RuntimeError("input pipeline failed")
+        return super().__next__()
+    return Broken(it.name, it.batch_size, it.seed)
+
+
+def test_a_run_that_fails_still_closes_its_writers_and_checkpointer(tmp_path, monkeypatch):
+  made = {}
+
+  class Writer(train.MetricWriter):
+    def __init__(self, *a, **kw):
+      super().__init__(*a, **kw)
+      made["writer"] = self
+
+  class Ckpt(checkpointing.Checkpointer):
+    def __init__(self, *a, **kw):
+      super().__init__(*a, **kw)
+      made["ckpt"] = self
+  monkeypatch.setattr(train, "MetricWriter", Writer)
+  monkeypatch.setattr(checkpointing, "Checkpointer", Ckpt)
+  cfg = tiny_config("weighted", steps=3, checkpoint_every=1, log_every=1)
+  with pytest.raises(RuntimeError, match="input pipeline failed"):
+    train.run(cfg, str(tmp_path / "w"), data=BrokenData(at=2))
+  # Closed before the error left run, not at interpreter shutdown.
+  assert made["writer"]._tb is None and made["writer"]._jsonl is None
+  assert made["ckpt"].manager is None
