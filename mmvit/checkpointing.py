@@ -18,6 +18,7 @@ import time
 from collections.abc import Mapping
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 log = logging.getLogger("mmvit")
@@ -84,19 +85,29 @@ def guard_workdir(workdir: str, config, allow_config_change: bool = False) -> No
 
 
 def _shapes(tree, prefix="") -> dict:
-  """path -> leaf, for nested mappings (orbax's metadata tree is a Mapping, not a dict)."""
+  """path -> leaf, for nested mappings and sequences (orbax's metadata tree is a Mapping, and
+  stores a NamedTuple as a dict of its fields, a tuple as a list, an empty node as None)."""
   if isinstance(tree, Mapping):
-    out = {}
-    for k, v in tree.items():
-      out.update(_shapes(v, f"{prefix}/{k}" if prefix else str(k)))
-    return out
-  return {prefix: tree}
+    items = tree.items()
+  elif hasattr(tree, "_fields"):  # NamedTuple (optax states): by field name, as orbax stores it
+    items = zip(tree._fields, tree)
+  elif isinstance(tree, (list, tuple)):
+    items = enumerate(tree)
+  elif tree is None:
+    return {}
+  else:
+    return {prefix: tree}
+  out = {}
+  for k, v in items:
+    out.update(_shapes(v, f"{prefix}/{k}" if prefix else str(k)))
+  return out
 
 
-def _first_mismatch(want, have):
+def _first_mismatch(want, have, dtypes: bool = False):
   """The first leaf, in sorted path order, where two trees of arrays (or array metadata)
-  differ, as (path, "missing" | "extra" | "shape", wanted leaf, present leaf); None when
-  they match. "missing": in `want` only; "extra": in `have` only."""
+  differ, as (path, "missing" | "extra" | "shape" | "dtype", wanted leaf, present leaf); None
+  when they match. "missing": in `want` only; "extra": in `have` only. Dtypes are compared
+  only when asked (a partial restore of parameters casts them)."""
   want, have = _shapes(want), _shapes(have)
   for k in sorted(set(want) | set(have)):
     if k not in have:
@@ -105,6 +116,8 @@ def _first_mismatch(want, have):
       return k, "extra", None, have[k]
     if tuple(have[k].shape) != tuple(want[k].shape):
       return k, "shape", want[k], have[k]
+    if dtypes and np.dtype(have[k].dtype) != np.dtype(want[k].dtype):
+      return k, "dtype", want[k], have[k]
   return None
 
 
@@ -137,35 +150,59 @@ class Checkpointer:
     """True at Orbax's preemption sync point (multi-host: all hosts agree on the step)."""
     return bool(self.enabled and self.manager.reached_preemption(step))
 
-  def _check_shapes(self, step: int, abstract_state):
-    """One line naming the first parameter whose shape differs, instead of a tree dump."""
+  def _state_metadata(self, step: int):
+    """The array metadata tree of a step's state, or OSError when it does not read."""
     meta = self.manager.item_metadata(step)["state"]
     if meta is None:
       raise OSError("no readable metadata for 'state'")
-    # Parameters decide compatibility (optimizer and counters follow from them).
-    tree = getattr(meta, "tree", meta)
-    bad = _first_mismatch(abstract_state["params"], tree["params"])
+    return getattr(meta, "tree", meta)
+
+  def _check_compatible(self, step: int, tree, abstract_state):
+    """One line naming the first array (parameter, optimizer state, count, guard) whose path,
+    shape or dtype differs from what this config builds, instead of a failed restore."""
+    # Parameters first: they name the model change; then optimizer state, counts and guard.
+    bad = (_first_mismatch({"params": abstract_state["params"]},
+                           {"params": tree.get("params")}, dtypes=True)
+           or _first_mismatch(abstract_state, tree, dtypes=True))
     if bad is None:
       return
     k, kind, want, have = bad
-    if kind == "missing":
-      raise CheckpointError(f"checkpoint step {step} in {self.directory} has no parameter "
-                            f"{k}: it was written by an incompatible config")
-    if kind == "extra":
-      raise CheckpointError(f"checkpoint step {step} in {self.directory} has parameter {k} "
-                            "that this config does not: it was written by an incompatible "
-                            "config")
-    raise CheckpointError(f"checkpoint step {step} in {self.directory}: parameter {k} has "
-                          f"shape {tuple(have.shape)}, this config expects "
-                          f"{tuple(want.shape)}")
+    name = f"parameter {k[len('params/'):]}" if k.startswith("params/") else k
+    what = {"missing": f"{name}: in this config only",
+            "extra": f"{name}: in the checkpoint only",
+            "shape": f"{name} has shape {tuple(getattr(have, 'shape', ()))}, this config expects "
+                     f"{tuple(getattr(want, 'shape', ()))}",
+            "dtype": f"{name} has dtype {getattr(have, 'dtype', None)}, this config expects "
+                     f"{getattr(want, 'dtype', None)}"}[kind]
+    raise CheckpointError(f"checkpoint step {step} in {self.directory} was written by an "
+                          f"incompatible config: {what}; use the matching config or another "
+                          "--workdir")
 
   def restore_latest(self, abstract_state):
     """Restores the newest readable step onto the shardings of `abstract_state`; returns
-    (step, state, data states, meta) or None when there is no checkpoint. Unreadable steps
-    are renamed to <step>.unreadable-<time> and reported; the previous step is tried."""
-    for step in sorted(self.manager.all_steps(), reverse=True):
+    (step, state, data states, meta) or None when there is no checkpoint.
+
+    A step of an incompatible config is refused (CheckpointError) before anything is moved.
+    Unreadable steps are renamed to <step>.unreadable-<time> and reported; the previous step is
+    tried. When no step can be restored the run stops: it never starts over on its own."""
+    steps = sorted(self.manager.all_steps(), reverse=True)
+    aside = sorted(n for n in os.listdir(self.directory) if ".unreadable-" in n)
+    if not steps and aside:
+      raise CheckpointError(f"{self.directory} holds only steps moved aside as unreadable "
+                            f"({', '.join(aside)}) and no step to resume: inspect them, and move "
+                            "them out of it to start from step 0")
+    # Compatibility is judged on the newest step whose metadata reads, before any is moved.
+    for step in steps:
       try:
-        self._check_shapes(step, abstract_state)
+        tree = self._state_metadata(step)
+      except Exception:  # noqa: BLE001  (damaged: the loop below moves it aside)
+        continue
+      self._check_compatible(step, tree, abstract_state)
+      break
+    moved = []
+    for step in steps:
+      try:
+        self._check_compatible(step, self._state_metadata(step), abstract_state)
         out = self.manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract_state),
             data=ocp.args.JsonRestore(),
@@ -174,14 +211,19 @@ class Checkpointer:
         raise
       except Exception as e:  # noqa: BLE001  (any read failure means a damaged step)
         reason = " ".join(f"{type(e).__name__}: {e}".split())[:200]
-        aside = os.path.join(self.directory, f"{step}.unreadable-{time.strftime('%H%M%S')}")
+        target = os.path.join(self.directory, f"{step}.unreadable-{time.strftime('%H%M%S')}")
         log.error("checkpoint step %d in %s is unreadable (%s); moved it to %s and trying the "
-                  "previous step", step, self.directory, reason, aside)
+                  "previous step", step, self.directory, reason, target)
         self.manager.close()
-        os.rename(os.path.join(self.directory, str(step)), aside)
+        os.rename(os.path.join(self.directory, str(step)), target)
         self.manager = self._manager()
+        moved.append(f"{step} -> {os.path.basename(target)}")
         continue
       return step, out["state"], out["data"], out["meta"]
+    if moved:
+      raise CheckpointError(f"no checkpoint in {self.directory} could be restored (moved aside: "
+                            f"{', '.join(moved)}); nothing was trained: inspect them, and move "
+                            "them out of it to start from step 0")
     return None
 
   def wait(self):

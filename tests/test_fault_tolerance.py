@@ -243,3 +243,78 @@ def test_a_run_that_fails_still_closes_its_writers_and_checkpointer(tmp_path, mo
   # Closed before the error left run, not at interpreter shutdown.
   assert made["writer"]._tb is None and made["writer"]._jsonl is None
   assert made["ckpt"].manager is None
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+  """A workdir holding steps 1 and 2 of the tiny run; tests take a copy (`copy_of`)."""
+  workdir = str(tmp_path_factory.mktemp("saved") / "w")
+  run_to(workdir, stop_at=2, log_every=1)
+  return workdir
+
+
+def copy_of(saved, tmp_path):
+  workdir = str(tmp_path / "w")
+  shutil.copytree(saved, workdir)
+  return workdir
+
+
+def listing(workdir):
+  return sorted(os.listdir(os.path.join(workdir, "checkpoints")))
+
+
+@pytest.mark.parametrize("change,first_difference", [
+    (dict(name="sgd"), r"opt/heads\.audio/0/count: in the checkpoint only"),
+    (dict(weight_decay=0.0), r"opt/heads\.audio/0/count: in the checkpoint only"),
+], ids=["sgd", "no_weight_decay"])
+def test_a_checkpoint_whose_optimizer_state_differs_is_refused_before_anything_is_moved(
+    saved, tmp_path, change, first_difference):
+  workdir = copy_of(saved, tmp_path)
+  before = listing(workdir)
+  cfg = tiny_config("weighted", steps=3, checkpoint_every=1)
+  cfg.optimizer.update(change)
+  with pytest.raises(checkpointing.CheckpointError, match=first_difference) as e:
+    train.run(cfg, workdir, data=FakeData(), allow_config_change=True)
+  assert "\n" not in str(e.value) and "checkpoint step 2 in" in str(e.value)
+  assert listing(workdir) == before  # nothing moved aside, nothing trained
+
+
+def test_a_checkpoint_with_a_task_this_config_lacks_is_refused(saved, tmp_path):
+  workdir = copy_of(saved, tmp_path)
+  cfg = tiny_config("weighted", steps=3, checkpoint_every=1)
+  del cfg.tasks["audio"]
+  with pytest.raises(checkpointing.CheckpointError,
+                     match=r"parameter heads\.audio/\S+: in the checkpoint only"):
+    train.run(cfg, workdir, data=FakeData(), allow_config_change=True)
+
+
+def test_arrays_of_another_dtype_are_a_difference():
+  f32, bf16 = (jax.ShapeDtypeStruct((2,), d) for d in (np.float32, jax.numpy.bfloat16))
+  assert checkpointing._first_mismatch({"a": f32}, {"a": bf16}) is None  # params: cast
+  assert checkpointing._first_mismatch({"a": f32}, {"a": bf16}, dtypes=True)[:2] == ("a",
+                                                                                    "dtype")
+
+
+def damage(workdir, step):
+  """Garbage in every file of a step's state."""
+  state = os.path.join(workdir, "checkpoints", str(step), "state")
+  for root, _, files in os.walk(state):
+    for name in files:
+      with open(os.path.join(root, name), "wb") as f:
+        f.write(b"\x00garbage")
+
+
+def test_a_run_that_can_restore_no_checkpoint_stops_and_never_starts_over(saved, tmp_path):
+  workdir = copy_of(saved, tmp_path)
+  damage(workdir, 1)
+  damage(workdir, 2)
+  with pytest.raises(checkpointing.CheckpointError) as e:
+    run_to(workdir)
+  msg = str(e.value)
+  assert "\n" not in msg and "could be restored" in msg and "2 -> 2.unreadable-" in msg
+  assert "1 -> 1.unreadable-" in msg
+  assert not [n for n in listing(workdir) if n.isdigit()]  # renamed, not deleted
+  assert len(listing(workdir)) == 2
+  # The rerun does not take the empty checkpoints directory for a fresh start either.
+  with pytest.raises(checkpointing.CheckpointError, match="only steps moved aside"):
+    run_to(workdir)
