@@ -56,32 +56,68 @@ def config_digest(config) -> str:
   return hashlib.sha256(json.dumps(run_fields(config), sort_keys=True).encode()).hexdigest()[:16]
 
 
-def guard_workdir(workdir: str, config, allow_config_change: bool = False) -> None:
-  """Refuses to train a different config in a workdir holding another run's checkpoints;
-  saves the config beside the checkpoints (an older one is kept, renamed, when allowed)."""
+def _checkpoint_digest(ckpts: str) -> tuple[int, str] | tuple[None, None]:
+  """(step, config digest) from the `meta` item of the newest step where it reads."""
+  steps = sorted((int(n) for n in os.listdir(ckpts) if n.isdigit()), reverse=True)
+  for step in steps:
+    try:
+      with open(os.path.join(ckpts, str(step), "meta", "metadata")) as f:
+        digest = json.load(f).get("config_digest")
+    except (OSError, ValueError, AttributeError):
+      continue
+    if isinstance(digest, str):
+      return step, digest
+  return None, None
+
+
+def guard_workdir(workdir: str, config, allow_config_change: bool = False) -> bool:
+  """Refuses to train a different config in a workdir holding another run's checkpoints,
+  judged by its config.json or, when that is missing, by the config digest in the newest
+  checkpoint's meta. Writes nothing (see write_config). Returns True when a change was allowed."""
   os.makedirs(workdir, exist_ok=True)
   path = os.path.join(workdir, "config.json")
   ckpts = os.path.join(workdir, "checkpoints")
   has_ckpts = os.path.isdir(ckpts) and any(n.isdigit() for n in os.listdir(ckpts))
-  if os.path.exists(path) and has_ckpts:
+  if not has_ckpts:
+    return False
+  if os.path.exists(path):
     with open(path) as f:
       old = _flat(json.load(f))
     old = {k: v for k, v in old.items() if k not in HARMLESS_FIELDS}
     new = json.loads(json.dumps(run_fields(config)))
     diff = sorted(k for k in set(old) | set(new) if old.get(k, "<unset>") != new.get(k, "<unset>"))
-    if diff:
-      k = diff[0]
-      what = (f"{k} was {old.get(k, '<unset>')!r}, now {new.get(k, '<unset>')!r}"
-              + (f" (and {len(diff) - 1} more fields)" if len(diff) > 1 else ""))
-      if not allow_config_change:
-        raise WorkdirError(f"workdir {workdir} holds checkpoints of another config: {what}; use "
-                           "another --workdir, or --allow_config_change to resume it anyway")
-      kept = os.path.join(workdir, f"config.{time.strftime('%Y%m%d-%H%M%S')}.json")
-      os.rename(path, kept)
-      log.warning("config changed in %s (%s); the previous config is kept as %s", workdir,
-                  what, kept)
-  with open(path, "w") as f:
+    if not diff:
+      return False
+    k = diff[0]
+    what = (f"{k} was {old.get(k, '<unset>')!r}, now {new.get(k, '<unset>')!r}"
+            + (f" (and {len(diff) - 1} more fields)" if len(diff) > 1 else ""))
+  else:
+    step, digest = _checkpoint_digest(ckpts)
+    if digest is None or digest == config_digest(config):
+      return False
+    what = (f"config.json is missing and the config digest in the meta of step {step} is "
+            f"{digest}, this config's is {config_digest(config)}")
+  if not allow_config_change:
+    raise WorkdirError(f"workdir {workdir} holds checkpoints of another config: {what}; use "
+                       "another --workdir, or --allow_config_change to resume it anyway")
+  log.warning("config changed in %s (%s); resuming anyway (--allow_config_change)", workdir,
+              what)
+  return True
+
+
+def write_config(workdir: str, config, keep_previous: bool = False) -> None:
+  """Saves the config beside the checkpoints, atomically (temp file + rename). Called only once
+  the checkpoints were found compatible, so a refused run leaves the old config.json and the
+  old command still runs. `keep_previous`: an allowed change keeps the old one, renamed."""
+  path = os.path.join(workdir, "config.json")
+  if keep_previous and os.path.exists(path):
+    kept = os.path.join(workdir, f"config.{time.strftime('%Y%m%d-%H%M%S')}.json")
+    os.rename(path, kept)
+    log.warning("the previous config of %s is kept as %s", workdir, kept)
+  tmp = f"{path}.tmp"
+  with open(tmp, "w") as f:
     f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+  os.replace(tmp, path)
 
 
 def _shapes(tree, prefix="") -> dict:

@@ -457,16 +457,12 @@ def _run(closing: contextlib.ExitStack, config, workdir, *, devices, stop_at, da
   exp = build(config, devices=devices, data=data)
   cfg = exp.config
   seed = int(cfg.get("seed", 0))
-  if workdir:
-    checkpointing.guard_workdir(workdir, cfg, allow_config_change)
+  changed = checkpointing.guard_workdir(workdir, cfg, allow_config_change) if workdir else False
   writer = closing.enter_context(MetricWriter(workdir, enabled=workdir is not None))
   ckpt = closing.enter_context(checkpointing.Checkpointer(
       workdir or "", keep=int(cfg.get("keep_checkpoints", 3)), enabled=workdir is not None))
   report = parameter_report(exp.state["params"], exp.groups)
   log.info("parameters: %s", json.dumps(report))
-  if workdir:
-    with open(os.path.join(workdir, "params.json"), "w") as f:
-      json.dump(report, f, indent=2)
 
   iters = train_iterators(exp)
   state = exp.state
@@ -486,6 +482,10 @@ def _run(closing: contextlib.ExitStack, config, workdir, *, devices, stop_at, da
     state = {**state, "params": {**state["params"], **loaded}}
     for line in init_lines:
       log.info("initialised %s", line)
+  if workdir:  # only now that the checkpoints fit: a refused run leaves the workdir as it was
+    checkpointing.write_config(workdir, cfg, keep_previous=changed)
+    with open(os.path.join(workdir, "params.json"), "w") as f:
+      json.dump(report, f, indent=2)
 
   schedule = exp.schedule
   end = schedule.num_steps if stop_at is None else min(stop_at, schedule.num_steps)

@@ -318,3 +318,33 @@ def test_a_run_that_can_restore_no_checkpoint_stops_and_never_starts_over(saved,
   # The rerun does not take the empty checkpoints directory for a fresh start either.
   with pytest.raises(checkpointing.CheckpointError, match="only steps moved aside"):
     run_to(workdir)
+
+
+def test_a_refused_run_leaves_config_json_as_it_was_so_the_old_command_still_runs(saved,
+                                                                                  tmp_path):
+  workdir = copy_of(saved, tmp_path)
+  files = ("config.json", "params.json")
+  before = {n: open(os.path.join(workdir, n)).read() for n in files}
+  cfg = tiny_config("weighted", steps=3, checkpoint_every=1)
+  cfg.model.mlp_dim = 48
+  with pytest.raises(checkpointing.CheckpointError, match="this config expects"):
+    train.run(cfg, workdir, data=FakeData(), allow_config_change=True)
+  assert {n: open(os.path.join(workdir, n)).read() for n in files} == before
+  assert not [n for n in os.listdir(workdir) if n.startswith("config.") and n != "config.json"]
+
+
+def test_without_config_json_the_config_digest_in_the_checkpoint_guards_the_workdir(saved,
+                                                                                    tmp_path):
+  workdir = copy_of(saved, tmp_path)
+  os.remove(os.path.join(workdir, "config.json"))
+  other = tiny_config("weighted", steps=3, checkpoint_every=1)
+  other.tasks.image.batch_size = 16
+  with pytest.raises(checkpointing.WorkdirError,
+                     match=r"config.json is missing and the config digest in the meta of step "
+                           r"2 is \w+, this config's is \w+") as e:
+    train.run(other, workdir, data=FakeData())
+  assert "\n" not in str(e.value)
+  run_to(workdir, stop_at=2)  # the same config resumes (step 2: nothing left to train)
+  os.remove(os.path.join(workdir, "config.json"))
+  train.run(other, workdir, data=FakeData(), stop_at=2, allow_config_change=True)
+  assert json.load(open(os.path.join(workdir, "config.json")))["tasks"]["image"]["batch_size"] == 16
