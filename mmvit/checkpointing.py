@@ -10,10 +10,12 @@ the previous one is used.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
 import os
+import socket
 import time
 from collections.abc import Mapping
 
@@ -54,6 +56,40 @@ def run_fields(config) -> dict:
 
 def config_digest(config) -> str:
   return hashlib.sha256(json.dumps(run_fields(config), sort_keys=True).encode()).hexdigest()[:16]
+
+
+class WorkdirLock:
+  """An exclusive flock on <workdir>/.lock for the run's life, the holder's pid, host and start
+  written in it: a second run on the workdir is refused with a WorkdirError naming the holder.
+  The kernel drops the lock when its process dies, even by SIGKILL, so a killed run never
+  blocks its rerun. (flock is advisory and needs a filesystem that supports it.)"""
+
+  def __init__(self, workdir: str):
+    os.makedirs(workdir, exist_ok=True)
+    self.path = os.path.join(workdir, ".lock")
+    fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+      holder = os.pread(fd, 1024, 0).decode(errors="replace").strip() or "holder not recorded yet"
+      os.close(fd)
+      raise WorkdirError(f"workdir {workdir} is in use by another run ({holder}; lock "
+                         f"{self.path}): wait for it to end, or use another --workdir") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"pid {os.getpid()} on host {socket.gethostname()} since "
+                  f"{time.strftime('%Y-%m-%d %H:%M:%S')}".encode(), 0)
+    self.fd = fd
+
+  def release(self):
+    if self.fd is not None:
+      os.close(self.fd)  # closing the descriptor releases the lock
+      self.fd = None
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self.release()
 
 
 def _checkpoint_digest(ckpts: str) -> tuple[int, str] | tuple[None, None]:

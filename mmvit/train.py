@@ -457,6 +457,8 @@ def _run(closing: contextlib.ExitStack, config, workdir, *, devices, stop_at, da
   exp = build(config, devices=devices, data=data)
   cfg = exp.config
   seed = int(cfg.get("seed", 0))
+  if workdir:  # one run per workdir: a second would move the first's steps and repeat metrics
+    closing.enter_context(checkpointing.WorkdirLock(workdir))
   changed = checkpointing.guard_workdir(workdir, cfg, allow_config_change) if workdir else False
   writer = closing.enter_context(MetricWriter(workdir, enabled=workdir is not None))
   ckpt = closing.enter_context(checkpointing.Checkpointer(

@@ -5,6 +5,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -348,3 +349,33 @@ def test_without_config_json_the_config_digest_in_the_checkpoint_guards_the_work
   os.remove(os.path.join(workdir, "config.json"))
   train.run(other, workdir, data=FakeData(), stop_at=2, allow_config_change=True)
   assert json.load(open(os.path.join(workdir, "config.json")))["tasks"]["image"]["batch_size"] == 16
+
+
+HOLD_LOCK = """import sys, time
+from mmvit import checkpointing
+lock = checkpointing.WorkdirLock(sys.argv[1])
+print("locked", flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_second_run_on_a_workdir_is_refused_naming_the_holder_and_a_killed_one_blocks_nothing(
+    saved, tmp_path):
+  workdir = copy_of(saved, tmp_path)
+  metrics = open(os.path.join(workdir, "metrics.jsonl")).read()
+  holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, workdir], cwd=ROOT,
+                            stdout=subprocess.PIPE, text=True)
+  try:
+    assert holder.stdout.readline().strip() == "locked"
+    with pytest.raises(checkpointing.WorkdirError) as e:
+      run_to(workdir)
+    msg = str(e.value)
+    assert "\n" not in msg and f"in use by another run (pid {holder.pid} on host " in msg
+    assert f"on host {socket.gethostname()} since 20" in msg
+    assert listing(workdir) == ["1", "2"]  # nothing moved, trained or written
+    assert open(os.path.join(workdir, "metrics.jsonl")).read() == metrics
+  finally:
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+  assert holder.returncode == -signal.SIGKILL
+  run_to(workdir, stop_at=2)  # the lock died with its holder
