@@ -193,6 +193,37 @@ def _first_mismatch(want, have, dtypes: bool = False):
   return None
 
 
+def check_data_states(states, fresh: dict) -> None:
+  """A ValueError naming the task and field where the restored iterator states differ in form
+  from `fresh` (each task's state as a new iterator gives it): no entry for a task, another key
+  or type, a negative integer (grain's positions and counters are never negative)."""
+  if not isinstance(states, Mapping):
+    raise ValueError(f"data states are {type(states).__name__}, expected a dict by task")
+  for task, like in fresh.items():
+    if task not in states:
+      raise ValueError(f"data states have no entry for task {task} (have "
+                       f"{', '.join(map(str, states)) or 'none'})")
+    for path, want in _json_leaves(like).items():
+      have = _json_leaves(states[task]).get(path, KeyError)
+      where = f"data state of task {task}" + (f": {path}" if path else "")
+      if have is KeyError:
+        raise ValueError(f"{where} is missing")
+      if type(have) is not type(want):
+        raise ValueError(f"{where} is {have!r}, expected type {type(want).__name__}")
+      if isinstance(have, int) and have < 0:
+        raise ValueError(f"{where} is {have}, expected an integer >= 0")
+
+
+def _json_leaves(x, prefix="") -> dict:
+  if isinstance(x, Mapping):
+    return {k: v for key, item in x.items()
+            for k, v in _json_leaves(item, f"{prefix}/{key}" if prefix else str(key)).items()}
+  if isinstance(x, list):
+    return {k: v for i, item in enumerate(x)
+            for k, v in _json_leaves(item, f"{prefix}/{i}" if prefix else str(i)).items()}
+  return {prefix: x}
+
+
 class Checkpointer:
   def __init__(self, workdir: str, keep: int = 3, enabled: bool = True):
     self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
@@ -250,9 +281,10 @@ class Checkpointer:
                           f"incompatible config: {what}; use the matching config or another "
                           "--workdir")
 
-  def restore_latest(self, abstract_state):
-    """Restores the newest readable step onto the shardings of `abstract_state`; returns
-    (step, state, data states, meta) or None when there is no checkpoint.
+  def restore_latest(self, abstract_state, set_data=None):
+    """Restores the newest readable step onto the shardings of `abstract_state`, hands its data
+    states to `set_data` and returns (step, state, data states, meta), or None when there is
+    no checkpoint. A step whose data states `set_data` rejects (raises) is unreadable too.
 
     A step of an incompatible config is refused (CheckpointError) before anything is moved.
     Unreadable steps are renamed to <step>.unreadable-<time> and reported; the previous step is
@@ -279,6 +311,8 @@ class Checkpointer:
             state=ocp.args.StandardRestore(abstract_state),
             data=ocp.args.JsonRestore(),
             meta=ocp.args.JsonRestore()))
+        if set_data is not None:
+          set_data(out["data"])
       except CheckpointError:
         raise
       except Exception as e:  # noqa: BLE001  (any read failure means a damaged step)

@@ -469,12 +469,18 @@ def _run(closing: contextlib.ExitStack, config, workdir, *, devices, stop_at, da
   iters = train_iterators(exp)
   state = exp.state
   start, init_lines = 0, []
-  restored = (ckpt.restore_latest(checkpointing.abstract(state, exp.state_shardings))
+  fresh = {name: it.get_state() for name, it in iters.items()}
+
+  def set_data(states):
+    # Data states that read but do not fit (no entry for a task, a negative index, another
+    # type) make the step unreadable like any damage: the previous step is tried.
+    checkpointing.check_data_states(states, fresh)
+    for name, it in iters.items():
+      it.set_state(states[name])
+  restored = (ckpt.restore_latest(checkpointing.abstract(state, exp.state_shardings), set_data)
               if ckpt.enabled else None)
   if restored is not None:
-    start, state, data_states_, meta_ = restored
-    for name, it in iters.items():
-      it.set_state(data_states_[name])
+    start, state, _, meta_ = restored
     log.info("resumed from %s at step %d", ckpt.directory, start)
     init_lines = list(meta_.get("init_from", []))  # what the run was started from
   elif sources := config_lib.init_sources(cfg):

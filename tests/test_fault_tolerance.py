@@ -379,3 +379,28 @@ def test_a_second_run_on_a_workdir_is_refused_naming_the_holder_and_a_killed_one
     holder.wait()
   assert holder.returncode == -signal.SIGKILL
   run_to(workdir, stop_at=2)  # the lock died with its holder
+
+
+@pytest.mark.parametrize("edit,reason", [
+    (lambda d: d.pop("audio"), "data states have no entry for task audio"),
+    (lambda d: d["image"].update(index=-3), "data state of task image: index is -3, expected an "
+                                            "integer >= 0"),
+    (lambda d: d["image"].update(index="1"), "data state of task image: index is '1', expected "
+                                             "type int"),
+], ids=["no_task", "negative_index", "wrong_type"])
+def test_data_states_that_read_but_do_not_fit_make_the_step_unreadable(saved, tmp_path, caplog,
+                                                                        edit, reason):
+  workdir = copy_of(saved, tmp_path)
+  path = os.path.join(workdir, "checkpoints", "2", "data", "metadata")
+  states = json.load(open(path))
+  edit(states)
+  with open(path, "w") as f:
+    json.dump(states, f)
+  with caplog.at_level("INFO", logger="mmvit"):
+    run_to(workdir, stop_at=2)
+  msgs = [r.getMessage() for r in caplog.records]
+  bad = [m for m in msgs if "unreadable" in m]
+  assert len(bad) == 1 and "\n" not in bad[0] and reason in bad[0], bad
+  assert "checkpoint step 2 in" in bad[0]
+  assert any("at step 1" in m for m in msgs if m.startswith("resumed from"))
+  assert any(n.startswith("2.unreadable-") for n in listing(workdir))
