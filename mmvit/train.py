@@ -492,6 +492,7 @@ def _run(closing: contextlib.ExitStack, config, workdir, *, devices, stop_at, da
       log.info("initialised %s", line)
   if workdir:  # only now that the checkpoints fit: a refused run leaves the workdir as it was
     checkpointing.write_config(workdir, cfg, keep_previous=changed)
+    writer.drop_after(start)  # the steps after the restored one are trained (and logged) again
     with open(os.path.join(workdir, "params.json"), "w") as f:
       json.dump(report, f, indent=2)
 

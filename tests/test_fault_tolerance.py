@@ -404,3 +404,25 @@ def test_data_states_that_read_but_do_not_fit_make_the_step_unreadable(saved, tm
   assert "checkpoint step 2 in" in bad[0]
   assert any("at step 1" in m for m in msgs if m.startswith("resumed from"))
   assert any(n.startswith("2.unreadable-") for n in listing(workdir))
+
+
+def records(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [json.loads(line) for line in f]
+
+
+def test_after_a_resume_metrics_jsonl_holds_each_step_once(tmp_path, caplog):
+  workdir = str(tmp_path / "w")
+  run_to(workdir, stop_at=4, log_every=1, keep_checkpoints=4)
+  # Steps 3 and 4 were logged, but step 2 is the newest saved (as after a kill).
+  for step in (3, 4):
+    shutil.move(os.path.join(workdir, "checkpoints", str(step)), str(tmp_path / str(step)))
+  with open(os.path.join(workdir, "metrics.jsonl"), "a") as f:
+    f.write('{"step": 4, "task": "im')  # and a record cut short by the kill
+  with caplog.at_level("INFO", logger="mmvit"):
+    run_to(workdir, stop_at=5, log_every=1, keep_checkpoints=4)
+  assert any(r.getMessage().endswith("at step 2") for r in caplog.records)
+  train_steps = [r["step"] for r in records(workdir) if r["split"] == "train"]
+  assert train_steps == [1, 2, 3, 4, 5]
+  evals = [(r["step"], r["task"], r["split"]) for r in records(workdir) if r["split"] != "train"]
+  assert len(evals) == len(set(evals)) and {s for s, _, _ in evals} == {5}
