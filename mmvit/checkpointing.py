@@ -10,12 +10,15 @@ the previous one is used.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
+import gc
 import hashlib
 import json
 import logging
 import os
 import socket
+import sys
 import time
 from collections.abc import Mapping
 
@@ -224,6 +227,27 @@ def _json_leaves(x, prefix="") -> dict:
   return {prefix: x}
 
 
+@contextlib.contextmanager
+def _quiet_orbax():
+  """Orbax logs what it also raises, with tracebacks and several records for one damaged step
+  (thousands of lines for one truncated file); the fallback reports each step in one line, so
+  absl (Orbax's logger), orbax and asyncio are silenced while steps are read. Garbage is
+  collected inside, so errors of tasks nobody awaited are dropped here too."""
+  loggers = [logging.getLogger(n) for n in ("absl", "orbax", "asyncio")]
+  levels = [lg.level for lg in loggers]
+  hook = sys.unraisablehook
+  for lg in loggers:
+    lg.setLevel(logging.CRITICAL)
+  sys.unraisablehook = lambda _: None
+  try:
+    yield
+  finally:
+    gc.collect()
+    sys.unraisablehook = hook
+    for lg, level in zip(loggers, levels):
+      lg.setLevel(level)
+
+
 class Checkpointer:
   def __init__(self, workdir: str, keep: int = 3, enabled: bool = True):
     self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
@@ -234,9 +258,10 @@ class Checkpointer:
   def _manager(self):
     options = ocp.CheckpointManagerOptions(max_to_keep=self.keep, create=True,
                                            enable_async_checkpointing=True)
-    return ocp.CheckpointManager(self.directory, options=options, item_handlers={
-        "state": ocp.StandardCheckpointHandler(), "data": ocp.JsonCheckpointHandler(),
-        "meta": ocp.JsonCheckpointHandler()})
+    with _quiet_orbax():  # it reads every step's metadata; restore_latest reports damage
+      return ocp.CheckpointManager(self.directory, options=options, item_handlers={
+          "state": ocp.StandardCheckpointHandler(), "data": ocp.JsonCheckpointHandler(),
+          "meta": ocp.JsonCheckpointHandler()})
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step() if self.manager is not None else None
@@ -298,7 +323,8 @@ class Checkpointer:
     # Compatibility is judged on the newest step whose metadata reads, before any is moved.
     for step in steps:
       try:
-        tree = self._state_metadata(step)
+        with _quiet_orbax():
+          tree = self._state_metadata(step)
       except Exception:  # noqa: BLE001  (damaged: the loop below moves it aside)
         continue
       self._check_compatible(step, tree, abstract_state)
@@ -306,13 +332,14 @@ class Checkpointer:
     moved = []
     for step in steps:
       try:
-        self._check_compatible(step, self._state_metadata(step), abstract_state)
-        out = self.manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_state),
-            data=ocp.args.JsonRestore(),
-            meta=ocp.args.JsonRestore()))
-        if set_data is not None:
-          set_data(out["data"])
+        with _quiet_orbax():
+          self._check_compatible(step, self._state_metadata(step), abstract_state)
+          out = self.manager.restore(step, args=ocp.args.Composite(
+              state=ocp.args.StandardRestore(abstract_state),
+              data=ocp.args.JsonRestore(),
+              meta=ocp.args.JsonRestore()))
+          if set_data is not None:
+            set_data(out["data"])
       except CheckpointError:
         raise
       except Exception as e:  # noqa: BLE001  (any read failure means a damaged step)
@@ -320,7 +347,8 @@ class Checkpointer:
         target = os.path.join(self.directory, f"{step}.unreadable-{time.strftime('%H%M%S')}")
         log.error("checkpoint step %d in %s is unreadable (%s); moved it to %s and trying the "
                   "previous step", step, self.directory, reason, target)
-        self.manager.close()
+        with _quiet_orbax():
+          self.manager.close()
         os.rename(os.path.join(self.directory, str(step)), target)
         self.manager = self._manager()
         moved.append(f"{step} -> {os.path.basename(target)}")

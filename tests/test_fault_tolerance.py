@@ -426,3 +426,18 @@ def test_after_a_resume_metrics_jsonl_holds_each_step_once(tmp_path, caplog):
   assert train_steps == [1, 2, 3, 4, 5]
   evals = [(r["step"], r["task"], r["split"]) for r in records(workdir) if r["split"] != "train"]
   assert len(evals) == len(set(evals)) and {s for s, _, _ in evals} == {5}
+
+
+def test_a_damaged_step_costs_one_log_line_and_no_traceback(saved, tmp_path, caplog, capfd):
+  workdir = copy_of(saved, tmp_path)
+  step = os.path.join(workdir, "checkpoints", "2")
+  for name in ("_CHECKPOINT_METADATA", "state/manifest.ocdbt"):  # truncated files
+    path = os.path.join(step, name)
+    os.truncate(path, os.path.getsize(path) // 2)
+  with caplog.at_level("INFO"):  # every logger, Orbax's and absl's included
+    run_to(workdir, stop_at=2)
+  out = capfd.readouterr()
+  text = "\n".join([caplog.text, out.out, out.err])
+  assert "Traceback" not in text
+  mentions = [line for line in text.splitlines() if f"{step}/" in line or f"{step} " in line]
+  assert len(mentions) == 1 and "is unreadable" in mentions[0], mentions
