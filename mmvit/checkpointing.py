@@ -10,14 +10,20 @@ the previous one is used.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import gc
 import hashlib
 import json
 import logging
 import os
+import socket
+import sys
 import time
 from collections.abc import Mapping
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 log = logging.getLogger("mmvit")
@@ -55,48 +61,128 @@ def config_digest(config) -> str:
   return hashlib.sha256(json.dumps(run_fields(config), sort_keys=True).encode()).hexdigest()[:16]
 
 
-def guard_workdir(workdir: str, config, allow_config_change: bool = False) -> None:
-  """Refuses to train a different config in a workdir holding another run's checkpoints;
-  saves the config beside the checkpoints (an older one is kept, renamed, when allowed)."""
+class WorkdirLock:
+  """An exclusive flock on <workdir>/.lock for the run's life, the holder's pid, host and start
+  written in it: a second run on the workdir is refused with a WorkdirError naming the holder.
+  The kernel drops the lock when its process dies, even by SIGKILL, so a killed run never
+  blocks its rerun. (flock is advisory and needs a filesystem that supports it.)"""
+
+  def __init__(self, workdir: str):
+    os.makedirs(workdir, exist_ok=True)
+    self.path = os.path.join(workdir, ".lock")
+    fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+      holder = os.pread(fd, 1024, 0).decode(errors="replace").strip() or "holder not recorded yet"
+      os.close(fd)
+      raise WorkdirError(f"workdir {workdir} is in use by another run ({holder}; lock "
+                         f"{self.path}): wait for it to end, or use another --workdir") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"pid {os.getpid()} on host {socket.gethostname()} since "
+                  f"{time.strftime('%Y-%m-%d %H:%M:%S')}".encode(), 0)
+    self.fd = fd
+
+  def release(self):
+    if self.fd is not None:
+      os.close(self.fd)  # closing the descriptor releases the lock
+      self.fd = None
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self.release()
+
+
+def _checkpoint_digest(ckpts: str) -> tuple[int, str] | tuple[None, None]:
+  """(step, config digest) from the `meta` item of the newest step where it reads."""
+  steps = sorted((int(n) for n in os.listdir(ckpts) if n.isdigit()), reverse=True)
+  for step in steps:
+    try:
+      with open(os.path.join(ckpts, str(step), "meta", "metadata")) as f:
+        digest = json.load(f).get("config_digest")
+    except (OSError, ValueError, AttributeError):
+      continue
+    if isinstance(digest, str):
+      return step, digest
+  return None, None
+
+
+def guard_workdir(workdir: str, config, allow_config_change: bool = False) -> bool:
+  """Refuses to train a different config in a workdir holding another run's checkpoints,
+  judged by its config.json or, when that is missing, by the config digest in the newest
+  checkpoint's meta. Writes nothing (see write_config). Returns True when a change was allowed."""
   os.makedirs(workdir, exist_ok=True)
   path = os.path.join(workdir, "config.json")
   ckpts = os.path.join(workdir, "checkpoints")
   has_ckpts = os.path.isdir(ckpts) and any(n.isdigit() for n in os.listdir(ckpts))
-  if os.path.exists(path) and has_ckpts:
+  if not has_ckpts:
+    return False
+  if os.path.exists(path):
     with open(path) as f:
       old = _flat(json.load(f))
     old = {k: v for k, v in old.items() if k not in HARMLESS_FIELDS}
     new = json.loads(json.dumps(run_fields(config)))
     diff = sorted(k for k in set(old) | set(new) if old.get(k, "<unset>") != new.get(k, "<unset>"))
-    if diff:
-      k = diff[0]
-      what = (f"{k} was {old.get(k, '<unset>')!r}, now {new.get(k, '<unset>')!r}"
-              + (f" (and {len(diff) - 1} more fields)" if len(diff) > 1 else ""))
-      if not allow_config_change:
-        raise WorkdirError(f"workdir {workdir} holds checkpoints of another config: {what}; use "
-                           "another --workdir, or --allow_config_change to resume it anyway")
-      kept = os.path.join(workdir, f"config.{time.strftime('%Y%m%d-%H%M%S')}.json")
-      os.rename(path, kept)
-      log.warning("config changed in %s (%s); the previous config is kept as %s", workdir,
-                  what, kept)
-  with open(path, "w") as f:
+    if not diff:
+      return False
+    k = diff[0]
+    what = (f"{k} was {old.get(k, '<unset>')!r}, now {new.get(k, '<unset>')!r}"
+            + (f" (and {len(diff) - 1} more fields)" if len(diff) > 1 else ""))
+  else:
+    step, digest = _checkpoint_digest(ckpts)
+    if digest is None or digest == config_digest(config):
+      return False
+    what = (f"config.json is missing and the config digest in the meta of step {step} is "
+            f"{digest}, this config's is {config_digest(config)}")
+  if not allow_config_change:
+    raise WorkdirError(f"workdir {workdir} holds checkpoints of another config: {what}; use "
+                       "another --workdir, or --allow_config_change to resume it anyway")
+  log.warning("config changed in %s (%s); resuming anyway (--allow_config_change)", workdir,
+              what)
+  return True
+
+
+def write_config(workdir: str, config, keep_previous: bool = False) -> None:
+  """Saves the config beside the checkpoints, atomically (temp file + rename). Called only once
+  the checkpoints were found compatible, so a refused run leaves the old config.json and the
+  old command still runs. `keep_previous`: an allowed change keeps the old one, renamed."""
+  path = os.path.join(workdir, "config.json")
+  if keep_previous and os.path.exists(path):
+    kept = os.path.join(workdir, f"config.{time.strftime('%Y%m%d-%H%M%S')}.json")
+    os.rename(path, kept)
+    log.warning("the previous config of %s is kept as %s", workdir, kept)
+  tmp = f"{path}.tmp"
+  with open(tmp, "w") as f:
     f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+  os.replace(tmp, path)
 
 
 def _shapes(tree, prefix="") -> dict:
-  """path -> leaf, for nested mappings (orbax's metadata tree is a Mapping, not a dict)."""
+  """path -> leaf, for nested mappings and sequences (orbax's metadata tree is a Mapping, and
+  stores a NamedTuple as a dict of its fields, a tuple as a list, an empty node as None)."""
   if isinstance(tree, Mapping):
-    out = {}
-    for k, v in tree.items():
-      out.update(_shapes(v, f"{prefix}/{k}" if prefix else str(k)))
-    return out
-  return {prefix: tree}
+    items = tree.items()
+  elif hasattr(tree, "_fields"):  # NamedTuple (optax states): by field name, as orbax stores it
+    items = zip(tree._fields, tree)
+  elif isinstance(tree, (list, tuple)):
+    items = enumerate(tree)
+  elif tree is None:
+    return {}
+  else:
+    return {prefix: tree}
+  out = {}
+  for k, v in items:
+    out.update(_shapes(v, f"{prefix}/{k}" if prefix else str(k)))
+  return out
 
 
-def _first_mismatch(want, have):
+def _first_mismatch(want, have, dtypes: bool = False):
   """The first leaf, in sorted path order, where two trees of arrays (or array metadata)
-  differ, as (path, "missing" | "extra" | "shape", wanted leaf, present leaf); None when
-  they match. "missing": in `want` only; "extra": in `have` only."""
+  differ, as (path, "missing" | "extra" | "shape" | "dtype", wanted leaf, present leaf); None
+  when they match. "missing": in `want` only; "extra": in `have` only. Dtypes are compared
+  only when asked (a partial restore of parameters casts them)."""
   want, have = _shapes(want), _shapes(have)
   for k in sorted(set(want) | set(have)):
     if k not in have:
@@ -105,7 +191,61 @@ def _first_mismatch(want, have):
       return k, "extra", None, have[k]
     if tuple(have[k].shape) != tuple(want[k].shape):
       return k, "shape", want[k], have[k]
+    if dtypes and np.dtype(have[k].dtype) != np.dtype(want[k].dtype):
+      return k, "dtype", want[k], have[k]
   return None
+
+
+def check_data_states(states, fresh: dict) -> None:
+  """A ValueError naming the task and field where the restored iterator states differ in form
+  from `fresh` (each task's state as a new iterator gives it): no entry for a task, another key
+  or type, a negative integer (grain's positions and counters are never negative)."""
+  if not isinstance(states, Mapping):
+    raise ValueError(f"data states are {type(states).__name__}, expected a dict by task")
+  for task, like in fresh.items():
+    if task not in states:
+      raise ValueError(f"data states have no entry for task {task} (have "
+                       f"{', '.join(map(str, states)) or 'none'})")
+    for path, want in _json_leaves(like).items():
+      have = _json_leaves(states[task]).get(path, KeyError)
+      where = f"data state of task {task}" + (f": {path}" if path else "")
+      if have is KeyError:
+        raise ValueError(f"{where} is missing")
+      if type(have) is not type(want):
+        raise ValueError(f"{where} is {have!r}, expected type {type(want).__name__}")
+      if isinstance(have, int) and have < 0:
+        raise ValueError(f"{where} is {have}, expected an integer >= 0")
+
+
+def _json_leaves(x, prefix="") -> dict:
+  if isinstance(x, Mapping):
+    return {k: v for key, item in x.items()
+            for k, v in _json_leaves(item, f"{prefix}/{key}" if prefix else str(key)).items()}
+  if isinstance(x, list):
+    return {k: v for i, item in enumerate(x)
+            for k, v in _json_leaves(item, f"{prefix}/{i}" if prefix else str(i)).items()}
+  return {prefix: x}
+
+
+@contextlib.contextmanager
+def _quiet_orbax():
+  """Orbax logs what it also raises, with tracebacks and several records for one damaged step
+  (thousands of lines for one truncated file); the fallback reports each step in one line, so
+  absl (Orbax's logger), orbax and asyncio are silenced while steps are read. Garbage is
+  collected inside, so errors of tasks nobody awaited are dropped here too."""
+  loggers = [logging.getLogger(n) for n in ("absl", "orbax", "asyncio")]
+  levels = [lg.level for lg in loggers]
+  hook = sys.unraisablehook
+  for lg in loggers:
+    lg.setLevel(logging.CRITICAL)
+  sys.unraisablehook = lambda _: None
+  try:
+    yield
+  finally:
+    gc.collect()
+    sys.unraisablehook = hook
+    for lg, level in zip(loggers, levels):
+      lg.setLevel(level)
 
 
 class Checkpointer:
@@ -118,12 +258,13 @@ class Checkpointer:
   def _manager(self):
     options = ocp.CheckpointManagerOptions(max_to_keep=self.keep, create=True,
                                            enable_async_checkpointing=True)
-    return ocp.CheckpointManager(self.directory, options=options, item_handlers={
-        "state": ocp.StandardCheckpointHandler(), "data": ocp.JsonCheckpointHandler(),
-        "meta": ocp.JsonCheckpointHandler()})
+    with _quiet_orbax():  # it reads every step's metadata; restore_latest reports damage
+      return ocp.CheckpointManager(self.directory, options=options, item_handlers={
+          "state": ocp.StandardCheckpointHandler(), "data": ocp.JsonCheckpointHandler(),
+          "meta": ocp.JsonCheckpointHandler()})
 
   def latest_step(self) -> int | None:
-    return self.manager.latest_step() if self.enabled else None
+    return self.manager.latest_step() if self.manager is not None else None
 
   def save(self, step: int, state, data_states: dict, meta: dict, force: bool = False) -> bool:
     if not self.enabled:
@@ -137,61 +278,105 @@ class Checkpointer:
     """True at Orbax's preemption sync point (multi-host: all hosts agree on the step)."""
     return bool(self.enabled and self.manager.reached_preemption(step))
 
-  def _check_shapes(self, step: int, abstract_state):
-    """One line naming the first parameter whose shape differs, instead of a tree dump."""
+  def _state_metadata(self, step: int):
+    """The array metadata tree of a step's state, or OSError when it does not read."""
     meta = self.manager.item_metadata(step)["state"]
     if meta is None:
       raise OSError("no readable metadata for 'state'")
-    # Parameters decide compatibility (optimizer and counters follow from them).
-    tree = getattr(meta, "tree", meta)
-    bad = _first_mismatch(abstract_state["params"], tree["params"])
+    return getattr(meta, "tree", meta)
+
+  def _check_compatible(self, step: int, tree, abstract_state):
+    """One line naming the first array (parameter, optimizer state, count, guard) whose path,
+    shape or dtype differs from what this config builds, instead of a failed restore."""
+    # Parameters first: they name the model change; then optimizer state, counts and guard.
+    bad = (_first_mismatch({"params": abstract_state["params"]},
+                           {"params": tree.get("params")}, dtypes=True)
+           or _first_mismatch(abstract_state, tree, dtypes=True))
     if bad is None:
       return
     k, kind, want, have = bad
-    if kind == "missing":
-      raise CheckpointError(f"checkpoint step {step} in {self.directory} has no parameter "
-                            f"{k}: it was written by an incompatible config")
-    if kind == "extra":
-      raise CheckpointError(f"checkpoint step {step} in {self.directory} has parameter {k} "
-                            "that this config does not: it was written by an incompatible "
-                            "config")
-    raise CheckpointError(f"checkpoint step {step} in {self.directory}: parameter {k} has "
-                          f"shape {tuple(have.shape)}, this config expects "
-                          f"{tuple(want.shape)}")
+    name = f"parameter {k[len('params/'):]}" if k.startswith("params/") else k
+    what = {"missing": f"{name}: in this config only",
+            "extra": f"{name}: in the checkpoint only",
+            "shape": f"{name} has shape {tuple(getattr(have, 'shape', ()))}, this config expects "
+                     f"{tuple(getattr(want, 'shape', ()))}",
+            "dtype": f"{name} has dtype {getattr(have, 'dtype', None)}, this config expects "
+                     f"{getattr(want, 'dtype', None)}"}[kind]
+    raise CheckpointError(f"checkpoint step {step} in {self.directory} was written by an "
+                          f"incompatible config: {what}; use the matching config or another "
+                          "--workdir")
 
-  def restore_latest(self, abstract_state):
-    """Restores the newest readable step onto the shardings of `abstract_state`; returns
-    (step, state, data states, meta) or None when there is no checkpoint. Unreadable steps
-    are renamed to <step>.unreadable-<time> and reported; the previous step is tried."""
-    for step in sorted(self.manager.all_steps(), reverse=True):
+  def restore_latest(self, abstract_state, set_data=None):
+    """Restores the newest readable step onto the shardings of `abstract_state`, hands its data
+    states to `set_data` and returns (step, state, data states, meta), or None when there is
+    no checkpoint. A step whose data states `set_data` rejects (raises) is unreadable too.
+
+    A step of an incompatible config is refused (CheckpointError) before anything is moved.
+    Unreadable steps are renamed to <step>.unreadable-<time> and reported; the previous step is
+    tried. When no step can be restored the run stops: it never starts over on its own."""
+    steps = sorted(self.manager.all_steps(), reverse=True)
+    aside = sorted(n for n in os.listdir(self.directory) if ".unreadable-" in n)
+    if not steps and aside:
+      raise CheckpointError(f"{self.directory} holds only steps moved aside as unreadable "
+                            f"({', '.join(aside)}) and no step to resume: inspect them, and move "
+                            "them out of it to start from step 0")
+    # Compatibility is judged on the newest step whose metadata reads, before any is moved.
+    for step in steps:
       try:
-        self._check_shapes(step, abstract_state)
-        out = self.manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_state),
-            data=ocp.args.JsonRestore(),
-            meta=ocp.args.JsonRestore()))
+        with _quiet_orbax():
+          tree = self._state_metadata(step)
+      except Exception:  # noqa: BLE001  (damaged: the loop below moves it aside)
+        continue
+      self._check_compatible(step, tree, abstract_state)
+      break
+    moved = []
+    for step in steps:
+      try:
+        with _quiet_orbax():
+          self._check_compatible(step, self._state_metadata(step), abstract_state)
+          out = self.manager.restore(step, args=ocp.args.Composite(
+              state=ocp.args.StandardRestore(abstract_state),
+              data=ocp.args.JsonRestore(),
+              meta=ocp.args.JsonRestore()))
+          if set_data is not None:
+            set_data(out["data"])
       except CheckpointError:
         raise
       except Exception as e:  # noqa: BLE001  (any read failure means a damaged step)
         reason = " ".join(f"{type(e).__name__}: {e}".split())[:200]
-        aside = os.path.join(self.directory, f"{step}.unreadable-{time.strftime('%H%M%S')}")
+        target = os.path.join(self.directory, f"{step}.unreadable-{time.strftime('%H%M%S')}")
         log.error("checkpoint step %d in %s is unreadable (%s); moved it to %s and trying the "
-                  "previous step", step, self.directory, reason, aside)
-        self.manager.close()
-        os.rename(os.path.join(self.directory, str(step)), aside)
+                  "previous step", step, self.directory, reason, target)
+        with _quiet_orbax():
+          self.manager.close()
+        os.rename(os.path.join(self.directory, str(step)), target)
         self.manager = self._manager()
+        moved.append(f"{step} -> {os.path.basename(target)}")
         continue
       return step, out["state"], out["data"], out["meta"]
+    if moved:
+      raise CheckpointError(f"no checkpoint in {self.directory} could be restored (moved aside: "
+                            f"{', '.join(moved)}); nothing was trained: inspect them, and move "
+                            "them out of it to start from step 0")
     return None
 
   def wait(self):
-    if self.enabled:
+    if self.manager is not None:
       self.manager.wait_until_finished()
 
   def close(self):
-    if self.enabled:
-      self.manager.wait_until_finished()
-      self.manager.close()
+    """Waits for the pending save and closes Orbax's threads; idempotent. Must run on every
+    path out of a run: threads left running die at interpreter shutdown, mid-write."""
+    if self.manager is not None:
+      manager, self.manager = self.manager, None
+      manager.wait_until_finished()
+      manager.close()
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self.close()
 
 
 def abstract(tree, shardings):

@@ -6,6 +6,7 @@ routes, and the loop only picks tasks from the schedule and calls their compiled
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -490,29 +491,42 @@ def run(config: ml_collections.ConfigDict, workdir: str | None, *, devices=None,
   'state': final state, ...}. `stop_at` ends the loop early (the schedule, hence the lr
   horizon, is unchanged). On SIGTERM or at Orbax's preemption point it saves and returns with
   summary['preempted'] = step, skipping the final evaluation."""
+  # Writers and checkpointer are closed on every path out, errors included: their threads
+  # must not be left to interpreter shutdown.
+  with contextlib.ExitStack() as closing:
+    return _run(closing, config, workdir, devices=devices, stop_at=stop_at, data=data,
+                allow_config_change=allow_config_change)
+
+
+def _run(closing: contextlib.ExitStack, config, workdir, *, devices, stop_at, data,
+         allow_config_change) -> dict:
   exp = build(config, devices=devices, data=data)
   cfg = exp.config
   seed = int(cfg.get("seed", 0))
-  if workdir:
-    checkpointing.guard_workdir(workdir, cfg, allow_config_change)
-  writer = MetricWriter(workdir, enabled=workdir is not None)
-  ckpt = checkpointing.Checkpointer(workdir or "", keep=int(cfg.get("keep_checkpoints", 3)),
-                                    enabled=workdir is not None)
+  if workdir:  # one run per workdir: a second would move the first's steps and repeat metrics
+    closing.enter_context(checkpointing.WorkdirLock(workdir))
+  changed = checkpointing.guard_workdir(workdir, cfg, allow_config_change) if workdir else False
+  writer = closing.enter_context(MetricWriter(workdir, enabled=workdir is not None))
+  ckpt = closing.enter_context(checkpointing.Checkpointer(
+      workdir or "", keep=int(cfg.get("keep_checkpoints", 3)), enabled=workdir is not None))
   report = parameter_report(exp.state["params"], exp.groups)
   log.info("parameters: %s", json.dumps(report))
-  if workdir:
-    with open(os.path.join(workdir, "params.json"), "w") as f:
-      json.dump(report, f, indent=2)
 
   iters = train_iterators(exp)
   state = exp.state
   start, init_lines = 0, []
-  restored = (ckpt.restore_latest(checkpointing.abstract(state, exp.state_shardings))
+  fresh = {name: it.get_state() for name, it in iters.items()}
+
+  def set_data(states):
+    # Data states that read but do not fit (no entry for a task, a negative index, another
+    # type) make the step unreadable like any damage: the previous step is tried.
+    checkpointing.check_data_states(states, fresh)
+    for name, it in iters.items():
+      it.set_state(states[name])
+  restored = (ckpt.restore_latest(checkpointing.abstract(state, exp.state_shardings), set_data)
               if ckpt.enabled else None)
   if restored is not None:
-    start, state, data_states_, meta_ = restored
-    for name, it in iters.items():
-      it.set_state(data_states_[name])
+    start, state, _, meta_ = restored
     log.info("resumed from %s at step %d", ckpt.directory, start)
     init_lines = list(meta_.get("init_from", []))  # what the run was started from
   elif sources := config_lib.init_sources(cfg):
@@ -522,6 +536,11 @@ def run(config: ml_collections.ConfigDict, workdir: str | None, *, devices=None,
     state = {**state, "params": {**state["params"], **loaded}}
     for line in init_lines:
       log.info("initialised %s", line)
+  if workdir:  # only now that the checkpoints fit: a refused run leaves the workdir as it was
+    checkpointing.write_config(workdir, cfg, keep_previous=changed)
+    writer.drop_after(start)  # the steps after the restored one are trained (and logged) again
+    with open(os.path.join(workdir, "params.json"), "w") as f:
+      json.dump(report, f, indent=2)
 
   schedule = exp.schedule
   end = schedule.num_steps if stop_at is None else min(stop_at, schedule.num_steps)

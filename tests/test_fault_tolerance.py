@@ -5,6 +5,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -200,3 +201,243 @@ def test_a_nan_record_is_a_one_line_data_error_naming_task_step_key_and_record()
     train.run(tiny_config("weighted", steps=3), None, data=data)
   assert "\n" not in str(e.value)
   assert "task audio step" in str(e.value) and "input 'spectrogram' of record 3" in str(e.value)
+
+
+class BrokenData(FakeData):
+  """The audio pipeline raises at its batch `at`, as a failing input pipeline does."""
+
+  def __init__(self, at):
+    super().__init__()
+    self.at = at
+
+  def train_iterator(self, name, **kw):
+    it = super().train_iterator(name, **kw)
+    if name != "digits_audio":
+      return it
+    at = self.at
+
+    class Broken(type(it)):
+      def __next__(self):
+        if self.index == at:
+          raise RuntimeError("input pipeline failed")
+        return super().__next__()
+    return Broken(it.name, it.batch_size, it.seed)
+
+
+def test_a_run_that_fails_still_closes_its_writers_and_checkpointer(tmp_path, monkeypatch):
+  made = {}
+
+  class Writer(train.MetricWriter):
+    def __init__(self, *a, **kw):
+      super().__init__(*a, **kw)
+      made["writer"] = self
+
+  class Ckpt(checkpointing.Checkpointer):
+    def __init__(self, *a, **kw):
+      super().__init__(*a, **kw)
+      made["ckpt"] = self
+  monkeypatch.setattr(train, "MetricWriter", Writer)
+  monkeypatch.setattr(checkpointing, "Checkpointer", Ckpt)
+  cfg = tiny_config("weighted", steps=3, checkpoint_every=1, log_every=1)
+  with pytest.raises(RuntimeError, match="input pipeline failed"):
+    train.run(cfg, str(tmp_path / "w"), data=BrokenData(at=2))
+  # Closed before the error left run, not at interpreter shutdown.
+  assert made["writer"]._tb is None and made["writer"]._jsonl is None
+  assert made["ckpt"].manager is None
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+  """A workdir holding steps 1 and 2 of the tiny run; tests take a copy (`copy_of`)."""
+  workdir = str(tmp_path_factory.mktemp("saved") / "w")
+  run_to(workdir, stop_at=2, log_every=1)
+  return workdir
+
+
+def copy_of(saved, tmp_path):
+  workdir = str(tmp_path / "w")
+  shutil.copytree(saved, workdir)
+  return workdir
+
+
+def listing(workdir):
+  return sorted(os.listdir(os.path.join(workdir, "checkpoints")))
+
+
+@pytest.mark.parametrize("change,first_difference", [
+    (dict(name="sgd"), r"opt/heads\.audio/0/count: in the checkpoint only"),
+    (dict(weight_decay=0.0), r"opt/heads\.audio/0/count: in the checkpoint only"),
+], ids=["sgd", "no_weight_decay"])
+def test_a_checkpoint_whose_optimizer_state_differs_is_refused_before_anything_is_moved(
+    saved, tmp_path, change, first_difference):
+  workdir = copy_of(saved, tmp_path)
+  before = listing(workdir)
+  cfg = tiny_config("weighted", steps=3, checkpoint_every=1)
+  cfg.optimizer.update(change)
+  with pytest.raises(checkpointing.CheckpointError, match=first_difference) as e:
+    train.run(cfg, workdir, data=FakeData(), allow_config_change=True)
+  assert "\n" not in str(e.value) and "checkpoint step 2 in" in str(e.value)
+  assert listing(workdir) == before  # nothing moved aside, nothing trained
+
+
+def test_a_checkpoint_with_a_task_this_config_lacks_is_refused(saved, tmp_path):
+  workdir = copy_of(saved, tmp_path)
+  cfg = tiny_config("weighted", steps=3, checkpoint_every=1)
+  del cfg.tasks["audio"]
+  with pytest.raises(checkpointing.CheckpointError,
+                     match=r"parameter heads\.audio/\S+: in the checkpoint only"):
+    train.run(cfg, workdir, data=FakeData(), allow_config_change=True)
+
+
+def test_arrays_of_another_dtype_are_a_difference():
+  f32, bf16 = (jax.ShapeDtypeStruct((2,), d) for d in (np.float32, jax.numpy.bfloat16))
+  assert checkpointing._first_mismatch({"a": f32}, {"a": bf16}) is None  # params: cast
+  assert checkpointing._first_mismatch({"a": f32}, {"a": bf16}, dtypes=True)[:2] == ("a",
+                                                                                    "dtype")
+
+
+def damage(workdir, step):
+  """Garbage in every file of a step's state."""
+  state = os.path.join(workdir, "checkpoints", str(step), "state")
+  for root, _, files in os.walk(state):
+    for name in files:
+      with open(os.path.join(root, name), "wb") as f:
+        f.write(b"\x00garbage")
+
+
+def test_a_run_that_can_restore_no_checkpoint_stops_and_never_starts_over(saved, tmp_path):
+  workdir = copy_of(saved, tmp_path)
+  damage(workdir, 1)
+  damage(workdir, 2)
+  with pytest.raises(checkpointing.CheckpointError) as e:
+    run_to(workdir)
+  msg = str(e.value)
+  assert "\n" not in msg and "could be restored" in msg and "2 -> 2.unreadable-" in msg
+  assert "1 -> 1.unreadable-" in msg
+  assert not [n for n in listing(workdir) if n.isdigit()]  # renamed, not deleted
+  assert len(listing(workdir)) == 2
+  # The rerun does not take the empty checkpoints directory for a fresh start either.
+  with pytest.raises(checkpointing.CheckpointError, match="only steps moved aside"):
+    run_to(workdir)
+
+
+def test_a_refused_run_leaves_config_json_as_it_was_so_the_old_command_still_runs(saved,
+                                                                                  tmp_path):
+  workdir = copy_of(saved, tmp_path)
+  files = ("config.json", "params.json")
+  before = {n: open(os.path.join(workdir, n)).read() for n in files}
+  cfg = tiny_config("weighted", steps=3, checkpoint_every=1)
+  cfg.model.mlp_dim = 48
+  with pytest.raises(checkpointing.CheckpointError, match="this config expects"):
+    train.run(cfg, workdir, data=FakeData(), allow_config_change=True)
+  assert {n: open(os.path.join(workdir, n)).read() for n in files} == before
+  assert not [n for n in os.listdir(workdir) if n.startswith("config.") and n != "config.json"]
+
+
+def test_without_config_json_the_config_digest_in_the_checkpoint_guards_the_workdir(saved,
+                                                                                    tmp_path):
+  workdir = copy_of(saved, tmp_path)
+  os.remove(os.path.join(workdir, "config.json"))
+  other = tiny_config("weighted", steps=3, checkpoint_every=1)
+  other.tasks.image.batch_size = 16
+  with pytest.raises(checkpointing.WorkdirError,
+                     match=r"config.json is missing and the config digest in the meta of step "
+                           r"2 is \w+, this config's is \w+") as e:
+    train.run(other, workdir, data=FakeData())
+  assert "\n" not in str(e.value)
+  run_to(workdir, stop_at=2)  # the same config resumes (step 2: nothing left to train)
+  os.remove(os.path.join(workdir, "config.json"))
+  train.run(other, workdir, data=FakeData(), stop_at=2, allow_config_change=True)
+  assert json.load(open(os.path.join(workdir, "config.json")))["tasks"]["image"]["batch_size"] == 16
+
+
+HOLD_LOCK = """import sys, time
+from mmvit import checkpointing
+lock = checkpointing.WorkdirLock(sys.argv[1])
+print("locked", flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_second_run_on_a_workdir_is_refused_naming_the_holder_and_a_killed_one_blocks_nothing(
+    saved, tmp_path):
+  workdir = copy_of(saved, tmp_path)
+  metrics = open(os.path.join(workdir, "metrics.jsonl")).read()
+  holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, workdir], cwd=ROOT,
+                            stdout=subprocess.PIPE, text=True)
+  try:
+    assert holder.stdout.readline().strip() == "locked"
+    with pytest.raises(checkpointing.WorkdirError) as e:
+      run_to(workdir)
+    msg = str(e.value)
+    assert "\n" not in msg and f"in use by another run (pid {holder.pid} on host " in msg
+    assert f"on host {socket.gethostname()} since 20" in msg
+    assert listing(workdir) == ["1", "2"]  # nothing moved, trained or written
+    assert open(os.path.join(workdir, "metrics.jsonl")).read() == metrics
+  finally:
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+  assert holder.returncode == -signal.SIGKILL
+  run_to(workdir, stop_at=2)  # the lock died with its holder
+
+
+@pytest.mark.parametrize("edit,reason", [
+    (lambda d: d.pop("audio"), "data states have no entry for task audio"),
+    (lambda d: d["image"].update(index=-3), "data state of task image: index is -3, expected an "
+                                            "integer >= 0"),
+    (lambda d: d["image"].update(index="1"), "data state of task image: index is '1', expected "
+                                             "type int"),
+], ids=["no_task", "negative_index", "wrong_type"])
+def test_data_states_that_read_but_do_not_fit_make_the_step_unreadable(saved, tmp_path, caplog,
+                                                                        edit, reason):
+  workdir = copy_of(saved, tmp_path)
+  path = os.path.join(workdir, "checkpoints", "2", "data", "metadata")
+  states = json.load(open(path))
+  edit(states)
+  with open(path, "w") as f:
+    json.dump(states, f)
+  with caplog.at_level("INFO", logger="mmvit"):
+    run_to(workdir, stop_at=2)
+  msgs = [r.getMessage() for r in caplog.records]
+  bad = [m for m in msgs if "unreadable" in m]
+  assert len(bad) == 1 and "\n" not in bad[0] and reason in bad[0], bad
+  assert "checkpoint step 2 in" in bad[0]
+  assert any("at step 1" in m for m in msgs if m.startswith("resumed from"))
+  assert any(n.startswith("2.unreadable-") for n in listing(workdir))
+
+
+def records(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [json.loads(line) for line in f]
+
+
+def test_after_a_resume_metrics_jsonl_holds_each_step_once(tmp_path, caplog):
+  workdir = str(tmp_path / "w")
+  run_to(workdir, stop_at=4, log_every=1, keep_checkpoints=4)
+  # Steps 3 and 4 were logged, but step 2 is the newest saved (as after a kill).
+  for step in (3, 4):
+    shutil.move(os.path.join(workdir, "checkpoints", str(step)), str(tmp_path / str(step)))
+  with open(os.path.join(workdir, "metrics.jsonl"), "a") as f:
+    f.write('{"step": 4, "task": "im')  # and a record cut short by the kill
+  with caplog.at_level("INFO", logger="mmvit"):
+    run_to(workdir, stop_at=5, log_every=1, keep_checkpoints=4)
+  assert any(r.getMessage().endswith("at step 2") for r in caplog.records)
+  train_steps = [r["step"] for r in records(workdir) if r["split"] == "train"]
+  assert train_steps == [1, 2, 3, 4, 5]
+  evals = [(r["step"], r["task"], r["split"]) for r in records(workdir) if r["split"] != "train"]
+  assert len(evals) == len(set(evals)) and {s for s, _, _ in evals} == {5}
+
+
+def test_a_damaged_step_costs_one_log_line_and_no_traceback(saved, tmp_path, caplog, capfd):
+  workdir = copy_of(saved, tmp_path)
+  step = os.path.join(workdir, "checkpoints", "2")
+  for name in ("_CHECKPOINT_METADATA", "state/manifest.ocdbt"):  # truncated files
+    path = os.path.join(step, name)
+    os.truncate(path, os.path.getsize(path) // 2)
+  with caplog.at_level("INFO"):  # every logger, Orbax's and absl's included
+    run_to(workdir, stop_at=2)
+  out = capfd.readouterr()
+  text = "\n".join([caplog.text, out.out, out.err])
+  assert "Traceback" not in text
+  mentions = [line for line in text.splitlines() if f"{step}/" in line or f"{step} " in line]
+  assert len(mentions) == 1 and "is unreadable" in mentions[0], mentions
