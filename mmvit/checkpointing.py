@@ -19,6 +19,7 @@ import logging
 import os
 import socket
 import sys
+import threading
 import time
 from collections.abc import Mapping
 
@@ -248,12 +249,41 @@ def _quiet_orbax():
       lg.setLevel(level)
 
 
+class _NoOrbaxTracebacks(logging.Filter):
+  """Orbax logs a traceback with each error it then raises (three for one failed background
+  save); the run reports the error in one line, so a record whose traceback passes through
+  Orbax's code keeps its message only."""
+
+  def filter(self, record):
+    tb = record.exc_info[2] if isinstance(record.exc_info, tuple) else None
+    while tb is not None:
+      if f"{os.sep}orbax{os.sep}" in tb.tb_frame.f_code.co_filename:
+        record.exc_info = record.exc_text = None
+        break
+      tb = tb.tb_next
+    return True
+
+
+def _join_orbax_threads(timeout: float = 120.0):
+  """A failed save leaves its other writers running; closing the manager under them makes
+  each print tracebacks ("Event loop is closed"), so they are waited for first."""
+  deadline = time.monotonic() + timeout
+  for t in threading.enumerate():
+    if t is not threading.current_thread() and type(t).__module__.startswith("orbax."):
+      t.join(max(0.0, deadline - time.monotonic()))
+
+
 class Checkpointer:
   def __init__(self, workdir: str, keep: int = 3, enabled: bool = True):
     self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
     self.enabled = enabled
     self.keep = keep
-    self.manager = self._manager() if enabled else None
+    self._pending = None  # the step whose asynchronous save may still fail
+    self._filter = _NoOrbaxTracebacks()
+    self.manager = None
+    if enabled:
+      logging.getLogger("absl").addFilter(self._filter)  # Orbax logs through absl
+      self.manager = self._manager()
 
   def _manager(self):
     options = ocp.CheckpointManagerOptions(max_to_keep=self.keep, create=True,
@@ -267,12 +297,26 @@ class Checkpointer:
     return self.manager.latest_step() if self.manager is not None else None
 
   def save(self, step: int, state, data_states: dict, meta: dict, force: bool = False) -> bool:
+    """Starts an asynchronous save. An OSError (a full disk...) of this save or of the previous
+    one, which surfaces only now, is a one-line CheckpointError; saved steps stay as they are."""
     if not self.enabled:
       return False
-    return self.manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state),
-        data=ocp.args.JsonSave(data_states),
-        meta=ocp.args.JsonSave(meta)), force=force)
+    self.wait()  # Orbax would wait here too; this names the step whose write failed
+    self._pending = step
+    try:
+      return self.manager.save(step, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state),
+          data=ocp.args.JsonSave(data_states),
+          meta=ocp.args.JsonSave(meta)), force=force)
+    except OSError as e:
+      _join_orbax_threads()
+      raise self._save_error(step, e) from None
+
+  def _save_error(self, step: int, e: OSError) -> CheckpointError:
+    saved = sorted(int(n) for n in os.listdir(self.directory) if n.isdigit() and int(n) != step)
+    return CheckpointError(
+        f"saving checkpoint step {step} to {self.directory} failed: {' '.join(str(e).split())}; "
+        f"the steps saved before ({', '.join(map(str, saved)) or 'none'}) are untouched")
 
   def reached_preemption(self, step: int) -> bool:
     """True at Orbax's preemption sync point (multi-host: all hosts agree on the step)."""
@@ -361,16 +405,32 @@ class Checkpointer:
     return None
 
   def wait(self):
-    if self.manager is not None:
+    if self.manager is None:
+      return
+    try:
       self.manager.wait_until_finished()
+    except OSError as e:
+      _join_orbax_threads()
+      raise self._save_error(self._pending, e) from None
 
   def close(self):
     """Waits for the pending save and closes Orbax's threads; idempotent. Must run on every
     path out of a run: threads left running die at interpreter shutdown, mid-write."""
-    if self.manager is not None:
+    if self.manager is None:
+      return
+    failed = True
+    try:
+      self.wait()
+      failed = False
+    finally:
       manager, self.manager = self.manager, None
-      manager.wait_until_finished()
-      manager.close()
+      try:
+        manager.close()
+      except OSError as e:
+        if not failed:  # else wait() raised this save's error just now
+          raise self._save_error(self._pending, e) from None
+      finally:
+        logging.getLogger("absl").removeFilter(self._filter)
 
   def __enter__(self):
     return self

@@ -1,6 +1,7 @@
 """A run survives being killed at any moment and goes on exactly as if it had never stopped;
 bad checkpoints and workdirs never cost saved work."""
 
+import errno
 import json
 import os
 import shutil
@@ -12,6 +13,7 @@ import time
 
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 from mmvit import checkpointing, train
@@ -79,10 +81,15 @@ def run_to(workdir, stop_at=None, **overrides):
   return train.run(cfg, workdir, data=FakeData(), stop_at=stop_at)
 
 
+@pytest.fixture(scope="module")
+def full(tmp_path_factory):
+  """The uninterrupted in-process run that resumed runs must end equal to."""
+  return run_to(str(tmp_path_factory.mktemp("full") / "w"))
+
+
 def test_a_corrupted_newest_checkpoint_is_moved_aside_and_the_previous_one_resumes(tmp_path,
-                                                                                   caplog):
+                                                                                   caplog, full):
   workdir = str(tmp_path / "w")
-  full = run_to(str(tmp_path / "full"))
   run_to(workdir, stop_at=6)
   newest = os.path.join(workdir, "checkpoints", "6", "state")
   for name in os.listdir(newest):  # garbage bytes in every file of the newest step
@@ -441,3 +448,31 @@ def test_a_damaged_step_costs_one_log_line_and_no_traceback(saved, tmp_path, cap
   assert "Traceback" not in text
   mentions = [line for line in text.splitlines() if f"{step}/" in line or f"{step} " in line]
   assert len(mentions) == 1 and "is unreadable" in mentions[0], mentions
+
+
+@pytest.mark.parametrize("at,stop_at", [(3, None), (6, 6)],
+                         ids=["surfaces_at_the_next_save", "at_the_last_wait"])
+def test_a_full_disk_during_a_save_is_one_line_and_the_saved_steps_resume(tmp_path, monkeypatch,
+                                                                          caplog, capfd, full,
+                                                                          at, stop_at):
+  workdir = str(tmp_path / "w")
+  save = ocp.JsonCheckpointHandler._save_fn
+
+  async def disk_full(self, item, directory):  # in Orbax's background writer, as a real one
+    if isinstance(item, dict) and item.get("step") == at:
+      raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(directory))
+    return await save(self, item, directory)
+  monkeypatch.setattr(ocp.JsonCheckpointHandler, "_save_fn", disk_full)
+  with caplog.at_level("INFO"), pytest.raises(checkpointing.CheckpointError) as e:
+    run_to(workdir, stop_at=stop_at)
+  msg = str(e.value)
+  ckpts = os.path.join(workdir, "checkpoints")
+  assert "\n" not in msg
+  assert f"saving checkpoint step {at} to {ckpts} failed: [Errno 28] No space left on device" in msg
+  assert f"the steps saved before ({at - 2}, {at - 1}) are untouched" in msg
+  out = capfd.readouterr()
+  assert "Traceback" not in "\n".join([caplog.text, out.out, out.err])
+  assert [n for n in listing(workdir) if n.isdigit()] == [str(at - 2), str(at - 1)]
+  if stop_at is None:  # and the rerun, with space again, ends as if nothing had happened
+    monkeypatch.undo()
+    assert leaves_equal(full["state"], run_to(workdir)["state"])
