@@ -5,7 +5,8 @@ The schedule and every random key are derived from (seed, step), so restoring th
 the iterator states is enough to continue exactly where a run stopped. Orbax commits a step
 atomically (written to a temporary directory, then renamed), so a save cut short by a kill is
 never listed as a step. A step that cannot be read is moved aside (renamed, never deleted) and
-the previous one is used.
+the previous one is used; a step that does not fit the config is refused before anything is
+moved. One run at a time holds a workdir (WorkdirLock).
 """
 
 from __future__ import annotations

@@ -491,8 +491,8 @@ def run(config: ml_collections.ConfigDict, workdir: str | None, *, devices=None,
   'state': final state, ...}. `stop_at` ends the loop early (the schedule, hence the lr
   horizon, is unchanged). On SIGTERM or at Orbax's preemption point it saves and returns with
   summary['preempted'] = step, skipping the final evaluation."""
-  # Writers and checkpointer are closed on every path out, errors included: their threads
-  # must not be left to interpreter shutdown.
+  # The workdir lock, writers and checkpointer are released on every path out, errors
+  # included: their threads must not be left to interpreter shutdown.
   with contextlib.ExitStack() as closing:
     return _run(closing, config, workdir, devices=devices, stop_at=stop_at, data=data,
                 allow_config_change=allow_config_change)

@@ -404,7 +404,7 @@ def test_data_states_that_read_but_do_not_fit_make_the_step_unreadable(saved, tm
   with open(path, "w") as f:
     json.dump(states, f)
   with caplog.at_level("INFO", logger="mmvit"):
-    run_to(workdir, stop_at=2)
+    run_to(workdir, stop_at=1)  # restores step 1; nothing left to train
   msgs = [r.getMessage() for r in caplog.records]
   bad = [m for m in msgs if "unreadable" in m]
   assert len(bad) == 1 and "\n" not in bad[0] and reason in bad[0], bad
@@ -418,21 +418,19 @@ def records(workdir):
     return [json.loads(line) for line in f]
 
 
-def test_after_a_resume_metrics_jsonl_holds_each_step_once(tmp_path, caplog):
-  workdir = str(tmp_path / "w")
-  run_to(workdir, stop_at=4, log_every=1, keep_checkpoints=4)
-  # Steps 3 and 4 were logged, but step 2 is the newest saved (as after a kill).
-  for step in (3, 4):
-    shutil.move(os.path.join(workdir, "checkpoints", str(step)), str(tmp_path / str(step)))
+def test_after_a_resume_metrics_jsonl_holds_each_step_once(saved, tmp_path, caplog):
+  workdir = copy_of(saved, tmp_path)
+  # Step 2 was logged, but step 1 is the newest saved (as after a kill).
+  shutil.move(os.path.join(workdir, "checkpoints", "2"), str(tmp_path / "2"))
   with open(os.path.join(workdir, "metrics.jsonl"), "a") as f:
-    f.write('{"step": 4, "task": "im')  # and a record cut short by the kill
+    f.write('{"step": 2, "task": "im')  # and a record cut short by the kill
   with caplog.at_level("INFO", logger="mmvit"):
-    run_to(workdir, stop_at=5, log_every=1, keep_checkpoints=4)
-  assert any(r.getMessage().endswith("at step 2") for r in caplog.records)
+    run_to(workdir, stop_at=3, log_every=1)
+  assert any(r.getMessage().endswith("at step 1") for r in caplog.records)
   train_steps = [r["step"] for r in records(workdir) if r["split"] == "train"]
-  assert train_steps == [1, 2, 3, 4, 5]
+  assert train_steps == [1, 2, 3]
   evals = [(r["step"], r["task"], r["split"]) for r in records(workdir) if r["split"] != "train"]
-  assert len(evals) == len(set(evals)) and {s for s, _, _ in evals} == {5}
+  assert len(evals) == len(set(evals)) and {s for s, _, _ in evals} == {3}
 
 
 def test_a_damaged_step_costs_one_log_line_and_no_traceback(saved, tmp_path, caplog, capfd):
