@@ -188,34 +188,36 @@ def _builder(name: str, data_dir: str | os.PathLike | None):
     return builder
 
 
-def _report_fingerprints(builder) -> dict[str, str]:
-  """Fingerprints of every split of a fresh build, logged, and compared with the reference
-  build's (fingerprints.EXPECTED): a mismatch is one warning line, not an error."""
-  from mmvit.data import fingerprints  # pylint: disable=g-import-not-at-top
-
-  name, version = builder.name, str(builder.info.version)
-  found = {}
-  for split in SPLITS:
-    found[split] = fingerprints.split_fingerprint(builder.as_data_source(split=split))
-    fingerprints.check(name, version, split, found[split])
-  _log.info('%s %s fingerprints: %s', name, version,
-            ' '.join(f'{s}={f}' for s, f in found.items()))
-  return found
-
-
-def inspect(name: str, data_dir: str | None = None) -> dict[str, dict]:
+def _split_fingerprints(builder) -> dict[str, dict]:
   """Per split: number of records, fingerprint, the reference build's fingerprint."""
   from mmvit.data import fingerprints  # pylint: disable=g-import-not-at-top
 
-  builder = _builder(name, data_dir)
   version = str(builder.info.version)
   out = {}
   for split in SPLITS:
     source = builder.as_data_source(split=split)
     out[split] = {'records': len(source),
                   'fingerprint': fingerprints.split_fingerprint(source),
-                  'reference': fingerprints.expected(name, version, split)}
+                  'reference': fingerprints.expected(builder.name, version, split)}
   return out
+
+
+def _report_fingerprints(builder) -> None:
+  """Fingerprints of every split of a fresh build, logged, and compared with the reference
+  build's (fingerprints.EXPECTED): a mismatch is one warning line, not an error."""
+  from mmvit.data import fingerprints  # pylint: disable=g-import-not-at-top
+
+  found = _split_fingerprints(builder)
+  version = str(builder.info.version)
+  for split, r in found.items():
+    fingerprints.check(builder.name, version, split, r['fingerprint'])
+  _log.info('%s %s fingerprints: %s', builder.name, version,
+            ' '.join(f'{s}={r["fingerprint"]}' for s, r in found.items()))
+
+
+def inspect(name: str, data_dir: str | None = None) -> dict[str, dict]:
+  """Per split: number of records, fingerprint, the reference build's fingerprint."""
+  return _split_fingerprints(_builder(name, data_dir))
 
 
 def ensure_built(name: str, data_dir: str | None = None) -> None:
