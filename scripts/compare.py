@@ -95,6 +95,50 @@ def plot(out_dir: str, seed: int, path: str):
   fig.savefig(path, dpi=110)
 
 
+def fewer_steps(table: dict) -> dict[str, dict[float, list[float]]]:
+  """Test top-1 per task against the total budget (fraction of the summed single-task
+  steps) of weighted co-training: {task: {fraction: [top-1 of each seed]}}."""
+  out: dict[str, dict[float, list[float]]] = {}
+  for name, r in table.items():
+    base = name.rsplit("_s", 1)[0]
+    if base == "cotrain_weighted" or base.startswith("cotrain_weighted_x"):
+      for t, m in r["test"].items():
+        out.setdefault(t, {}).setdefault(r["scale"], []).append(m["top1"])
+  return out
+
+
+def plot_fewer_steps(table: dict, path: str):
+  """The fewer-total-steps claim (P:L393): weighted co-training at 0.5x, 0.75x and 1x of the
+  summed single-task steps, mean and std over seeds, against single-task at full budget."""
+  import matplotlib  # noqa: PLC0415
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # noqa: PLC0415
+  import numpy as np  # noqa: PLC0415
+  points = fewer_steps(table)
+  if not points:
+    return
+  fig, axes = plt.subplots(1, len(points), figsize=(3.2 * len(points), 3.4), sharey=False)
+  for ax, (task, by_scale) in zip(np.atleast_1d(axes), sorted(points.items())):
+    xs = sorted(by_scale)
+    ys = [100 * np.mean(by_scale[x]) for x in xs]
+    es = [100 * np.std(by_scale[x], ddof=1) if len(by_scale[x]) > 1 else 0.0 for x in xs]
+    ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label="weighted co-training")
+    single = [100 * r["test"][task]["top1"] for n, r in table.items()
+              if n.startswith(f"single_{task}_s")]
+    if single:
+      m, sd = np.mean(single), np.std(single, ddof=1) if len(single) > 1 else 0.0
+      ax.axhline(m, color="k", ls="--", lw=1, label="single-task, full budget")
+      ax.axhspan(m - sd, m + sd, color="k", alpha=0.08)
+    ax.set_title(task)
+    ax.set_xlim(0.4, 1.05)
+    ax.set_xlabel("fraction of summed single-task steps")
+    ax.grid(alpha=0.3)
+  np.atleast_1d(axes)[0].set_ylabel("test top-1 (%)")
+  np.atleast_1d(axes)[-1].legend(loc="lower right", fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+
+
 def main():
   p = argparse.ArgumentParser()
   p.add_argument("--out", default=os.path.join(ROOT, "workdirs", "compare"))
@@ -107,7 +151,9 @@ def main():
   p.add_argument("--results", default=os.path.join(ROOT, "docs", "results_cotraining.json"))
   args = p.parse_args()
   seeds = [int(s) for s in args.seeds.split(",")]
-  table = {}
+  # Rows already in the results file are kept, and the file is rewritten after every run: a
+  # plan of several hours that is stopped keeps what it measured, and a rerun skips those runs.
+  table = json.load(open(args.results)) if os.path.exists(args.results) else {}
   for seed in seeds:
     for name, config, s, scale, overrides in runs(seed, args.plan):
       scale *= args.scale
@@ -119,9 +165,14 @@ def main():
                      "wall_s": secs}
       print(name, {t: round(m.get("top1", float("nan")), 4) for t, m in res["test"].items()},
             flush=True)
-  with open(args.results, "w") as f:
-    json.dump(table, f, indent=2)
-  plot(args.out, seeds[0], os.path.join(ROOT, "docs", "cotraining_curves.png"))
+      with open(args.results + ".tmp", "w") as f:
+        json.dump(table, f, indent=2)
+      os.replace(args.results + ".tmp", args.results)
+  if all(os.path.exists(os.path.join(args.out, f"cotrain_{s}_s{seeds[0]}"))
+         for s in ("task_by_task", "weighted")):
+    plot(args.out, seeds[0], os.path.join(ROOT, "docs", "cotraining_curves.png"))
+  if args.plan == "claims":
+    plot_fewer_steps(table, os.path.join(ROOT, "docs", "fewer_steps.png"))
   print("wrote", args.results)
 
 
