@@ -27,18 +27,14 @@ sys.path.insert(0, ROOT)
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-from ml_collections import config_flags  # noqa: E402,F401
 
-from mmvit import checkpointing, data as data_lib, sharding, train  # noqa: E402
+from mmvit import checkpointing, config as config_lib, data as data_lib, sharding, train  # noqa: E402
 
 
-def load_config(path: str):
-  import importlib.util  # noqa: PLC0415
-  file, _, arg = path.partition(":")
-  spec = importlib.util.spec_from_file_location("cfg", os.path.join(ROOT, file))
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod.get_config(arg) if arg else mod.get_config()
+def load_config(spec: str):
+  """The CLI's own loader (one-line errors); a relative file is taken from the repository."""
+  file, colon, arg = spec.partition(":")
+  return config_lib.load(os.path.join(ROOT, file) + colon + arg)
 
 
 def random_batch(exp, task, rng):
@@ -66,8 +62,11 @@ def main():
   p.add_argument("--peak_gflops", type=float, default=150.0,
                  help="the device's matmul peak (CPU here: about 150 GFLOP/s)")
   args = p.parse_args()
-  cfg = load_config(args.config)
-  exp = train.build(cfg)
+  try:
+    cfg = load_config(args.config)
+    exp = train.build(cfg)
+  except config_lib.ConfigError as e:
+    sys.exit(f"error: {e}")
   rng = np.random.default_rng(0)
   batches = {t.name: random_batch(exp, t, rng) for t in exp.tasks}
   state = {"s": exp.state}
