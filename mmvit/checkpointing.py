@@ -208,8 +208,9 @@ def check_data_states(states, fresh: dict) -> None:
     if task not in states:
       raise ValueError(f"data states have no entry for task {task} (have "
                        f"{', '.join(map(str, states)) or 'none'})")
+    leaves = _json_leaves(states[task])
     for path, want in _json_leaves(like).items():
-      have = _json_leaves(states[task]).get(path, KeyError)
+      have = leaves.get(path, KeyError)
       where = f"data state of task {task}" + (f": {path}" if path else "")
       if have is KeyError:
         raise ValueError(f"{where} is missing")
