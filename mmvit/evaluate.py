@@ -53,8 +53,9 @@ def metrics(head: HeadSpec, logits: dict[str, np.ndarray], labels: dict[str, np.
   return out
 
 
-def run(head: HeadSpec, eval_fn, batches) -> dict[str, float]:
-  """`eval_fn(batch) -> {label: logits}` over padded batches with a 'mask' key."""
+def collect(head: HeadSpec, eval_fn, batches) -> tuple[dict, dict]:
+  """({label: logits}, {label: targets}) of the real rows of padded batches with a 'mask'
+  key, in batch order; `eval_fn(batch) -> {label: logits}`."""
   logits = {k: [] for k in head.labels}
   labels = {k: [] for k in head.labels}
   for batch in batches:
@@ -64,6 +65,12 @@ def run(head: HeadSpec, eval_fn, batches) -> dict[str, float]:
       logits[k].append(np.asarray(out[k])[mask])
       labels[k].append(np.asarray(batch[k])[mask])
   cat = lambda d: {k: np.concatenate(v) for k, v in d.items()}
-  result = metrics(head, cat(logits), cat(labels))
-  result["num_examples"] = float(sum(len(v) for v in labels[head.labels[0]]))
+  return cat(logits), cat(labels)
+
+
+def run(head: HeadSpec, eval_fn, batches) -> dict[str, float]:
+  """Metrics of `collect` over padded batches with a 'mask' key."""
+  logits, labels = collect(head, eval_fn, batches)
+  result = metrics(head, logits, labels)
+  result["num_examples"] = float(len(labels[head.labels[0]]))
   return result

@@ -25,7 +25,7 @@ import jax  # noqa: E402
 import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 
-from mmvit import checkpointing, data, sharding, train  # noqa: E402
+from mmvit import checkpointing, data, evaluate, sharding, train  # noqa: E402
 
 
 def predictions(workdir: str, task: str, split: str):
@@ -43,16 +43,12 @@ def predictions(workdir: str, task: str, split: str):
   loaded, _ = checkpointing.load_params([dict(workdir=workdir, step=None, groups=("*",))],
                                         abstract)
   params = {**exp.state["params"], **loaded}
-  pred, true = [], []
+  batches = data.eval_batches(t.dataset, split=split, batch_size=128,
+                              data_dir=cfg.get("data_dir"))
   with jax.set_mesh(exp.mesh):
-    for b in data.eval_batches(t.dataset, split=split, batch_size=128,
-                               data_dir=cfg.get("data_dir")):
-      m = np.asarray(b["mask"], bool)
-      out = exp.eval_steps[task](params, sharding.shard_batch(
-          {k: v for k, v in b.items() if k != "mask"}, exp.mesh))
-      pred.append(np.asarray(out[label]).argmax(-1)[m])
-      true.append(np.asarray(b[label])[m])
-  return t.dataset, cfg.get("data_dir"), np.concatenate(pred), np.concatenate(true)
+    logits, labels = evaluate.collect(t.head, lambda b: exp.eval_steps[task](
+        params, sharding.shard_batch(train._inputs(b), exp.mesh)), batches)
+  return t.dataset, cfg.get("data_dir"), logits[label].argmax(-1), labels[label]
 
 
 def main():
