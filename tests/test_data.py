@@ -282,6 +282,7 @@ def test_records_cached_in_memory_give_the_same_batches(name, data_dir):
     ('digits_image', {'noise_std': 0.1, 'max_shift': 2}),
     ('digits_video', {'noise_std': 0.1, 'max_shift': 2}),
     ('digits_audio', {'noise_std': 0.1, 'time_shift': 400}),
+    ('digits_audio', {'speed': 0.15}),
 ])
 def test_restored_state_continues_with_identical_batches(
     name, augment, data_dir):
@@ -347,6 +348,41 @@ def test_shift_augmentation_translates_the_image(data_dir):
   # Same ink, moved around: totals stay close.
   ink = lambda x: (x > 0).sum(axis=(1, 2, 3))
   assert np.abs(ink(plain) - ink(shifted)).mean() < 0.1 * ink(plain).mean()
+
+
+@pytest.mark.parametrize('factor', [0.85, 1.0, 1.2])
+def test_speed_change_scales_pitch_and_keeps_the_centre(factor):
+  n = 8000
+  t = np.arange(n)
+  tone = np.sin(2 * np.pi * 200 * t / n).astype(np.float32)  # 200 cycles in the clip
+  out = preprocess.change_speed(tone, factor)
+  assert out.shape == tone.shape and out.dtype == np.float32
+  assert int(np.abs(np.fft.rfft(out)).argmax()) == round(200 * factor)
+  # A click at the centre stays there; one off-centre moves towards it when faster.
+  click = np.zeros(n, np.float32)
+  click[[n // 2, n // 2 + 1000]] = 1.0
+  moved = preprocess.change_speed(click, factor)
+  assert abs(int(moved[:n // 2 + 100].argmax()) - n // 2) <= 1
+  assert abs(int(moved[n // 2 + 100:].argmax()) + 100 - 1000 / factor) <= 2
+
+
+def test_speed_augmentation_changes_the_clip_not_the_label(data_dir):
+  kw = dict(batch_size=16, seed=0, data_dir=data_dir)
+  plain = next(data.train_iterator('digits_audio', **kw))
+  fast = next(data.train_iterator('digits_audio', augment={'speed': 0.2}, **kw))
+  np.testing.assert_array_equal(plain['label'], fast['label'])
+  changed = ~np.all(np.isclose(plain['waveform'], fast['waveform'], atol=1e-4), axis=1)
+  assert changed.all()
+  # Level is kept: a resampled clip has about the same energy.
+  rms = lambda x: np.sqrt((x ** 2).mean(axis=1))
+  np.testing.assert_allclose(rms(fast['waveform']), rms(plain['waveform']), rtol=0.25)
+
+
+@pytest.mark.parametrize('bad', [-0.1, 0.6, True, 'fast'])
+def test_speed_outside_0_to_half_is_refused_naming_the_key(bad, data_dir):
+  with pytest.raises(data.DataError, match='speed'):
+    data.train_iterator('digits_audio', batch_size=8, seed=0, data_dir=data_dir,
+                        augment={'speed': bad})
 
 
 # -------------------------------------------------------- eval batches ----

@@ -377,6 +377,8 @@ def train_iterator(name: str, *, batch_size: int, seed: int,
       'noise_std' (float >= 0): Gaussian noise added to every float input;
       'max_shift' (int px; image/video/AV): random translation;
       'time_shift' (int samples; digits_audio): random circular waveform shift;
+      'speed' (float in [0, 0.5]; digits_audio): tempo and pitch scaled by a factor
+      uniform in [1 - speed, 1 + speed] (after 'time_shift');
       'crop' (int px in [0, 16]; image/video/AV): pad then random crop back;
       'flip' (bool; image/video/AV): random horizontal flip (digits_video
       mirrors its `direction` label too);
