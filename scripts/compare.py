@@ -12,6 +12,7 @@ accuracy table, the parameter counts and a plot of validation accuracy over step
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import subprocess
@@ -50,6 +51,25 @@ def runs(seed: int, plan: str = "all"):
     yield (f"single_{LOW_DATA_TASK}_lowdata_s{seed}", f"configs/single_task.py:{LOW_DATA_TASK}",
            seed, 1.0, low)
     yield f"cotrain_weighted_lowdata_s{seed}", "configs/demo.py:weighted", seed, 1.0, low
+
+
+# What a row's numbers depend on besides its command: the configs and the code of the package.
+# A row measured with other files is stale and is run again.
+_SOURCES = ("configs", "mmvit")
+
+
+def sources_digest() -> str:
+  """sha256 (16 hex) of every .py file under configs/ and mmvit/, by relative path."""
+  h = hashlib.sha256()
+  for top in _SOURCES:
+    for dirpath, dirnames, filenames in os.walk(os.path.join(ROOT, top)):
+      dirnames.sort()
+      for fn in sorted(f for f in filenames if f.endswith(".py")):
+        path = os.path.join(dirpath, fn)
+        h.update(os.path.relpath(path, ROOT).encode() + b"\0")
+        with open(path, "rb") as f:
+          h.update(f.read() + b"\0")
+  return h.hexdigest()[:16]
 
 
 def run_one(name, config, seed, out_dir, eval_every, scale=1.0, overrides=()):
@@ -153,12 +173,19 @@ def main():
   seeds = [int(s) for s in args.seeds.split(",")]
   # Rows already in the results file are kept, and the file is rewritten after every run: a
   # plan of several hours that is stopped keeps what it measured, and a rerun skips those runs.
+  # Rows are kept across sessions (the results file is committed; workdirs are not) when they
+  # were measured with today's configs and package code (`sources_digest`).
   table = json.load(open(args.results)) if os.path.exists(args.results) else {}
+  digest = sources_digest()
   for seed in seeds:
     for name, config, s, scale, overrides in runs(seed, args.plan):
       scale *= args.scale
+      if table.get(name, {}).get("sources") == digest and table[name]["scale"] == scale:
+        print(name, "kept (same sources)", flush=True)
+        continue
       res, secs = run_one(name, config, s, args.out, args.eval_every, scale, overrides)
       table[name] = {"config": config, "seed": s, "scale": scale, "overrides": list(overrides),
+                     "sources": digest,
                      "test": res["test"],
                      "params": res["params"],
                      "steps": res["steps"], "steps_per_s": res["steps_per_s"],

@@ -49,3 +49,24 @@ def test_claims_table_marks_a_difference_beyond_twice_its_spread_only(tmp_path):
   assert "-1.0 ± 0.8" in rows["cotrain_weighted_x0.5"]
   assert "beyond" not in rows["cotrain_weighted_x0.5"]
   assert rows["single-task"].count("90.0 ± 1.0 (n=3)") == 1
+
+
+def test_sources_digest_changes_with_any_config_or_package_file(tmp_path, monkeypatch):
+  """A results row is reused only when configs/ and mmvit/ are what they were."""
+  for top in ("configs", "mmvit/data"):
+    (tmp_path / top).mkdir(parents=True)
+  (tmp_path / "configs" / "demo.py").write_text("STEPS = 1\n")
+  (tmp_path / "mmvit" / "data" / "ops.py").write_text("x = 1\n")
+  (tmp_path / "mmvit" / "notes.txt").write_text("not code\n")
+  monkeypatch.setattr(compare, "ROOT", str(tmp_path))
+  before = compare.sources_digest()
+  assert compare.sources_digest() == before
+  (tmp_path / "mmvit" / "notes.txt").write_text("other\n")
+  assert compare.sources_digest() == before
+  (tmp_path / "mmvit" / "data" / "ops.py").write_text("x = 2\n")
+  changed = compare.sources_digest()
+  assert changed != before
+  (tmp_path / "mmvit" / "data" / "ops.py").write_text("x = 1\n")
+  assert compare.sources_digest() == before
+  (tmp_path / "configs" / "demo.py").write_text("STEPS = 2\n")
+  assert compare.sources_digest() not in (before, changed)
