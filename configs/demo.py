@@ -46,8 +46,10 @@ def task_configs() -> dict:
       # 78.6% test accuracy alone, 1500 steps).
       video_digit=dict(dataset="digits_video", modalities="video", labels="digit",
                        augment=dict(max_shift=4), label_smoothing=0.1, **common),
+      # Speed perturbation of up to +-20% (tempo and pitch together, as between speakers):
+      # audio alone on unseen voices 93.1 / 91.9% test on seeds 0 / 1 against 91.1 / 90.0%.
       audio=dict(dataset="digits_audio", modalities="audio", labels="label",
-                 label_smoothing=0.1, **common),
+                 augment=dict(speed=0.2), label_smoothing=0.1, **common),
   )
 
 
