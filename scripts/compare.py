@@ -75,8 +75,8 @@ def sources_digest() -> str:
 def run_one(name, config, seed, out_dir, eval_every, scale=1.0, overrides=()):
   workdir = os.path.join(out_dir, name)
   done = os.path.join(workdir, "results.json")
-  if os.path.exists(done):
-    return json.load(open(done)), 0.0
+  if os.path.exists(done):  # finished earlier: its wall time is not known here
+    return json.load(open(done)), None
   cmd = [sys.executable, "-m", "mmvit.main", f"--config={config}", f"--workdir={workdir}",
          f"--config.seed={seed}", f"--config.eval_every={eval_every}", *overrides]
   tasks = [config.split(":")[1]] if "single_task" in config else TASKS
@@ -174,7 +174,10 @@ def main():
                       "only after showing that the code change between them keeps the numbers "
                       "(tests/test_data_golden.py passes and the model code is unchanged, or a rerun "
                       "of one row is identical)")
+  p.add_argument("--only", default="",
+                 help="comma-separated run names of the plan to run (default: all of them)")
   args = p.parse_args()
+  only = set(filter(None, args.only.split(",")))
   seeds = [int(s) for s in args.seeds.split(",")]
   # Rows already in the results file are kept, and the file is rewritten after every run: a
   # plan of several hours that is stopped keeps what it measured, and a rerun skips those runs.
@@ -186,6 +189,8 @@ def main():
   for seed in seeds:
     for name, config, s, scale, overrides in runs(seed, args.plan):
       scale *= args.scale
+      if only and name not in only:
+        continue
       if table.get(name, {}).get("sources") in current and table[name]["scale"] == scale:
         print(name, "kept (sources", table[name]["sources"] + ")", flush=True)
         continue
