@@ -27,7 +27,7 @@ LR_SCHEDULES = ("cosine", "constant", "linear")
 TOP_LEVEL = {
     "seed", "data_dir", "total_steps", "schedule", "model", "tasks", "optimizer", "eval_every",
     "eval_batch_size", "log_every", "checkpoint_every", "keep_checkpoints", "mesh", "test_split",
-    "eval_split", "augment", "nonfinite", "init_from", "cache_data",
+    "eval_split", "augment", "nonfinite", "init_from", "cache_data", "data_workers",
 }
 INIT_FROM_KEYS = {"workdir", "step", "groups"}
 MODEL_KEYS = {
@@ -38,8 +38,9 @@ TOKENIZER_KEYS = {"kind", "patch", "input_key"}
 TASK_KEYS = {
     "dataset", "modalities", "head", "labels", "batch_size", "lr", "lr_mult", "warmup_steps",
     "lr_schedule", "loss_weight", "label_smoothing", "stochastic_depth", "steps", "epochs",
-    "augment", "fusion", "mixup", "eval_views", "pool", "train_split",
+    "augment", "fusion", "mixup", "eval_views", "pool", "train_split", "pp",
 }
+PP_KEYS = {"train", "eval"}
 OPTIMIZER_KEYS = {
     "name", "lr", "warmup_steps", "lr_schedule", "weight_decay", "momentum", "b1", "b2",
     "grad_clip_norm", "nesterov",
@@ -134,6 +135,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _int(config.get("seed", 0), "config.seed", 0)
   if not isinstance(config.get("cache_data", False), bool):
     raise ConfigError(f"config.cache_data={show(config.cache_data)}: expected True or False")
+  if config.get("data_workers") is not None:
+    _int(config.data_workers, "config.data_workers", 0, 256)
   m = config.model
   _check_keys(m, MODEL_KEYS, "model")
   for f in ("width", "depth", "num_heads", "mlp_dim"):
@@ -214,6 +217,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
       _float(t.mixup.get("alpha", 0.0), f"{where}.mixup.alpha", 0.0)
     if t.get("eval_views") is not None:
       _int(t.eval_views, f"{where}.eval_views", 1)
+    if t.get("pp") is not None:
+      _check_pp(t.pp, f"{where}.pp")
     if t.get("train_split") is not None and not (
         isinstance(t.train_split, str) and re.fullmatch(r"train(\[[^\]]*\])?", t.train_split)):
       # Only the train split or a slice of it: training on validation or test would leak.
@@ -277,6 +282,22 @@ def validate(config: ml_collections.ConfigDict) -> None:
 # as tracebacks while absl parses the flags, and cannot set a field the file leaves out.
 
 
+def _check_pp(pp, where: str) -> None:
+  """Each pp string parses and every op's arguments are valid, before any data is read."""
+  from mmvit.data import ops  # noqa: PLC0415  (numpy only)
+  if not hasattr(pp, "keys"):
+    raise ConfigError(f"{where}={show(pp)}: expected dict(train='decode|...', eval='decode|...')")
+  _check_keys(pp, PP_KEYS, where)
+  for mode in sorted(PP_KEYS):
+    if not isinstance(pp.get(mode), str):
+      raise ConfigError(f"{where}.{mode}={show(pp.get(mode))}: expected a pp string of ops "
+                        "joined by '|', e.g. 'decode|resize(224)|value_range(-1, 1)'")
+    try:
+      ops.parse(pp[mode], mode)
+    except ops.PPError as e:
+      raise ConfigError(f"{where}.{mode}: {e}") from None
+
+
 def allowed_fields(config, path: tuple[str, ...]) -> set[str] | None:
   """The names a field of `config` at `path` may hold (as validate allows them): documented
   fields, or the config's own tasks and modalities; None where validate does not restrict."""
@@ -298,15 +319,20 @@ def allowed_fields(config, path: tuple[str, ...]) -> set[str] | None:
     return TASK_KEYS
   if path[2:] == ("mixup",):
     return MIXUP_KEYS
+  if path[2:] == ("pp",):
+    return PP_KEYS
   if path[2:] == ("fusion",):
     from mmvit.models.fusion import KEYS  # noqa: PLC0415
     return KEYS
   if path[2] == "augment" and len(path) <= 4:
-    from mmvit.data import preprocess  # noqa: PLC0415  (imports grain: only when asked)
+    from mmvit.data import registry  # noqa: PLC0415  (imports grain: only when asked)
+    try:
+      source = registry.get((tasks.get(path[1]) or {}).get("dataset"))
+    except ValueError:
+      return None
     if path[3:] == ("spec_augment",):
-      return set(preprocess.SPEC_AUGMENT_KEYS)
-    dataset = (tasks.get(path[1]) or {}).get("dataset")
-    return set(preprocess.AUGMENT_KEYS[dataset]) if dataset in preprocess.AUGMENT_KEYS else None
+      return set(source.spec_augment_keys)
+    return None if source.augment_keys is None else set(source.augment_keys)
   return None
 
 

@@ -43,11 +43,17 @@ class Task:
   mixup_alpha: float = 0.0   # Beta(alpha, alpha) mixing of inputs and targets; 0 = off
   mixmod: bool = False       # one mixing weight per modality (targets use their mean)
   eval_views: int = 1        # multi-view test: logits averaged over this many temporal crops
+  pp: tuple = ()             # sorted (mode, pp string) pairs: a non-digits source's preprocessing
+
+  def data_kwargs(self) -> dict:
+    """What the data functions take beside the dataset name (pp only where a task has one)."""
+    return {"pp": dict(self.pp)} if self.pp else {}
 
 
 def tokenizer_specs(config, infos: dict[str, data_lib.DatasetInfo], tasks_cfg
                     ) -> dict[str, TokenizerSpec]:
-  """One spec per modality; every task that reads a modality must give it the same shape."""
+  """One spec per modality; every task that reads a modality must give it the same shape.
+  `infos`: task name -> its dataset's info (after the task's pp)."""
   m = config.model
   specs: dict[str, TokenizerSpec] = {}
   for name, tok in m.tokenizers.items():
@@ -55,7 +61,7 @@ def tokenizer_specs(config, infos: dict[str, data_lib.DatasetInfo], tasks_cfg
     shapes = {}
     for tname, t in tasks_cfg.items():
       if name in as_tuple(t.modalities):
-        feats = infos[t.dataset].features
+        feats = infos[tname].features
         if key not in feats:
           raise ConfigError(f"tasks.{tname}: dataset {t.dataset!r} has no input {key!r} for "
                             f"modality {name!r}; it has {', '.join(sorted(feats))}")
@@ -88,18 +94,22 @@ def resolve(config: ml_collections.ConfigDict, data=data_lib
   (tests)."""
   data_dir = config.get("data_dir")
 
-  def info_fn(name):
+  def info_fn(name, pp):
     data.ensure_built(name, data_dir)
-    return data.dataset_info(name, data_dir)
+    return data.dataset_info(name, data_dir, **({"pp": pp} if pp else {}))
   o = config.optimizer
-  infos: dict[str, data_lib.DatasetInfo] = {}
+  by_task: dict[str, data_lib.DatasetInfo] = {}
+  cache: dict = {}
   for tname, t in config.tasks.items():
-    if t.dataset not in infos:
+    pp = dict(t.get("pp") or {})
+    key = (t.dataset, tuple(sorted(pp.items())))
+    if key not in cache:
       try:
-        infos[t.dataset] = info_fn(t.dataset)
+        cache[key] = info_fn(t.dataset, pp)
       except data_lib.DataError as e:
         raise ConfigError(f"tasks.{tname}.dataset={t.dataset!r}: {e}") from None
-    n = infos[t.dataset].splits.get("train", 0)
+    by_task[tname] = cache[key]
+    n = by_task[tname].splits.get("train", 0)
     if n <= 0:
       raise ConfigError(f"tasks.{tname}.dataset={t.dataset!r}: the train split is empty")
   # Every split the run will read opens and yields a record, before anything is built: a
@@ -109,17 +119,17 @@ def resolve(config: ml_collections.ConfigDict, data=data_lib
   checked = set()
   for tname, t in config.tasks.items():
     for field, split in splits.items():
-      if not isinstance(split, str) or split not in infos[t.dataset].splits:
+      if not isinstance(split, str) or split not in by_task[tname].splits:
         raise ConfigError(f"config.{field}={config_lib.show(split)}: dataset {t.dataset!r} "
-                          f"(tasks.{tname}) has splits {', '.join(infos[t.dataset].splits)}")
+                          f"(tasks.{tname}) has splits {', '.join(by_task[tname].splits)}")
       if (t.dataset, split) not in checked:
         data.check_split(t.dataset, split, data_dir)
         checked.add((t.dataset, split))
-  specs = tokenizer_specs(config, infos, config.tasks)
+  specs = tokenizer_specs(config, by_task, config.tasks)
 
   tasks = []
   for i, (tname, t) in enumerate(config.tasks.items()):
-    info = infos[t.dataset]
+    info = by_task[tname]
     kind = t.get("head", "multiclass")
     labels = as_tuple(t.get("labels", "label"))
     for k in labels:
@@ -136,6 +146,14 @@ def resolve(config: ml_collections.ConfigDict, data=data_lib
     if t.batch_size > n_train:
       raise ConfigError(f"tasks.{tname}.batch_size={t.batch_size}: larger than the train split "
                         f"of {t.dataset!r} ({n_train} examples)")
+    views = int(t.get("eval_views", 1) or 1)
+    if views > 1 and hasattr(data, "max_views"):
+      most = data.max_views(t.dataset, **({"pp": dict(t.pp)} if t.get("pp") else {}))
+      if views > most:
+        raise ConfigError(f"tasks.{tname}.eval_views={views}: dataset {t.dataset!r} " + (
+            f"has at most {most} views" if most > 1 else
+            "has no time beyond the model's window (a pp with sample_frames or crop_audio "
+            "takes views of longer clips)"))
     steps = t.get("steps")
     if steps is None and t.get("epochs") is not None:
       raw = t.epochs * n_train / t.batch_size
@@ -162,5 +180,6 @@ def resolve(config: ml_collections.ConfigDict, data=data_lib
         input_keys=tuple(specs[m].input_key for m in as_tuple(t.modalities)),
         mixup_alpha=float((t.get("mixup") or {}).get("alpha", 0.0)),
         mixmod=bool((t.get("mixup") or {}).get("mixmod", False)),
-        eval_views=int(t.get("eval_views", 1) or 1)))
+        eval_views=int(t.get("eval_views", 1) or 1),
+        pp=tuple(sorted((t.get("pp") or {}).items()))))
   return tasks, specs

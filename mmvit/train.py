@@ -396,7 +396,9 @@ def train_iterators(exp: Experiment) -> dict:
   return {t.name: exp.data.train_iterator(
       t.dataset, batch_size=t.batch_size, seed=task_seed(int(cfg.get("seed", 0)), t.index),
       data_dir=cfg.get("data_dir"), split=t.train_split, augment=dict(t.augment) or None,
-      cache=bool(cfg.get("cache_data", False))) for t in exp.tasks}
+      cache=bool(cfg.get("cache_data", False)), **t.data_kwargs(),
+      **({"workers": int(cfg.data_workers)} if cfg.get("data_workers") else {}))
+      for t in exp.tasks}
 
 
 def evaluate_all(exp: Experiment, params, split: str, *, tasks: list[str] | None = None,
@@ -415,7 +417,7 @@ def evaluate_all(exp: Experiment, params, split: str, *, tasks: list[str] | None
     k = t.eval_views if views is None else views
     extra = {"views": k} if k > 1 else {}
     batches = exp.data.eval_batches(t.dataset, split=split, batch_size=bs,
-                                    data_dir=cfg.get("data_dir"), **extra)
+                                    data_dir=cfg.get("data_dir"), **extra, **t.data_kwargs())
     if k == t.eval_views and not drop:
       step = exp.eval_steps[t.name]
     else:
@@ -513,6 +515,9 @@ def _run(closing: contextlib.ExitStack, config, workdir, *, devices, stop_at, da
   log.info("parameters: %s", json.dumps(report))
 
   iters = train_iterators(exp)
+  for it in iters.values():  # worker processes (data_workers) end with the run
+    if hasattr(it, "close"):
+      closing.callback(it.close)
   state = exp.state
   start, init_lines = 0, []
   fresh = {name: it.get_state() for name, it in iters.items()}

@@ -43,7 +43,7 @@ def predictions(workdir: str, task: str, split: str):
   loaded, _ = checkpointing.load_params([dict(workdir=workdir, step=None, groups=("*",))],
                                         abstract)
   params = {**exp.state["params"], **loaded}
-  batches = data.eval_batches(t.dataset, split=split, batch_size=128,
+  batches = data.eval_batches(t.dataset, split=split, batch_size=128, **t.data_kwargs(),
                               data_dir=cfg.get("data_dir"))
   with jax.set_mesh(exp.mesh):
     logits, labels = evaluate.collect(t.head, lambda b: exp.eval_steps[task](

@@ -19,7 +19,7 @@ import pytest
 
 import mmvit.data as data
 from tests.batches import assert_same_batches, take
-from mmvit.data import preprocess, synth
+from mmvit.data.digits import preprocess, synth
 
 DATASETS = ('digits_image', 'digits_video', 'digits_audio')  # AV: test_data_av
 SPLITS = ('train', 'validation', 'test')
@@ -159,7 +159,7 @@ def test_audio_validation_and_test_speakers_absent_from_train(raw):
 def test_speech_is_the_same_in_every_build():
   # libespeak-ng seeds its noise (whisper, breath) from the clock and carries state
   # from call to call: 240 of 3,200 train utterances once differed between builds.
-  from mmvit.data import espeak  # pylint: disable=g-import-not-at-top
+  from mmvit.data.digits import espeak  # pylint: disable=g-import-not-at-top
   utterances = [('three', 'en+whisper', 150, 50, 1), ('seven', 'en-US+f3', 200, 40, 2),
                 ('one', 'en+Demonic', 120, 60, 3), ('nine', 'en+m3', 180, 50, 4)]
   espeak.get_synthesizer().synth('two', 'en+whisperf')  # this process's state: no matter

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 import mmvit.data as data
-from mmvit.data import preprocess, synth
+from mmvit.data.digits import preprocess, synth
 from tests.batches import assert_same_batches, take
 
 AV = data.AV_DATASETS

@@ -36,7 +36,7 @@ def test_batches_states_and_info_are_the_recorded_ones(name, golden, data_dir):
 
 
 def test_every_accepted_augmentation_has_its_own_case():
-  from mmvit.data import preprocess  # noqa: PLC0415
+  from mmvit.data.digits import preprocess  # noqa: PLC0415
   for name in golden_batches.DATASETS:
     assert set(golden_batches.ACCEPTED[name]) == set(preprocess.AUGMENT_KEYS[name]), name
     cases = {c for c, _, _ in golden_batches.cases(name)}

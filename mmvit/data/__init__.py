@@ -1,35 +1,12 @@
-"""Offline "digits" suite: image, video and audio datasets read with grain.
+"""Datasets read with grain, whatever their source: the generic pipelines.
 
-Three TFDS datasets (array_record files, built locally on first use, never
-downloaded, no TensorFlow needed):
-
-* ``digits_image``: sklearn's 8x8 digit scans upsampled to 32x32; ``label``.
-* ``digits_video``: 8-frame clips of a scan moving in one of 8 directions;
-  ``direction`` and ``digit``. A split's clips come only from the same split's
-  scans of ``digits_image``.
-* ``digits_audio``: "zero".."nine" spoken by espeak-ng voices with background
-  noise; ``label``. Validation/test speakers (espeak-ng variants) are absent
-  from train.
-
-Audio-visual datasets (`AV_DATASETS`, for fusion): a 12-frame 32x32 clip of a
-scan and 1.5 s of a spoken digit (a split's scans and speakers come only from
-the same split of digits_image / digits_audio). The model sees an 8-frame
-window ``video`` (8, 32, 32, 1) and the log-mel ``spectrogram`` (64, 32, 1) of
-1.0 s of audio (random, synchronous or not, in training; central or
-``views`` aligned crops in evaluation):
-
-* ``av_digits``: the same digit shown (noisy, occluded) and spoken (low SNR);
-  ``label``. Each modality alone is only partly recognisable.
-* ``av_xor``: independent digits; ``label`` = parity(shown) XOR
-  parity(spoken), balanced: chance from any single modality.
-* ``av_multilabel``: independent digits; ``labels`` = multi-hot float32 (10,)
-  of {shown, spoken}.
-
-Each split is ``train`` / ``validation`` / ``test``. Data live in
-``<data_dir>/<name>/<version>/`` with ``data_dir`` defaulting to
-``$MMVIT_DATA_DIR`` or ``~/.cache/mmvit/data``. Builds take a file lock and tfds
-publishes a finished dataset with an atomic rename, so concurrent processes
-are safe.
+A task names its dataset (see `registry`): a registered name such as the digits suite's
+(`mmvit.data.digits`), ``tfds:NAME[/CONFIG][:VERSION]`` for a TFDS dataset prepared in
+``data_dir`` in array_record format, or a dataset built by ``python -m mmvit.data build``.
+Records are read from array_record files and turned into model inputs by the source's
+transforms: the digits suite's fixed ones with ``augment``, or the ``pp`` strings of named ops
+(`ops`) for every other source. Data live in ``<data_dir>/<name>/<version>/`` with
+``data_dir`` defaulting to ``$MMVIT_DATA_DIR`` or ``~/.cache/mmvit/data``.
 
     it = train_iterator('digits_image', batch_size=64, seed=0)
     batch = next(it)                # {'image': (64,32,32,1) f32, 'label': (64,) i32}
@@ -40,18 +17,17 @@ are safe.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
-import fcntl
-import logging
 import os
 import threading
-import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from mmvit.data import registry
+from mmvit.data.base import SPLITS, DataError, DatasetInfo, describe
 
 if TYPE_CHECKING:
   import grain
@@ -62,34 +38,13 @@ __all__ = [
     'default_data_dir', 'ensure_built', 'eval_batches', 'num_examples', 'train_iterator',
 ]
 
-AV_DATASETS: tuple[str, ...] = ('av_digits', 'av_xor', 'av_multilabel')
-DATASETS: tuple[str, ...] = ('digits_image', 'digits_video',
-                             'digits_audio') + AV_DATASETS
-SPLITS: tuple[str, ...] = ('train', 'validation', 'test')
 
-_log = logging.getLogger(__name__)
-
-
-class DataError(ValueError):
-  """A dataset of the suite is unknown, missing, empty or misused."""
-
-
-@dataclasses.dataclass(frozen=True)
-class DatasetInfo:
-  """What a dataset looks like after preprocessing.
-
-  Attributes:
-    name: dataset name (one of `DATASETS`).
-    splits: split name -> number of examples (from the built data).
-    features: key -> (shape, dtype) of one preprocessed element (no batch dim;
-      eval batches add a boolean 'mask').
-    num_classes: label key -> number of classes (from the built data).
-  """
-
-  name: str
-  splits: dict[str, int]
-  features: dict[str, tuple[tuple[int, ...], np.dtype]]
-  num_classes: dict[str, int]
+def __getattr__(name: str):
+  # The digits suite's names, for callers that list them; the generic code holds none.
+  if name in ('DATASETS', 'AV_DATASETS'):
+    from mmvit.data import digits  # noqa: PLC0415
+    return getattr(digits, name)
+  raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
 
 
 def default_data_dir() -> str:
@@ -98,130 +53,68 @@ def default_data_dir() -> str:
       os.environ.get('MMVIT_DATA_DIR', '~/.cache/mmvit/data')))
 
 
-def _resolve(name: str, data_dir: str | os.PathLike | None) -> tuple[str, str]:
-  if not isinstance(name, str) or name not in DATASETS:
-    raise DataError(
-        f'unknown dataset {name!r}: expected one of {", ".join(DATASETS)}')
+def _resolve(name: str, data_dir: str | os.PathLike | None):
+  source = registry.get(name)
   if data_dir is None:
     data_dir = default_data_dir()
-  return name, os.path.abspath(os.path.expanduser(os.fspath(data_dir)))
+  return source, os.path.abspath(os.path.expanduser(os.fspath(data_dir)))
 
 
-# ------------------------------------------------------------ building -----
+# ------------------------------------------------------------ opening ------
 
 _LOCK = threading.RLock()
 _BUILDERS: dict[tuple[str, str], Any] = {}
 _INFOS: dict[tuple[str, str], DatasetInfo] = {}
 
 
-@contextlib.contextmanager
-def _file_lock(path: str):
-  with open(path, 'a+') as f:
-    fcntl.flock(f, fcntl.LOCK_EX)
-    try:
-      yield
-    finally:
-      fcntl.flock(f, fcntl.LOCK_UN)
-
-
-def _prepare(builder) -> None:
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  from tensorflow_datasets.core.utils import tqdm_utils  # pylint: disable=g-import-not-at-top
-
-  was_active = tqdm_utils._active  # pylint: disable=protected-access
-  tfds.display_progress_bar(False)
-  try:
-    builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(
-            compute_stats=tfds.download.ComputeStatsMode.SKIP))
-  finally:
-    tfds.display_progress_bar(was_active)
-
-
 def _builder(name: str, data_dir: str | os.PathLike | None):
-  """The tfds builder of a built, checked dataset (building it if absent)."""
-  name, data_dir = _resolve(name, data_dir)
+  """The tfds builder of a built, checked dataset (a self-building source builds it)."""
+  source, data_dir = _resolve(name, data_dir)
   key = (name, data_dir)
   with _LOCK:
     if key in _BUILDERS:
       return _BUILDERS[key]
-    from mmvit.data import builders  # pylint: disable=g-import-not-at-top
-
-    cls = builders.BUILDERS[name]
-
-    def make():
-      return cls(data_dir=data_dir, file_format='array_record')
-
-    def prepared(builder) -> bool:
-      # tfds writes into an `incomplete.*` dir and renames it when done, so a
-      # version dir with its dataset_info.json is a finished build.
-      return os.path.exists(os.path.join(builder.data_dir, 'dataset_info.json'))
-
     try:
-      builder = make()
-      if not prepared(builder):
-        os.makedirs(data_dir, exist_ok=True)
-        with _file_lock(os.path.join(data_dir, f'.{name}.lock')):
-          builder = make()  # another process may have built it meanwhile
-          if not prepared(builder):
-            t0 = time.perf_counter()
-            _prepare(builder)
-            _log.info('built %s in %s in %.1f s', name, data_dir,
-                      time.perf_counter() - t0)
-            builder = make()
-            _report_fingerprints(builder)
+      builder = source.builder(data_dir)
     except DataError:
       raise
     except Exception as e:  # pylint: disable=broad-except
-      msg = ' '.join(str(e).split())[:300]
-      raise DataError(
-          f'{name}: could not build/read it in {data_dir}: '
-          f'{type(e).__name__}: {msg}') from e
+      raise DataError(f'{name}: could not build/read it in {data_dir}: '
+                      f'{type(e).__name__}: {describe(e)}') from e
     splits = builder.info.splits
-    for split in SPLITS:
+    for split in source.required_splits:
       n = splits[split].num_examples if split in splits else 0
       if n <= 0:
-        raise DataError(
-            f'{name}: split {split!r} is missing or empty in {builder.data_dir}'
-            ' (delete that directory to rebuild)')
+        raise DataError(f'{name}: split {split!r} is missing or empty in {builder.data_dir} '
+                        f'({source.rebuild_hint(builder)})')
     _BUILDERS[key] = builder
     return builder
 
 
-def _split_fingerprints(builder) -> dict[str, dict]:
+def _split_fingerprints(name: str, data_dir: str | None) -> dict[str, dict]:
   """Per split: number of records, fingerprint, the reference build's fingerprint."""
-  from mmvit.data import fingerprints  # pylint: disable=g-import-not-at-top
+  from mmvit.data import fingerprints  # noqa: PLC0415
 
+  builder = _builder(name, data_dir)
+  source = registry.get(name)
   version = str(builder.info.version)
   out = {}
-  for split in SPLITS:
-    source = builder.as_data_source(split=split)
-    out[split] = {'records': len(source),
-                  'fingerprint': fingerprints.split_fingerprint(source),
-                  'reference': fingerprints.expected(builder.name, version, split)}
+  for split in builder.info.splits.keys():
+    records = data_source(name, split, data_dir)
+    out[split] = {'records': len(records),
+                  'fingerprint': fingerprints.split_fingerprint(records),
+                  'reference': source.reference_fingerprint(version, split)}
   return out
-
-
-def _report_fingerprints(builder) -> None:
-  """Fingerprints of every split of a fresh build, logged, and compared with the reference
-  build's (fingerprints.EXPECTED): a mismatch is one warning line, not an error."""
-  from mmvit.data import fingerprints  # pylint: disable=g-import-not-at-top
-
-  found = _split_fingerprints(builder)
-  version = str(builder.info.version)
-  for split, r in found.items():
-    fingerprints.check(builder.name, version, split, r['fingerprint'])
-  _log.info('%s %s fingerprints: %s', builder.name, version,
-            ' '.join(f'{s}={r["fingerprint"]}' for s, r in found.items()))
 
 
 def inspect(name: str, data_dir: str | None = None) -> dict[str, dict]:
   """Per split: number of records, fingerprint, the reference build's fingerprint."""
-  return _split_fingerprints(_builder(name, data_dir))
+  return _split_fingerprints(name, data_dir)
 
 
 def ensure_built(name: str, data_dir: str | None = None) -> None:
-  """Builds dataset `name` into `data_dir` unless it is already there.
+  """Builds dataset `name` into `data_dir` unless it is already there (self-building sources);
+  for the others, checks that it is there.
 
   Raises:
     DataError: unknown name, failed build, or a missing/empty split.
@@ -229,7 +122,67 @@ def ensure_built(name: str, data_dir: str | None = None) -> None:
   _builder(name, data_dir)
 
 
-def data_source(name: str, split: str, data_dir: str | None = None):
+@dataclasses.dataclass
+class GuardedSource:
+  """A split's records where a failed read (a truncated or deleted array_record shard: a
+  Riegeli error deep in a reader thread) is one DataError naming the record, its file and
+  what rebuilds it."""
+
+  name: str
+  split: str
+  records: Any
+  files: tuple[tuple[int, str], ...]  # (first record index, file name), ascending
+  hint: str
+
+  def __len__(self) -> int:
+    return len(self.records)
+
+  def _fail(self, index: int, e: Exception):
+    filename = '?'
+    for start, f in self.files:
+      if index >= start:
+        filename = f
+    raise DataError(f'{self.name}: split {self.split!r}: cannot read record {index} of '
+                    f'{filename} ({type(e).__name__}: {describe(e)[:200]}); '
+                    f'{self.hint}') from None
+
+  def _check(self, index: int, record):
+    # A reader opened before its file was truncated returns empty records (every feature
+    # None) instead of raising.
+    if isinstance(record, dict) and any(v is None for v in record.values()):
+      self._fail(index, RuntimeError('the record reads empty: its file was truncated or '
+                                     'replaced while open'))
+    return record
+
+  def __iter__(self):
+    return (self[i] for i in range(len(self)))
+
+  def __getitem__(self, index):
+    if not -len(self) <= index < len(self):
+      raise IndexError(f'record {index} of {len(self)}')
+    try:
+      record = self.records[index]
+    except DataError:
+      raise
+    except Exception as e:  # pylint: disable=broad-except
+      self._fail(int(index), e)
+    return self._check(int(index), record)
+
+  def __getitems__(self, indices):
+    indices = list(indices)
+    try:
+      records = self.records.__getitems__(indices)
+    except DataError:
+      raise
+    except Exception:  # pylint: disable=broad-except
+      return [self[i] for i in indices]  # names the record that fails
+    return [self._check(i, r) for i, r in zip(indices, records)]
+
+  def __repr__(self) -> str:
+    return f'GuardedSource({self.name}, {self.split})'
+
+
+def data_source(name: str, split: str, data_dir: str | None = None) -> GuardedSource:
   """The raw tfds array_record data source of a split (random access, numpy).
 
   Elements are the stored examples (e.g. uint8 images plus metadata such as
@@ -237,17 +190,23 @@ def data_source(name: str, split: str, data_dir: str | None = None):
   order. Builds the dataset if needed.
   """
   builder = _builder(name, data_dir)
-  base = split.split('[', 1)[0]
+  source = registry.get(name)
+  base = split.split('[', 1)[0] if isinstance(split, str) else split
   if base not in builder.info.splits:
     raise DataError(
         f'{name}: unknown split {split!r} (have: '
         f'{", ".join(builder.info.splits.keys())})')
   try:  # a slice in tfds' syntax, e.g. 'train[:10%]' or 'train[100:600]'
-    return builder.as_data_source(split=split)
+    records = builder.as_data_source(split=split, decoders=source.decoders(builder))
   except (ValueError, AssertionError) as e:
-    msg = ' '.join(str(e).split())[:200]
     raise DataError(f'{name}: split {split!r} is not a split or a slice of one such as '
-                    f"'train[:10%]' ({msg})") from None
+                    f"'train[:10%]' ({describe(e)[:200]})") from None
+  files, start = [], 0
+  for f in builder.info.splits[split].file_instructions:
+    if f.take > 0:
+      files.append((start, os.path.join(builder.data_dir, f.filename)))
+      start += f.take
+  return GuardedSource(name, split, records, tuple(files), source.rebuild_hint(builder))
 
 
 def num_examples(name: str, split: str, data_dir: str | None = None) -> int:
@@ -265,25 +224,11 @@ def check_split(name: str, split: str, data_dir: str | None = None) -> None:
   Raises:
     DataError: naming the dataset, split and file.
   """
-  builder = _builder(name, data_dir)
-  source = data_source(name, split, data_dir)
-  firsts, start = [], 0
-  for f in builder.info.splits[split].file_instructions:
-    if f.take > 0:
-      firsts.append((start, f.filename))
-      start += f.take
-  if not firsts or len(source) != start:
-    raise DataError(f'{name}: split {split!r} has no records in {builder.data_dir} '
-                    '(delete that directory to rebuild)')
-  for index, filename in firsts + [(start - 1, firsts[-1][1])]:
-    try:
-      source[index]
-    except Exception as e:  # pylint: disable=broad-except
-      msg = ' '.join(str(e).split())[:200]
-      raise DataError(
-          f'{name}: split {split!r}: cannot read record {index} of {filename} '
-          f'({type(e).__name__}: {msg}); delete {builder.data_dir} to rebuild'
-      ) from None
+  records = data_source(name, split, data_dir)
+  if not records.files or len(records) <= 0:
+    raise DataError(f'{name}: split {split!r} has no records ({records.hint})')
+  for index in [start for start, _ in records.files] + [len(records) - 1]:
+    records[index]
 
 
 @functools.cache
@@ -294,38 +239,44 @@ def _records_in_memory(name: str, split: str, data_dir: str) -> tuple[dict, ...]
   return tuple(source.__getitems__(range(len(source))))
 
 
-def dataset_info(name: str, data_dir: str | None = None) -> DatasetInfo:
-  """Split sizes, preprocessed feature shapes and class counts of `name`."""
-  name, data_dir = _resolve(name, data_dir)
-  key = (name, data_dir)
+def _validated(name: str, augment, pp):
+  source = registry.get(name)
+  try:
+    return source.validate(augment, pp)
+  except ValueError as e:
+    raise DataError(f'{name}: {e}') from None
+
+
+def dataset_info(name: str, data_dir: str | None = None, pp: dict | None = None
+                 ) -> DatasetInfo:
+  """Split sizes, preprocessed feature shapes (after the eval `pp`) and class counts."""
+  source, data_dir = _resolve(name, data_dir)
+  key = (name, data_dir, repr(sorted((pp or {}).items())))
   with _LOCK:
     if key in _INFOS:
       return _INFOS[key]
-  from mmvit.data import preprocess  # pylint: disable=g-import-not-at-top
-
   builder = _builder(name, data_dir)
-  info = builder.info
+  _, pp = _validated(name, None, pp)
   element = data_source(name, 'train', data_dir)[0]
-  for t in preprocess.eval_transforms(name):
+  for t in source.eval_transforms(1, pp):
     element = t.map(element)
+  info = builder.info
   result = DatasetInfo(
       name=name,
-      splits={s: int(info.splits[s].num_examples) for s in SPLITS},
+      splits={s: int(info.splits[s].num_examples) for s in info.splits.keys()},
       features={k: (tuple(np.shape(v)), np.asarray(v).dtype)
                 for k, v in element.items()},
-      num_classes={k: _num_classes(info.features[k])
-                   for k in preprocess.LABEL_KEYS[name]},
+      num_classes={k: source.num_classes(builder, k) for k in source.label_keys(builder)},
   )
   with _LOCK:
     _INFOS[key] = result
   return result
 
 
-def _num_classes(feature) -> int:
-  # ClassLabel, or a multi-hot Tensor (num_classes,).
-  if hasattr(feature, 'num_classes'):
-    return int(feature.num_classes)
-  return int(feature.shape[-1])
+def max_views(name: str, pp: dict | None = None) -> int:
+  """The most temporal views a multi-view test of `name` (with the task's pp) can take."""
+  _, pp = _validated(name, None, pp)
+  return registry.get(name).max_views(pp)
 
 
 # ------------------------------------------------------------ pipelines ----
@@ -347,8 +298,8 @@ def _check_int(what: str, value: Any, lo: int, hi: int | None = None) -> int:
 
 def train_iterator(name: str, *, batch_size: int, seed: int,
                    data_dir: str | None = None, split: str = 'train',
-                   augment: dict | None = None,
-                   cache: bool = False) -> grain.DatasetIterator:
+                   augment: dict | None = None, pp: dict | None = None,
+                   cache: bool = False, workers: int = 0) -> grain.DatasetIterator:
   """Infinite, shuffled, batched iterator over a split (default 'train').
 
   Each epoch is reshuffled; order and augmentations are a deterministic
@@ -364,16 +315,20 @@ def train_iterator(name: str, *, batch_size: int, seed: int,
   independent uniform t_a in [0, 0.5 s] (``sync=False``).
 
   Args:
-    name: one of `DATASETS`.
+    name: a dataset name (`registry`).
     batch_size: examples per batch (>= 1).
     seed: pipeline seed in [0, 2**32 - 1].
     data_dir: data directory (default: `default_data_dir()`).
     split: split to read.
+    workers: processes that read and preprocess elements (grain's mp_prefetch; 0: threads
+      of this process). Batches are the same for any number.
     cache: hold the split's stored records in memory (as big_vision's `cache_raw`): reading
       and unpacking records was half of the pipeline's time here (64 shifted digits_video
       clips: 19.9 ms per batch read, 9.2 ms cached). Batches are the same with or without.
-    augment: None or a dict; each dataset accepts a subset of these keys
-      (`preprocess.AUGMENT_KEYS`), others raise DataError:
+    pp: the other sources' preprocessing: {'train': pp string, 'eval': pp string} of named
+      ops (`ops`); the digits suite takes none.
+    augment: the digits suite's augmentations: None or a dict; each dataset accepts a subset
+      of these keys (`digits.preprocess.AUGMENT_KEYS`), others raise DataError:
       'noise_std' (float >= 0): Gaussian noise added to every float input;
       'max_shift' (int px; image/video/AV): random translation;
       'time_shift' (int samples; digits_audio): random circular waveform shift;
@@ -395,23 +350,27 @@ def train_iterator(name: str, *, batch_size: int, seed: int,
     with a leading batch dimension.
   """
   import grain  # pylint: disable=g-import-not-at-top
-  from mmvit.data import preprocess  # pylint: disable=g-import-not-at-top
 
-  name, data_dir = _resolve(name, data_dir)
+  source, data_dir = _resolve(name, data_dir)
   batch_size = _check_int('batch_size', batch_size, 1)
   seed = _check_int('seed', seed, 0, 2**32 - 1)
-  try:
-    augment = preprocess.validate_augment(name, augment)
-  except ValueError as e:
-    raise DataError(f'{name}: {e}') from e
-  source = (_records_in_memory(name, split, data_dir) if cache else
-            data_source(name, split, data_dir))
+  workers = _check_int('workers', workers, 0, 256)
+  augment, pp = _validated(name, augment, pp)
+  records = (_records_in_memory(name, split, data_dir) if cache else
+             data_source(name, split, data_dir))
 
-  ds = grain.MapDataset.source(source).seed(seed).shuffle().repeat()
-  for t in preprocess.train_transforms(name, augment):
+  ds = grain.MapDataset.source(records).seed(seed).shuffle().repeat()
+  for t in source.train_transforms(augment, pp):
     ds = ds.random_map(t) if isinstance(t, grain.transforms.RandomMap) else (
         ds.map(t))
   ds = ds.to_iter_dataset(_read_options())
+  if workers:
+    from absl import flags  # noqa: PLC0415
+    if not flags.FLAGS.is_parsed():  # grain's workers read its flags (defaults outside absl.app)
+      flags.FLAGS.mark_as_parsed()
+    # Before batching: the workers interleave one element stream, so batches (and iterator
+    # states) are the same for any number of workers.
+    ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
   ds = ds.batch(batch_size, drop_remainder=True)
   return iter(ds)
 
@@ -425,7 +384,7 @@ class _WithMask:
 
 
 def eval_batches(name: str, *, split: str, batch_size: int,
-                 data_dir: str | None = None, views: int = 1
+                 data_dir: str | None = None, views: int = 1, pp: dict | None = None
                  ) -> Iterator[dict[str, np.ndarray]]:
   """One deterministic pass over a whole split, in stored order.
 
@@ -434,34 +393,28 @@ def eval_batches(name: str, *, split: str, batch_size: int,
   ``sum(b['mask'].sum() for b in eval_batches(...))`` equals the split size.
   Argument errors are raised here, not at the first `next()`.
 
-  AV datasets: ``views=1`` gives the central window (video frames 2..9, audio
-  0.25..1.25 s). ``views=K`` in 2..5 gives K windows uniformly spaced over the
-  clip (video starts ``preprocess.view_starts(K)``, e.g. 0, 2, 4 for K=3),
-  aligned in time across modalities, on a new axis 1 of every input:
-  video (B, K, 8, 32, 32, 1), spectrogram (B, K, 64, 32, 1); labels and
-  'mask' stay (B, ...). The other datasets have no time beyond the model's
-  window and only accept ``views=1``.
+  ``views=K`` > 1 (clips longer than the model's window: the AV digits datasets, or a pp
+  that samples frames or seconds) gives K windows uniformly spaced over the clip, aligned in
+  time across modalities, on a new axis 1 of every input, e.g. video (B, K, 8, 32, 32, 1);
+  labels and 'mask' stay (B, ...). ``views=1`` is the central window.
   """
   import grain  # pylint: disable=g-import-not-at-top
-  from mmvit.data import preprocess  # pylint: disable=g-import-not-at-top
 
-  name, data_dir = _resolve(name, data_dir)
+  source, data_dir = _resolve(name, data_dir)
   batch_size = _check_int('batch_size', batch_size, 1)
-  if name in AV_DATASETS:
-    try:
-      views = _check_int('views', views, 1, preprocess.AV_MAX_VIEWS)
-    except DataError as e:
-      raise DataError(f'{name}: {e} (distinct 8-frame windows of a '
-                      f'{preprocess.AV_FRAMES}-frame clip)') from None
+  _, pp = _validated(name, None, pp)
+  most = source.max_views(pp)
+  if most > 1:
+    views = _check_int(f'{name}: views', views, 1, most)
   elif views != 1:
     raise DataError(
-        f'{name}: views={views!r} needs clips longer than the model window; '
-        f'only {", ".join(AV_DATASETS)} support views > 1')
-  source = data_source(name, split, data_dir)
-  n = len(source)
+        f'{name}: views={views!r} needs clips longer than the model window '
+        '(a pp that samples fewer frames or seconds than a clip holds)')
+  records = data_source(name, split, data_dir)
+  n = len(records)
 
-  ds = grain.MapDataset.source(source)
-  for t in preprocess.eval_transforms(name, views):
+  ds = grain.MapDataset.source(records)
+  for t in source.eval_transforms(views, pp):
     ds = ds.map(t)
   ds = ds.map(_WithMask(True))
   if pad := (-n) % batch_size:

@@ -164,7 +164,7 @@ AUDIO_SNR_DB = (12.0, 30.0)
 @functools.cache
 def audio_variant_splits() -> dict[str, tuple[str, ...]]:
   """Disjoint espeak-ng variants per split (seeded permutation)."""
-  from mmvit.data import espeak  # pylint: disable=g-import-not-at-top
+  from mmvit.data.digits import espeak  # pylint: disable=g-import-not-at-top
 
   vs = espeak.variants()
   perm = [vs[j] for j in np.random.default_rng(AUDIO_SEED).permutation(len(vs))]
@@ -179,7 +179,7 @@ def audio_variant_splits() -> dict[str, tuple[str, ...]]:
 
 def audio_plan(split: str) -> list[dict[str, Any]]:
   """Deterministic list of utterances (word, voice, rate, pitch) of a split."""
-  from mmvit.data import espeak  # pylint: disable=g-import-not-at-top
+  from mmvit.data.digits import espeak  # pylint: disable=g-import-not-at-top
 
   bases = espeak.english_voices()
   reps = AUDIO_REPEATS[split]
@@ -254,7 +254,7 @@ def render_utterance(raw: np.ndarray, sample_rate: int,
 def spoken_words(split: str) -> tuple[list[dict[str, Any]], int, list[np.ndarray]]:
   """(plan, sample rate, raw int16 words) of a split's utterances: the same in every
   build (each utterance reseeds espeak-ng's noise; the list runs in a fresh process)."""
-  from mmvit.data import espeak  # pylint: disable=g-import-not-at-top
+  from mmvit.data.digits import espeak  # pylint: disable=g-import-not-at-top
 
   plan = audio_plan(split)
   rate, raws = espeak.synthesize([
@@ -332,7 +332,7 @@ class AudioQuality:
   snr_db: tuple[float, float] = (12.0, 30.0)
 
 
-# Tuned with `python -m mmvit.data.baselines` (see there): av_digits makes
+# Tuned with `python -m mmvit.data.digits.baselines` (see there): av_digits makes
 # each modality alone ~60-75% recognisable by a small CNN, so that fusing
 # helps; av_xor is clean (each digit easy, so that the parity XOR is learnable
 # by a fusing model); av_multilabel sits in between.

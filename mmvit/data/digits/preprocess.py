@@ -29,7 +29,7 @@ from typing import Any
 import grain
 import numpy as np
 
-from mmvit.data import synth
+from mmvit.data.digits import synth
 
 # ------------------------------------------------------------ log-mel -----
 

@@ -178,7 +178,7 @@ def synthesize(utterances: Sequence[Utterance]) -> tuple[int, list[np.ndarray]]:
   with tempfile.TemporaryDirectory() as tmp:
     out = os.path.join(tmp, 'speech.pkl')
     proc = subprocess.run(
-        [sys.executable, '-m', 'mmvit.data.espeak', out],
+        [sys.executable, '-m', 'mmvit.data.digits.espeak', out],
         input=pickle.dumps(list(utterances)), capture_output=True, env=env,
         check=False)
     if proc.returncode != 0:

@@ -15,7 +15,7 @@ from etils import epath
 import numpy as np
 import tensorflow_datasets as tfds
 
-from mmvit.data import synth
+from mmvit.data.digits import synth
 
 _CITATION = ''
 _HOMEPAGE = ''

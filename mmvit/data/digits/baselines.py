@@ -1,7 +1,7 @@
 """Quick baselines of the AV datasets (a difficulty check, not a test).
 
-    JAX_PLATFORMS=cpu python -m mmvit.data.baselines av_digits [--data_dir D]
-    JAX_PLATFORMS=cpu python -m mmvit.data.baselines av_digits --fresh 4000
+    JAX_PLATFORMS=cpu python -m mmvit.data.digits.baselines av_digits [--data_dir D]
+    JAX_PLATFORMS=cpu python -m mmvit.data.digits.baselines av_digits --fresh 4000
 
 Inputs are the preprocessed central windows (what `eval_batches` gives):
 video (8, 32, 32) as 8 channels, spectrogram (64, 32, 1). Models:
@@ -40,7 +40,7 @@ from sklearn.neural_network import MLPClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from mmvit.data import preprocess, synth
+from mmvit.data.digits import preprocess, synth
 
 
 def video_probe_input(video: np.ndarray) -> np.ndarray:

@@ -1,0 +1,131 @@
+"""A user's own data, end to end: files made here (real photos, espeak-ng speech, PyAV clips),
+built with `python -m mmvit.data build`, trained through the normal trainer with
+configs/own_data.py, each reaching a stated test accuracy well above chance."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from mmvit import data, train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+from configs import own_data  # noqa: E402
+
+SPLIT = "--ratios=0.6,0.1,0.3"  # test splits large enough to measure
+
+
+def config(arg, media, **over):
+  c = own_data.get_config(arg)
+  c.data_dir = media.data_dir
+  c.log_every = 0
+  for k, v in over.items():
+    c.tasks.main[k] = v
+  return c
+
+
+def test_an_image_folder_trains_through_the_cli(media, tmp_path):
+  """Two classes (crops of sklearn's two photos): chance 50%; >= 90% on 36 test photos."""
+  name = media.build("own_photos", f"--images={media.make('photos', n=120)}", SPLIT)
+  out = subprocess.run(
+      [sys.executable, "-m", "mmvit.main", f"--config=configs/own_data.py:image,{name},steps=150",
+       f"--workdir={tmp_path / 'w'}", f"--config.data_dir={media.data_dir}"],
+      cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-2000:]
+  acc = {ln.split()[0]: float(ln.split()[1]) for ln in out.stdout.splitlines()
+         if ln.startswith("  ")}
+  assert acc["main"] >= 0.9, out.stdout
+
+
+def test_an_audio_folder_trains_on_log_mel_spectrograms(media, tmp_path):
+  """Four spoken words, four espeak-ng voices: chance 25%; >= 60% on the test split."""
+  name = media.build("own_speech", f"--audio={media.make('speech', n_per_word=15)}", SPLIT)
+  out = train.run(config(f"audio,{name},steps=300,batch=16", media), str(tmp_path / "w"))
+  assert out["test"]["main"]["top1"] >= 0.6, out["test"]
+
+
+@pytest.fixture(scope="module")
+def av_clips(media):
+  return media.build("own_clips", f"--video={media.make('clips', n_per_digit=10)}",
+                     "--audio_track", "--fps=8", SPLIT)
+
+
+def test_mp4_clips_with_their_audio_train_a_bottleneck_fusion_task(media, av_clips, tmp_path):
+  """Four digits shown and spoken, fused through 4 bottleneck tokens: chance 25%; >= 60%."""
+  info = data.dataset_info(av_clips, media.data_dir,
+                           pp=own_data.video_pp(dict(own_data.DEFAULTS, size=32), audio=True))
+  assert info.features["video"][0] == (8, 32, 32, 3)
+  assert info.features["spectrogram"][0] == (100, 32, 1)
+  c = config(f"av,{av_clips},steps=300,batch=8,size=32", media)
+  assert c.tasks.main.fusion.kind == "bottleneck"
+  out = train.run(c, str(tmp_path / "w"))
+  assert out["test"]["main"]["top1"] >= 0.6, out["test"]
+
+
+def test_a_video_dataset_without_av_windows_takes_a_multi_view_test(media, av_clips, tmp_path):
+  """eval_views=3: three windows of each clip, logits averaged, for any video dataset."""
+  c = config(f"video,{av_clips},steps=100,batch=8,size=32,frames=4,stride=2", media,
+             eval_views=3)
+  out = train.run(c, str(tmp_path / "w"))
+  assert 0.0 <= out["test"]["main"]["top1"] <= 1.0
+  pp = dict(c.tasks.main.pp)
+  (b,) = list(data.eval_batches(av_clips, split="test", batch_size=12, views=3,
+                                data_dir=media.data_dir, pp=pp))
+  assert b["video"].shape == (12, 3, 4, 32, 32, 3)
+  assert not np.array_equal(b["video"][:, 0], b["video"][:, 2])  # other windows
+
+
+def test_a_multilabel_manifest_trains_a_multilabel_head(media, tmp_path):
+  """Each image is two halves, each from one photo or blank: labels = the photos shown.
+  Chance mAP is about the labels' frequency (0.5); >= 0.85."""
+  import make_media
+  from PIL import Image
+  rng = np.random.default_rng(0)
+  srcs = make_media.sample_photos()
+  root = tmp_path / "tiles"
+  root.mkdir()
+  rows = []
+  for i in range(120):
+    halves, tags = [], set()
+    for _ in range(2):
+      k = int(rng.integers(3))
+      if k < 2:
+        halves.append(make_media.photo(rng, srcs[k], (24, 48)))
+        tags.add(("china", "flower")[k])
+      else:
+        halves.append(rng.integers(100, 156, (48, 24, 3), dtype=np.uint8))  # grey noise
+    if not tags:
+      tags.add("blank")
+    Image.fromarray(np.concatenate(halves, axis=1)).save(root / f"{i:03d}.jpg")
+    rows.append(dict(image=f"{i:03d}.jpg", labels=";".join(sorted(tags))))
+  manifest = make_media.write_manifest(str(root / "tags.csv"), rows)
+  name = media.build("own_tags", f"--manifest={manifest}", "--multilabel=labels", SPLIT)
+  out = train.run(config(f"multilabel,{name},steps=200", media), str(tmp_path / "w"))
+  assert out["test"]["main"]["mAP"] >= 0.85, out["test"]
+
+
+def test_a_verb_noun_manifest_trains_one_head_per_label_column(media, tmp_path):
+  """EPIC-style: noun = the digit shown (2), verb = its motion, left or right (2); both heads
+  >= 75% (chance 50%)."""
+  import make_media
+  rng = np.random.default_rng(1)
+  root = tmp_path / "actions"
+  root.mkdir()
+  rows = []
+  for i in range(80):
+    digit, verb = i % 2, ("left", "right")[(i // 2) % 2]
+    frames = make_media.digit_frames(digit, 8, 32, rng, angle=np.pi if verb == "left" else 0.0)
+    make_media.write_mp4(str(root / f"{i:03d}.mp4"), frames, fps=8)
+    rows.append(dict(video=f"{i:03d}.mp4", noun=str(digit), verb=verb, group=f"take{i // 4}"))
+  manifest = make_media.write_manifest(str(root / "actions.jsonl"), rows)
+  name = media.build("own_actions", f"--manifest={manifest}", "--labels=verb,noun", SPLIT)
+  c = config(f"verb_noun,{name},steps=300,batch=8,size=32,frames=8", media)
+  c.tasks.main.pp.train = c.tasks.main.pp.train.replace("|flip_lr", "")  # flips swap verbs
+  out = train.run(c, str(tmp_path / "w"))
+  test = out["test"]["main"]
+  assert test["verb/top1"] >= 0.75 and test["noun/top1"] >= 0.75, test
+  assert json.dumps(test)  # plain numbers
