@@ -153,7 +153,7 @@ def test_a_bad_workdir_is_one_line_and_exit_2_from_the_cli(tmp_path):
 
 
 def test_every_split_the_run_reads_is_opened_at_start_up_before_the_model_is_built(monkeypatch):
-  from mmvit import train
+  from mmvit import experiment, train
   from mmvit.data import DataError
   from tests.fakes import FakeData
   from tests.tiny import tiny_config
@@ -162,7 +162,7 @@ def test_every_split_the_run_reads_is_opened_at_start_up_before_the_model_is_bui
   datasets = ("digits_image", "digits_video", "digits_audio")
   assert sorted(data.checked) == sorted((d, s) for d in datasets
                                         for s in ("train", "validation", "test"))
-  monkeypatch.setattr(train, "build_model", lambda *a: pytest.fail("built a model"))
+  monkeypatch.setattr(experiment, "build_model", lambda *a: pytest.fail("built a model"))
   with pytest.raises(DataError, match=r"^digits_audio: split 'test': cannot read record 0"):
     train.build(tiny_config(), data=FakeData(unreadable=[("digits_audio", "test")]))
   with pytest.raises(ConfigError) as e:
