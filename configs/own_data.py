@@ -10,8 +10,9 @@ KIND is what the dataset holds and what is learnt from it:
   verb_noun   video clips with two label columns (`--labels=verb,noun`), one head each
 DATASET is a dataset built with `python -m mmvit.data build --name=DATASET` in data_dir, or
 `tfds:NAME[:VERSION]` for a TFDS dataset prepared there. Options (defaults below): size (image
-side, px), frames, stride, seconds, rate, bins, steps, batch, width, depth, lr, labels
-(label keys joined by +). Everything else is a field to override: `--config.tasks.main.pp.train=`.
+side, px), frames, stride, seconds, rate, bins, fps (of the built video, for av), sync (av:
+1 takes the audio at the frames' time, 0 at an independent time), steps, batch, width, depth,
+lr, labels (label keys joined by +). Everything else is a field to override: `--config.tasks.main.pp.train=`.
 
   python -m mmvit.data build --images=~/pets --name=pets
   python -m mmvit.main --config=configs/own_data.py:image,pets --workdir=workdirs/pets
@@ -19,8 +20,8 @@ side, px), frames, stride, seconds, rate, bins, steps, batch, width, depth, lr, 
 
 import ml_collections
 
-DEFAULTS = dict(size=32, frames=8, stride=1, seconds=1.0, rate=16000, bins=32, steps=300,
-                batch=16, width=64, depth=2, lr=1e-3, labels="")
+DEFAULTS = dict(size=32, frames=8, stride=1, seconds=1.0, rate=16000, bins=32, fps=8.0, sync=1,
+                steps=300, batch=16, width=64, depth=2, lr=1e-3, labels="")
 KINDS = ("image", "audio", "video", "av", "multilabel", "verb_noun")
 
 
@@ -40,21 +41,22 @@ def image_pp(o) -> dict:
               eval=f"decode|resize_small({s * 8 // 7})|central_crop({s})|value_range(-1, 1)")
 
 
-def audio_pp(o) -> dict:
+def audio_pp(o, crop: bool = True) -> dict:
   mel = f"log_mel({o['rate']}, bins={o['bins']}, mean=-6.0, std=4.0)"
-  crop = f"crop_audio({o['seconds']}, {o['rate']})"
-  return dict(train=f"{crop}|time_shift({o['rate'] // 10})|{mel}|"
-                    "spec_augment(2, 10, 2, 4)",
-              eval=f"{crop}|{mel}")
+  crop = f"crop_audio({o['seconds']}, {o['rate']})|" if crop else ""
+  return dict(train=f"{crop}time_shift({o['rate'] // 10})|{mel}|spec_augment(2, 10, 2, 4)",
+              eval=f"{crop}{mel}")
 
 
 def video_pp(o, audio: bool = False) -> dict:
   s, n, st = o["size"], o["frames"], o["stride"]
-  frames = f"sample_frames({n}, {st})"
+  # With the audio track, one op takes both windows so that they can be synchronous.
+  frames = (f"av_window({n}, fps={o['fps']}, seconds={o['seconds']}, rate={o['rate']}, "
+            f"stride={st}, sync={bool(o['sync'])})" if audio else f"sample_frames({n}, {st})")
   train = f"{frames}|decode|resize_small({s * 8 // 7})|random_crop({s})|flip_lr|value_range(-1, 1)"
   evl = f"{frames}|decode|resize_small({s * 8 // 7})|central_crop({s})|value_range(-1, 1)"
   if audio:
-    a = audio_pp(o)
+    a = audio_pp(o, crop=False)
     train, evl = f"{train}|{a['train']}", f"{evl}|{a['eval']}"
   return dict(train=train, eval=evl)
 

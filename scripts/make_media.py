@@ -157,7 +157,10 @@ def clips_folder(root: str, n_per_digit: int = 4, digits=(0, 1, 2, 3), frames: i
       x = utts[i][2].astype(np.float64)
       x = signal.resample_poly(x, 16000, rate)
       n = int(16000 * frames / fps)
-      audio = np.clip(np.pad(x, (0, max(0, n - len(x))))[:n], -32768, 32767).astype(np.int16)
+      # The word in the middle of the clip, as the central test window sees it.
+      before = max(0, n - len(x)) // 2
+      audio = np.clip(np.pad(x, (before, max(0, n - len(x) - before)))[:n], -32768,
+                      32767).astype(np.int16)
     path = os.path.join(folder, f'{i:03d}.mp4')
     write_mp4(path, digit_frames(d, frames, size, rng), fps, audio)
     paths.append(path)

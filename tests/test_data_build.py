@@ -8,6 +8,7 @@ import shutil
 
 import numpy as np
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from mmvit import data
 from mmvit.data import __main__ as cli
@@ -255,3 +256,36 @@ def test_inspect_shows_class_balance_shapes_and_writes_a_contact_sheet(media, ph
   from PIL import Image
   with Image.open(sheet) as im:
     assert im.width > 100 and im.height > 100
+
+
+_CELLS = ["a.png", "b.png", "missing.png", "", "cat", "dog;cat", ";", "train", "TEST", "val",
+          "x", "1", "\x00", "é", '"', ",", "\n"]
+
+
+def _manifest_bytes(draw_rows, kind):
+  if kind == "csv":
+    lines = [",".join(r) for r in draw_rows]
+    return "\n".join(["image,label,tags,split,group", *lines]).encode("utf-8", "surrogatepass")
+  return b"\n".join(json.dumps(dict(zip(("image", "label", "tags", "split", "group"), r))
+                               if len(r) % 2 else r).encode() for r in draw_rows)
+
+
+@settings(max_examples=150, deadline=None)
+@given(rows=st.lists(st.lists(st.sampled_from(_CELLS), max_size=6), max_size=6),
+       kind=st.sampled_from(["csv", "jsonl"]), junk=st.binary(max_size=8))
+def test_fuzz_the_manifest_reader_accepts_or_fails_in_one_line_naming_the_file(
+    rows, kind, junk, tmp_path_factory):
+  """Any bytes in a manifest (cells of every kind, NUL, bad UTF-8, bad JSON) give items or a
+  one-line BuildError that names the manifest, never another exception."""
+  from mmvit.data import build as b
+  d = tmp_path_factory.mktemp("fuzz")
+  for name in ("a.png", "b.png"):
+    (d / name).write_bytes(b"\x89PNG")
+  path = d / f"m.{kind}"
+  path.write_bytes(_manifest_bytes(rows, kind) + junk)
+  try:
+    items = b.read_manifest(str(path), ("label",), ("tags",))
+  except b.BuildError as e:
+    assert "\n" not in str(e) and str(path) in str(e), str(e)
+  else:
+    assert all(set(it.paths.values()) <= {str(d / "a.png"), str(d / "b.png")} for it in items)

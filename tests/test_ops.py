@@ -172,6 +172,55 @@ def test_a_missing_feature_is_one_line_naming_the_op_and_what_there_is():
     run('decode(key="photo")', {"image": b"", "label": 1})
 
 
+def av_clip(frames=20, fps=4, rate=100):
+  """Frame i holds i; audio sample j holds j (int16), so a window shows where it starts."""
+  video = np.arange(frames)[:, None, None, None] * np.ones((frames, 2, 2, 1), np.uint8)
+  return {"video": video, "audio": np.arange(frames * rate // fps, dtype=np.int16)}
+
+
+def audio_start(wave):
+  return int(round(float(wave[0]) * 32768))
+
+
+def test_av_window_takes_the_audio_at_the_time_of_the_frames_when_synchronous():
+  """Frame s at 4 fps is at s/4 s, i.e. audio sample 25 s at 100 Hz; every training draw and
+  every test view starts both windows there (clamped to the track at its end)."""
+  pp = "av_window(4, fps=4, seconds=1.0, rate=100, stride=2)"
+  for seed in range(30):
+    out = run(pp, av_clip(), seed=seed)
+    s = int(out["video"][0, 0, 0, 0])
+    assert out["video"].shape == (4, 2, 2, 1) and out["audio"].shape == (100,)
+    assert audio_start(out["audio"]) == min(25 * s, 500 - 100)
+  views = run(pp, av_clip(), "eval", views=3)
+  assert views["video"].shape == (3, 4, 2, 2, 1) and views["audio"].shape == (3, 100)
+  firsts = views["video"][:, 0, 0, 0, 0].tolist()
+  assert firsts == ops.window_starts(20, 7, 3)
+  assert [audio_start(w) for w in views["audio"]] == [min(25 * s, 400) for s in firsts]
+
+
+def test_av_window_draws_the_audio_independently_when_asynchronous():
+  """sync=False (MBT's asynchronous sampling): the audio start is its own uniform draw over
+  the whole track, so it leaves the frames' time on most draws; evaluation stays aligned."""
+  pp = "av_window(4, fps=4, seconds=1.0, rate=100, sync=False)"
+  outs = [run(pp, av_clip(), seed=s) for s in range(40)]
+  apart = [audio_start(o["audio"]) != min(25 * int(o["video"][0, 0, 0, 0]), 400) for o in outs]
+  assert sum(apart) >= 30
+  assert {audio_start(o["audio"]) for o in outs} <= set(range(401))
+  central = run(pp, av_clip(), "eval")
+  assert audio_start(central["audio"]) == 25 * int(central["video"][0, 0, 0, 0])
+
+
+def test_av_window_pads_a_short_track_and_checks_its_arguments():
+  short = dict(av_clip(), audio=np.ones(30, np.int16))
+  out = run("av_window(2, fps=4, seconds=1.0, rate=100)", short, "eval")["audio"]
+  assert out.shape == (100,) and not out[30:].any()
+  with pytest.raises(ops.PPError, match="sync must be True or False"):
+    ops.parse("av_window(2, 4, 1.0, 100, sync=1)")
+  with pytest.raises(ops.PPError, match="fps must be a number"):
+    ops.parse("av_window(2, fps=0, seconds=1.0, rate=100)")
+  assert ops.temporal("av_window(2, 4, 1.0, 100)")
+
+
 def test_every_op_becomes_one_grain_transform_random_ones_random_maps():
   import grain
   ts = ops.to_grain(ops.parse("decode|inception_crop(8)|flip_lr|value_range"))

@@ -28,6 +28,11 @@ def config(arg, media, **over):
   return c
 
 
+def reached(what, metrics):
+  """The figure a test reached, for the issue's closing note (`pytest -s` shows it)."""
+  print(f"\nown data, {what}: " + json.dumps({k: round(float(v), 4) for k, v in metrics.items()}))
+
+
 def test_an_image_folder_trains_through_the_cli(media, tmp_path):
   """Two classes (crops of sklearn's two photos): chance 50%; >= 90% on 36 test photos."""
   name = media.build("own_photos", f"--images={media.make('photos', n=120)}", SPLIT)
@@ -38,6 +43,7 @@ def test_an_image_folder_trains_through_the_cli(media, tmp_path):
   assert out.returncode == 0, out.stderr[-2000:]
   acc = {ln.split()[0]: float(ln.split()[1]) for ln in out.stdout.splitlines()
          if ln.startswith("  ")}
+  reached("image folder (CLI), test top-1", {"main": acc["main"]})
   assert acc["main"] >= 0.9, out.stdout
 
 
@@ -45,25 +51,30 @@ def test_an_audio_folder_trains_on_log_mel_spectrograms(media, tmp_path):
   """Four spoken words, four espeak-ng voices: chance 25%; >= 60% on the test split."""
   name = media.build("own_speech", f"--audio={media.make('speech', n_per_word=15)}", SPLIT)
   out = train.run(config(f"audio,{name},steps=300,batch=16", media), str(tmp_path / "w"))
+  reached("audio folder", out["test"]["main"])
   assert out["test"]["main"]["top1"] >= 0.6, out["test"]
 
 
 @pytest.fixture(scope="module")
 def av_clips(media):
-  return media.build("own_clips", f"--video={media.make('clips', n_per_digit=10)}",
+  return media.build("own_clips", f"--video={media.make('clips', n_per_digit=20)}",
                      "--audio_track", "--fps=8", SPLIT)
 
 
 def test_mp4_clips_with_their_audio_train_a_bottleneck_fusion_task(media, av_clips, tmp_path):
-  """Four digits shown and spoken, fused through 4 bottleneck tokens: chance 25%; >= 60%."""
+  """Four digits shown and spoken (the word in the middle of 2 s clips, 1 s windows with the
+  audio at the frames' time), fused through 4 bottleneck tokens: chance 25%; >= 85% of 24
+  test clips (measured here: 100%)."""
   info = data.dataset_info(av_clips, media.data_dir,
                            pp=own_data.video_pp(dict(own_data.DEFAULTS, size=32), audio=True))
   assert info.features["video"][0] == (8, 32, 32, 3)
   assert info.features["spectrogram"][0] == (100, 32, 1)
   c = config(f"av,{av_clips},steps=300,batch=8,size=32", media)
   assert c.tasks.main.fusion.kind == "bottleneck"
+  assert "av_window(8, fps=8.0, seconds=1.0, rate=16000, stride=1, sync=True)" in c.tasks.main.pp.train
   out = train.run(c, str(tmp_path / "w"))
-  assert out["test"]["main"]["top1"] >= 0.6, out["test"]
+  reached("mp4 + audio track, bottleneck fusion", out["test"]["main"])
+  assert out["test"]["main"]["top1"] >= 0.85, out["test"]
 
 
 def test_a_video_dataset_without_av_windows_takes_a_multi_view_test(media, av_clips, tmp_path):
@@ -71,10 +82,11 @@ def test_a_video_dataset_without_av_windows_takes_a_multi_view_test(media, av_cl
   c = config(f"video,{av_clips},steps=100,batch=8,size=32,frames=4,stride=2", media,
              eval_views=3)
   out = train.run(c, str(tmp_path / "w"))
+  reached("video folder, 3-view test", out["test"]["main"])
   assert 0.0 <= out["test"]["main"]["top1"] <= 1.0
   pp = dict(c.tasks.main.pp)
-  (b,) = list(data.eval_batches(av_clips, split="test", batch_size=12, views=3,
-                                data_dir=media.data_dir, pp=pp))
+  b = next(iter(data.eval_batches(av_clips, split="test", batch_size=12, views=3,
+                                 data_dir=media.data_dir, pp=pp)))
   assert b["video"].shape == (12, 3, 4, 32, 32, 3)
   assert not np.array_equal(b["video"][:, 0], b["video"][:, 2])  # other windows
 
@@ -105,6 +117,7 @@ def test_a_multilabel_manifest_trains_a_multilabel_head(media, tmp_path):
   manifest = make_media.write_manifest(str(root / "tags.csv"), rows)
   name = media.build("own_tags", f"--manifest={manifest}", "--multilabel=labels", SPLIT)
   out = train.run(config(f"multilabel,{name},steps=200", media), str(tmp_path / "w"))
+  reached("multi-label manifest", out["test"]["main"])
   assert out["test"]["main"]["mAP"] >= 0.85, out["test"]
 
 
@@ -127,5 +140,6 @@ def test_a_verb_noun_manifest_trains_one_head_per_label_column(media, tmp_path):
   c.tasks.main.pp.train = c.tasks.main.pp.train.replace("|flip_lr", "")  # flips swap verbs
   out = train.run(c, str(tmp_path / "w"))
   test = out["test"]["main"]
+  reached("verb/noun manifest", test)
   assert test["verb/top1"] >= 0.75 and test["noun/top1"] >= 0.75, test
   assert json.dumps(test)  # plain numbers

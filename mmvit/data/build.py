@@ -54,6 +54,11 @@ SPLIT_ALIASES = {'train': 'train', 'validation': 'validation', 'val': 'validatio
 class BuildError(DataError):
   """A file, row or option the build cannot use (one line, naming it)."""
 
+  def __init__(self, message: str):
+    # A name from a user's manifest may hold a newline or NUL: escaped, the message stays
+    # one line.
+    super().__init__(''.join(c if c.isprintable() else repr(c)[1:-1] for c in str(message)))
+
 
 class BadFile(Exception):
   """Raised in a worker for one file; becomes a BuildError or a skipped file."""
@@ -127,23 +132,36 @@ def scan_folder(root: str, modality: str) -> list[Item]:
 
 
 def _rows(path: str) -> Iterator[tuple[int, dict]]:
+  if not path.lower().endswith(('.jsonl', '.csv')):
+    raise BuildError(f'--manifest={path}: expected a .csv or .jsonl file')
+  with open(path, 'rb') as f:
+    raw = f.read()
+  try:
+    text = raw.decode('utf-8-sig')
+  except UnicodeDecodeError as e:
+    line = raw[:e.start].count(b'\n') + 1
+    raise BuildError(f'{path} row {line}: not UTF-8 text (byte {e.start})') from None
   if path.lower().endswith('.jsonl'):
-    with open(path) as f:
-      for i, line in enumerate(f, 1):
-        if line.strip():
-          try:
-            row = json.loads(line)
-          except json.JSONDecodeError as e:
-            raise BuildError(f'{path} row {i}: not JSON ({e.msg})') from None
-          if not isinstance(row, dict):
-            raise BuildError(f'{path} row {i}: expected an object, got {type(row).__name__}')
-          yield i, row
-  elif path.lower().endswith('.csv'):
-    with open(path, newline='') as f:
-      for i, row in enumerate(csv.DictReader(f), 2):  # row 1 is the header
+    for i, line in enumerate(text.split('\n'), 1):
+      if line.strip():
+        try:
+          row = json.loads(line)
+        except json.JSONDecodeError as e:
+          raise BuildError(f'{path} row {i}: not JSON ({e.msg})') from None
+        if not isinstance(row, dict):
+          raise BuildError(f'{path} row {i}: expected an object, got {type(row).__name__}')
         yield i, row
   else:
-    raise BuildError(f'--manifest={path}: expected a .csv or .jsonl file')
+    reader = csv.DictReader(io.StringIO(text, newline=''))
+    try:
+      for row in reader:
+        # Cells beyond the header land under the key None: a row that does not fit.
+        if any(str(c).strip() for c in row.pop(None, ())):
+          raise BuildError(f'{path} row {reader.line_num}: more cells than the header has '
+                           f'columns ({", ".join(reader.fieldnames)})')
+        yield reader.line_num, row
+    except csv.Error as e:
+      raise BuildError(f'{path} row {reader.line_num}: not CSV ({e})') from None
 
 
 def read_manifest(path: str, labels: tuple[str, ...], multilabel: tuple[str, ...]

@@ -632,6 +632,53 @@ def _crop_audio(ctx, seconds, rate, key='audio'):
   return fn
 
 
+@register('av_window', temporal=True)
+def _av_window(ctx, frames, fps, seconds, rate, stride=1, sync=True, video='video',
+               audio='audio'):
+  """One window of a clip with its audio track: `frames` frames at `stride` of video stored
+  at `fps`, and `seconds` of audio at `rate` Hz. Training draws the video window at random;
+  with `sync` the audio window starts at the same time (clamped to the track), without it
+  at an independent random time (MBT's asynchronous sampling). Evaluation takes the central
+  window (K uniformly spaced ones for a K-view test), audio always at the frames' time.
+  Separate `sample_frames` and `crop_audio` ops draw their windows independently."""
+  n, stride = _int('frames', frames), _int('stride', stride)
+  fps, rate = _float('fps', fps, 1e-3, 1e4), _int('rate', rate)
+  samples = max(1, round(_float('seconds', seconds, 1e-3, 3600) * rate))
+  if not isinstance(sync, bool):
+    raise PPError(f'sync must be True or False, got {sync!r}')
+  vkey, akey = _key('video', video), _key('audio', audio)
+  mode, views = ctx.mode, ctx.views
+  span = (n - 1) * stride + 1
+
+  def audio_at(x, start):
+    return x[start:start + samples]
+
+  def fn(e, rng):
+    v = np.asarray(e[vkey])
+    x = _to_float_audio(np.asarray(e[akey]))
+    if x.ndim == 2:
+      x = x.mean(axis=-1)
+    if x.shape[0] < samples:
+      x = np.pad(x, (0, samples - x.shape[0]))
+    last = x.shape[0] - samples
+
+    def synced(start_frame):
+      return min(last, round(start_frame * rate / fps))
+
+    if mode == 'train':
+      s = int(rng.integers(max(0, v.shape[0] - span) + 1))
+      a = synced(s) if sync else int(rng.integers(last + 1))
+      e[vkey], e[akey] = _take(v, s, n, stride), audio_at(x, a)
+    else:
+      starts = window_starts(v.shape[0], span, views)
+      clips = [_take(v, s, n, stride) for s in starts]
+      waves = [audio_at(x, synced(s)) for s in starts]
+      e[vkey], e[akey] = ((clips[0], waves[0]) if views == 1 else
+                          (np.stack(clips), np.stack(waves)))
+    return e
+  return fn
+
+
 @register('time_shift', random=True)
 def _time_shift(ctx, max_shift, key='audio'):
   """A circular shift of the waveform by up to `max_shift` samples either way."""
