@@ -78,6 +78,31 @@ def test_a_built_dataset_reads_as_tfds_and_resumes_from_an_iterator_state(media,
     assert want["image"].shape == (4, 32, 32, 3) and want["label"].dtype == np.int32
 
 
+def test_worker_processes_make_the_batches_of_the_main_process_and_resume_from_their_state(
+    media, photos):
+  """data_workers=2 makes whole batches in 2 processes (one transfer per batch): batch k is
+  the same as with no workers, and a workers iterator resumes from its own state."""
+  name = media.build("photos_a", f"--images={photos}")
+  kw = dict(batch_size=4, seed=3, data_dir=media.data_dir, pp=PP)
+  plain = data.train_iterator(name, **kw)
+  want = [next(plain) for _ in range(5)]
+  it = data.train_iterator(name, workers=2, **kw)
+  try:
+    got = [next(it) for _ in range(3)]
+    state = it.get_state()
+  finally:
+    it.close()
+  again = data.train_iterator(name, workers=2, **kw)
+  try:
+    again.set_state(state)
+    got += [next(again) for _ in range(2)]
+  finally:
+    again.close()
+  for w, g in zip(want, got):
+    for k in w:
+      np.testing.assert_array_equal(g[k], w[k])
+
+
 def test_a_tfds_dataset_stored_as_tfrecord_is_one_line_saying_how_to_convert(media, photos,
                                                                              tmp_path):
   name = media.build("photos_a", f"--images={photos}")

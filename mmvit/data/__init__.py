@@ -363,16 +363,19 @@ def train_iterator(name: str, *, batch_size: int, seed: int,
   for t in source.train_transforms(augment, pp):
     ds = ds.random_map(t) if isinstance(t, grain.transforms.RandomMap) else (
         ds.map(t))
-  ds = ds.to_iter_dataset(_read_options())
-  if workers:
-    from absl import flags  # noqa: PLC0415
-    if not flags.FLAGS.is_parsed():  # grain's workers read its flags (defaults outside absl.app)
-      flags.FLAGS.mark_as_parsed()
-    # Before batching: the workers interleave one element stream, so batches (and iterator
-    # states) are the same for any number of workers.
-    ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
+  if not workers:
+    return iter(ds.to_iter_dataset(_read_options()).batch(batch_size, drop_remainder=True))
+  from absl import flags  # noqa: PLC0415
+  if not flags.FLAGS.is_parsed():  # grain's workers read its flags (defaults outside absl.app)
+    flags.FLAGS.mark_as_parsed()
+  # Workers make whole batches (one array per batch crosses processes, not one per element):
+  # batch k is elements kB..kB+B-1 of the shuffled stream for any number of workers, the
+  # batches of `workers=0`. The iterator state records the workers' positions, so a run keeps
+  # its data_workers (changing it is a config change).
   ds = ds.batch(batch_size, drop_remainder=True)
-  return iter(ds)
+  # One thread per worker: the workers are the parallelism, on cores the trainer shares.
+  ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=2))
+  return iter(ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers)))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -323,8 +323,8 @@ def _decode_one(data, channels: int) -> np.ndarray:
       img = img[..., None]
   else:
     with Image.open(io.BytesIO(bytes(data))) as im:
-      im = im.convert({1: 'L', 3: 'RGB'}[channels])
-      img = np.asarray(im)
+      mode = {1: 'L', 3: 'RGB'}[channels]
+      img = np.asarray(im if im.mode == mode else im.convert(mode))
     if img.ndim == 2:
       img = img[..., None]
   if img.shape[-1] != channels:
@@ -508,8 +508,13 @@ def _value_range(ctx, vmin=-1, vmax=1, in_min=0, in_max=255, key=None):
   key = _image_key(key)
   scale = (b - a) / (i1 - i0)
 
+  shift = np.float32(a - i0 * scale)
+
   def fn(e, rng):
-    e[_k(key, e)] = ((np.asarray(e[_k(key, e)], np.float32) - i0) * scale + a).astype(np.float32)
+    # One new float32 array, then in place: the input (perhaps a cached record) is not touched.
+    y = np.multiply(e[_k(key, e)], np.float32(scale), dtype=np.float32)
+    y += shift
+    e[_k(key, e)] = y
     return e
   return fn
 
@@ -522,13 +527,26 @@ def _normalize(ctx, mean, std, key=None):
   if np.any(s <= 0):
     raise PPError(f'std must be > 0, got {std!r}')
   key = _image_key(key)
+  inv = (1 / s).astype(np.float32)
 
   def fn(e, rng):
     x = np.asarray(e[_k(key, e)], np.float32)
     if m.ndim and m.shape[0] != x.shape[-1] or s.ndim and s.shape[0] != x.shape[-1]:
       raise PPError(f'normalize: mean/std have {max(m.size, s.size)} channels, the input '
                     f'{x.shape[-1]}')
-    e[_k(key, e)] = ((x - m) / s).astype(np.float32)
+    if m.ndim or inv.ndim:
+      # Per channel: a row of W * C values, so numpy's inner loop runs over a row, not over
+      # C = 3 (several times faster on images).
+      x = np.ascontiguousarray(x)
+      w = x.shape[-2] if x.ndim >= 2 else 1
+      rows = x.reshape(-1, w * x.shape[-1])
+      y = np.subtract(rows, np.tile(np.broadcast_to(m, x.shape[-1:]), w), dtype=np.float32)
+      y *= np.tile(np.broadcast_to(inv, x.shape[-1:]), w)
+      y = y.reshape(x.shape)
+    else:
+      y = np.subtract(x, m, dtype=np.float32)
+      y *= inv
+    e[_k(key, e)] = y
     return e
   return fn
 
