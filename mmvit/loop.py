@@ -72,15 +72,32 @@ class Stopped(Exception):
 class Preempted:
   """Set by SIGTERM or a first SIGINT (Ctrl-C); the loop checks it after every step. A second
   SIGINT exits at once (130), as a kill would: saves are atomic. Entered inside another one
-  (main installs one before start-up) that was signalled, it stops the run (Stopped)."""
+  (main installs one before start-up) that was signalled, it stops the run (Stopped).
+
+  Python runs signal handlers in the main thread only between bytecodes, so a Ctrl-C that lands
+  while the main thread waits in C (a step, a save) would wait with it, and two that land there
+  reach the handler as one. The signals are counted instead by a thread reading the wakeup fd,
+  which the C-level handler writes at once on every signal, whichever thread it interrupts."""
 
   def __init__(self):
-    self.signalled = False
+    self._signalled = False
     self._previous = {}
+    self._wakeup = None
+
+  @property
+  def signalled(self) -> bool:
+    outer = self._outer()
+    return self._signalled or (outer is not None and outer.signalled)
 
   def __enter__(self):
     if threading.current_thread() is threading.main_thread():
+      read, write = os.pipe()
+      os.set_blocking(write, False)
       self._previous = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)}
+      self._wakeup = (signal.set_wakeup_fd(write, warn_on_full_buffer=False), write,
+                      threading.Thread(target=self._count, args=(read,), daemon=True,
+                                       name="mmvit-signals"))
+      self._wakeup[2].start()
       if getattr(self._outer(), "signalled", False):
         self.__exit__()
         raise Stopped("stopped before the first step; nothing to save")
@@ -91,24 +108,36 @@ class Preempted:
     return outer if isinstance(outer, Preempted) else None
 
   def _handle(self, signum, frame):
-    del frame
-    if signum == signal.SIGINT:
-      if self.signalled:
-        try:
-          sys.stdout.flush()  # the log so far
-        except Exception:  # noqa: BLE001  (interrupted mid-write: exit regardless)
-          pass
-        os.write(2, b"interrupted again: exited at once; rerun to resume from the last save\n")
-        os._exit(130)
-      os.write(2, b"interrupted: stopping cleanly (Ctrl-C again to exit at once)\n")
-    self.signalled = True
+    del signum, frame  # _count acts on it; this handler only keeps KeyboardInterrupt away
+
+  def _count(self, read: int):
+    with os.fdopen(read, "rb", buffering=0) as pipe:
+      while signums := pipe.read(64):
+        for signum in signums:
+          if signum == signal.SIGINT and self.signalled:
+            try:
+              sys.stdout.flush()  # the log so far
+            except Exception:  # noqa: BLE001  (interrupted mid-write: exit regardless)
+              pass
+            os.write(2, b"interrupted again: exited at once; rerun to resume from the last save\n")
+            os._exit(130)
+          if signum == signal.SIGINT:
+            os.write(2, b"interrupted: stopping cleanly (Ctrl-C again to exit at once)\n")
+          if signum in (signal.SIGINT, signal.SIGTERM):
+            self._signalled = True
 
   def __exit__(self, *exc):
     for s, previous in self._previous.items():
       if previous is not None:
         signal.signal(s, previous)
+    if self._wakeup is not None:
+      previous_fd, write, counter = self._wakeup
+      signal.set_wakeup_fd(previous_fd)
+      os.close(write)  # the counter reads what is left, then the end of the pipe
+      counter.join()
+      self._wakeup = None
     if self._outer() is not None:  # a Ctrl-C after this one still exits at once
-      self._outer().signalled |= self.signalled
+      self._outer()._signalled |= self._signalled
 
 
 def run(config: ml_collections.ConfigDict, workdir: str | None, *, devices=None,

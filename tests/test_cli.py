@@ -197,13 +197,13 @@ def test_a_truncated_split_file_is_a_data_error_naming_dataset_split_and_file(im
   data.check_split("digits_image", "train", str(tmp_path))
 
 
-def tiny_run(workdir, sleep):
+def tiny_run(workdir, sleep, *flags):
   """tests/tiny_run.py (train.run of the tiny config on FakeData), once it has logged a step."""
   sys.path.insert(0, os.path.join(ROOT, "scripts"))
   import kill_resume  # noqa: PLC0415
   logged = kill_resume.train_records(workdir)
   proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "tests", "tiny_run.py"), workdir,
-                           "weighted", "--steps=3", f"--sleep={sleep}"], cwd=ROOT, text=True,
+                           "weighted", "--steps=3", f"--sleep={sleep}", *flags], cwd=ROOT, text=True,
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
   while kill_resume.train_records(workdir) <= logged and proc.poll() is None:
     time.sleep(0.01)
@@ -218,7 +218,9 @@ def test_ctrl_c_stops_training_as_sigterm_does(capfd):
   try:
     with train.Preempted() as stop:
       os.kill(os.getpid(), signal.SIGINT)
-      time.sleep(0.01)  # the handler runs in the main thread between bytecodes
+      deadline = time.monotonic() + 10  # counted by a thread, soon: not a timing test
+      while not stop.signalled and time.monotonic() < deadline:
+        time.sleep(0.01)
       assert stop.signalled and not leaked
   finally:
     signal.signal(signal.SIGINT, previous)
@@ -227,13 +229,14 @@ def test_ctrl_c_stops_training_as_sigterm_does(capfd):
 
 def test_a_second_ctrl_c_exits_at_once_with_130_in_one_line(tmp_path):
   workdir = str(tmp_path / "w")
-  proc = tiny_run(workdir, sleep=3.0)  # each step sleeps 3 s first: both land in one step
+  # The save a signal asks for sleeps 60 s: the process cannot finish before the second arrives.
+  proc = tiny_run(workdir, 1.0, "--sleep_in_forced_save=60")
   lines = queue.Queue()
   reader = threading.Thread(target=lambda: [lines.put(ln) for ln in proc.stderr], daemon=True)
   reader.start()
   proc.send_signal(signal.SIGINT)
   # The second only once the first was handled: two signals that arrive while the process is
-  # inside C code (a save, a step) reach Python's handler as one, so a fixed delay can race.
+  # inside C code (a step) reach Python's handler as one, so a fixed delay can race.
   deadline = time.monotonic() + 60
   while not lines.get(timeout=max(0.1, deadline - time.monotonic())).startswith("interrupted:"):
     pass

@@ -41,6 +41,8 @@ def main():
   p.add_argument("--steps", type=int, default=4)
   p.add_argument("--kill_in_save_at", type=int, default=-1)
   p.add_argument("--sleep", type=float, default=0.0, help="seconds to sleep after each step")
+  p.add_argument("--sleep_in_forced_save", type=float, default=0.0,
+                 help="seconds a forced save (the one a signal asks for) sleeps before it saves")
   args = p.parse_args()
   cfg = tiny_config(args.kind, steps=args.steps, checkpoint_every=1, log_every=1)
   if args.kill_in_save_at >= 0:  # die while an async save is being written
@@ -52,6 +54,14 @@ def main():
         os.kill(os.getpid(), signal.SIGKILL)
       return out
     checkpointing.Checkpointer.save = save_then_die
+  if args.sleep_in_forced_save:  # a slow save: a second Ctrl-C surely lands inside it
+    forced = checkpointing.Checkpointer.save
+
+    def slow_save(self, step, *a, force=False, **kw):
+      if force:
+        time.sleep(args.sleep_in_forced_save)
+      return forced(self, step, *a, force=force, **kw)
+    checkpointing.Checkpointer.save = slow_save
   if args.sleep:
     step_fn = train.sharding.shard_batch
 
