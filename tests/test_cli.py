@@ -64,7 +64,7 @@ def test_a_typo_in_an_override_names_the_field_and_the_nearest_valid_one():
   assert load_error(DEMO, "--config.tasks.image.augment.max_shfit=2") == (
       "--config.tasks.image.augment.max_shfit: no field 'max_shfit' in config.tasks.image.augment "
       "(did you mean 'max_shift'?)")
-  assert "it has augment, cache_data" in load_error(DEMO, "--config.zzz=1")
+  assert "it has cache_data, checkpoint_every" in load_error(DEMO, "--config.zzz=1")
   assert load_error(DEMO, "--config.seed.x=1") == "--config.seed.x: config.seed=0 has no fields"
 
 

@@ -234,7 +234,7 @@ class BrokenData(FakeData):
 def test_a_run_that_fails_still_closes_its_writers_and_checkpointer(tmp_path, monkeypatch):
   made = {}
 
-  class Writer(train.MetricWriter):
+  class Writer(loop.MetricWriter):
     def __init__(self, *a, **kw):
       super().__init__(*a, **kw)
       made["writer"] = self
