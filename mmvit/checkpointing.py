@@ -26,6 +26,7 @@ from collections.abc import Mapping
 
 import jax
 import numpy as np
+import ml_collections
 import orbax.checkpoint as ocp
 
 log = logging.getLogger("mmvit")
@@ -111,6 +112,16 @@ def _checkpoint_digest(ckpts: str) -> tuple[int, str] | tuple[None, None]:
   return None, None
 
 
+def _completed(saved: dict) -> dict:
+  """A saved config.json with the defaults filled in, as this version's runs write it, so that
+  a config that spells out a default (or was saved before that default was written) matches."""
+  from mmvit import config as config_lib  # noqa: PLC0415
+  try:
+    return json.loads(config_lib.complete(ml_collections.ConfigDict(saved)).to_json_best_effort())
+  except Exception:  # noqa: BLE001  (a config.json that is not a config: compared as it is)
+    return saved
+
+
 def guard_workdir(workdir: str, config, allow_config_change: bool = False) -> bool:
   """Refuses to train a different config in a workdir holding another run's checkpoints,
   judged by its config.json or, when that is missing, by the config digest in the newest
@@ -123,7 +134,7 @@ def guard_workdir(workdir: str, config, allow_config_change: bool = False) -> bo
     return False
   if os.path.exists(path):
     with open(path) as f:
-      old = _flat(json.load(f))
+      old = _flat(_completed(json.load(f)))
     old = {k: v for k, v in old.items() if k not in HARMLESS_FIELDS}
     new = json.loads(json.dumps(run_fields(config)))
     diff = sorted(k for k in set(old) | set(new) if old.get(k, "<unset>") != new.get(k, "<unset>"))

@@ -4,6 +4,7 @@ raised before anything is built or compiled. Code behind this door trusts its co
 from __future__ import annotations
 
 import ast
+import dataclasses
 import difflib
 import importlib.machinery
 import importlib.util
@@ -17,6 +18,7 @@ import ml_collections
 from absl import flags
 from ml_collections.config_flags import tuple_parser
 
+from mmvit.models.fusion import KINDS as FUSION_KINDS, FusionSpec
 from mmvit.models.heads import HEAD_KINDS, POOLS
 from mmvit.models.tokenizers import KINDS as TOKENIZER_KINDS
 from mmvit.schedules import KINDS as SCHEDULE_KINDS
@@ -24,31 +26,109 @@ from mmvit.schedules import KINDS as SCHEDULE_KINDS
 OPTIMIZERS = ("adamw", "sgd")
 LR_SCHEDULES = ("cosine", "constant", "linear")
 
-TOP_LEVEL = {
-    "seed", "data_dir", "total_steps", "schedule", "model", "tasks", "optimizer", "eval_every",
-    "eval_batch_size", "log_every", "checkpoint_every", "keep_checkpoints", "mesh", "test_split",
-    "eval_split", "augment", "nonfinite", "init_from", "cache_data", "data_workers",
-}
-INIT_FROM_KEYS = {"workdir", "step", "groups"}
-MODEL_KEYS = {
-    "width", "depth", "num_heads", "mlp_dim", "dropout", "attention_dropout", "stochastic_depth",
-    "pool", "adapter_depth", "class_token", "posemb_includes_cls", "tokenizers",
-}
-TOKENIZER_KEYS = {"kind", "patch", "input_key"}
-TASK_KEYS = {
-    "dataset", "modalities", "head", "labels", "batch_size", "lr", "lr_mult", "warmup_steps",
-    "lr_schedule", "loss_weight", "label_smoothing", "stochastic_depth", "steps", "epochs",
-    "augment", "fusion", "mixup", "eval_views", "pool", "train_split", "pp",
-}
+
+class _Required:
+  """The default of a field every config must set."""
+
+  def __repr__(self):
+    return "REQUIRED"
+
+
+REQUIRED = _Required()
+
+# Every field a config may hold and its default, in one place: validate() allows exactly these
+# names and complete() fills them in, so the code behind the door reads config.x, never
+# config.get("x", default). A task's None lr, warmup_steps and lr_schedule take the optimizer's,
+# its None stochastic_depth the model's, its None pool the model's (tasks.resolve).
+DEFAULTS = dict(
+    seed=0,
+    data_dir=None,          # $MMVIT_DATA_DIR or ~/.cache/mmvit/data
+    total_steps=None,       # or every task's steps/epochs (one of the two; see train)
+    schedule=REQUIRED,
+    model=REQUIRED,
+    tasks=REQUIRED,
+    optimizer=REQUIRED,
+    eval_every=0,           # steps between validation evaluations (0: only at the end)
+    eval_batch_size=256,
+    log_every=50,
+    checkpoint_every=0,     # 0: only at the end (and on preemption)
+    keep_checkpoints=3,
+    mesh={},                # axis -> size over data, fsdp, tensor (-1: the rest)
+    test_split="test",
+    eval_split="validation",
+    nonfinite={},
+    init_from=None,         # one dict(workdir, step, groups) or a list of them
+    cache_data=False,
+    data_workers=None,      # grain worker processes per task (None/0: in the main process)
+)
+MODEL_DEFAULTS = dict(
+    width=REQUIRED, depth=REQUIRED, num_heads=REQUIRED, mlp_dim=REQUIRED, dropout=0.0,
+    attention_dropout=0.0, stochastic_depth=0.0, pool="token", adapter_depth=0,
+    class_token=True, posemb_includes_cls=False, tokenizers=REQUIRED,
+)
+TOKENIZER_DEFAULTS = dict(kind=REQUIRED, patch=REQUIRED, input_key=None)
+TASK_DEFAULTS = dict(
+    dataset=REQUIRED, modalities=REQUIRED, head="multiclass", labels="label",
+    batch_size=REQUIRED, lr=None, lr_mult=1.0, warmup_steps=None, lr_schedule=None,
+    loss_weight=1.0, label_smoothing=0.0, stochastic_depth=None, steps=None, epochs=None,
+    augment={}, fusion=None, mixup=None, eval_views=1, pool=None, train_split="train", pp=None,
+)
+OPTIMIZER_DEFAULTS = dict(
+    name=REQUIRED, lr=REQUIRED, warmup_steps=0, lr_schedule="cosine", weight_decay=0.0,
+    momentum=0.9, b1=0.9, b2=0.999, grad_clip_norm=None, nesterov=False,
+)
+SCHEDULE_DEFAULTS = dict(kind=REQUIRED, ratios=None)
+NONFINITE_DEFAULTS = dict(policy="stop", max_skips=0)
+MIXUP_DEFAULTS = dict(alpha=0.0, mixmod=False)
+INIT_FROM_DEFAULTS = dict(workdir=REQUIRED, step=None, groups=REQUIRED)
+FUSION_DEFAULTS = {f.name: f.default for f in dataclasses.fields(FusionSpec)}
+
+TOP_LEVEL = set(DEFAULTS)
+INIT_FROM_KEYS = set(INIT_FROM_DEFAULTS)
+MODEL_KEYS = set(MODEL_DEFAULTS)
+TOKENIZER_KEYS = set(TOKENIZER_DEFAULTS)
+TASK_KEYS = set(TASK_DEFAULTS)
 PP_KEYS = {"train", "eval"}
-OPTIMIZER_KEYS = {
-    "name", "lr", "warmup_steps", "lr_schedule", "weight_decay", "momentum", "b1", "b2",
-    "grad_clip_norm", "nesterov",
-}
-SCHEDULE_KEYS = {"kind", "ratios"}
+OPTIMIZER_KEYS = set(OPTIMIZER_DEFAULTS)
+SCHEDULE_KEYS = set(SCHEDULE_DEFAULTS)
 MESH_AXES = ("data", "fsdp", "tensor")
-NONFINITE_KEYS = {"policy", "max_skips"}
-MIXUP_KEYS = {"alpha", "mixmod"}
+NONFINITE_KEYS = set(NONFINITE_DEFAULTS)
+MIXUP_KEYS = set(MIXUP_DEFAULTS)
+FUSION_KEYS = set(FUSION_DEFAULTS)
+
+
+def _filled(given, defaults: dict) -> dict:
+  out = {k: v for k, v in defaults.items() if v is not REQUIRED}
+  out.update({k: v for k, v in dict(given or {}).items()})
+  return out
+
+
+def complete(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """A copy of a validated config with every field at its value or default (DEFAULTS...).
+  Nested dicts (model, tokenizers, tasks, optimizer, mixup, fusion...) are filled likewise;
+  a field set to None where the default is a dict (nonfinite, mesh, augment) becomes {}."""
+  c = config.to_dict()
+  out = _filled(c, DEFAULTS)
+  for k in ("mesh", "nonfinite"):
+    out[k] = dict(out[k] or {})
+  out["nonfinite"] = _filled(out["nonfinite"], NONFINITE_DEFAULTS)
+  out["model"] = _filled(c["model"], MODEL_DEFAULTS)
+  out["model"]["tokenizers"] = {n: _filled(t, TOKENIZER_DEFAULTS)
+                                for n, t in c["model"]["tokenizers"].items()}
+  out["optimizer"] = _filled(c["optimizer"], OPTIMIZER_DEFAULTS)
+  out["schedule"] = _filled(c["schedule"], SCHEDULE_DEFAULTS)
+  tasks = {}
+  for name, t in c["tasks"].items():
+    t = _filled(t, TASK_DEFAULTS)
+    t["augment"] = dict(t["augment"] or {})
+    t["mixup"] = _filled(t["mixup"], MIXUP_DEFAULTS) if t["mixup"] else None
+    t["fusion"] = _filled(t["fusion"], FUSION_DEFAULTS) if t["fusion"] else None
+    t["train_split"] = t["train_split"] or "train"
+    tasks[name] = t
+  out["tasks"] = tasks
+  done = ml_collections.ConfigDict(out)
+  done.lock()
+  return done
 
 
 class ConfigError(ValueError):
@@ -109,6 +189,19 @@ def _choice(value, field: str, allowed) -> str:
   return value
 
 
+def _check_fusion(f, depth: int, where: str) -> None:
+  _check_keys(f, FUSION_KEYS, where)
+  kind = _choice(f.get("kind", FUSION_DEFAULTS["kind"]), f"{where}.kind", FUSION_KINDS)
+  layer = _int(f.get("layer", FUSION_DEFAULTS["layer"]), f"{where}.layer", 0)
+  if layer > depth:
+    raise ConfigError(f"{where}.layer={layer}: expected 0..model.depth={depth}")
+  if kind == "bottleneck":
+    _int(f.get("tokens", FUSION_DEFAULTS["tokens"]), f"{where}.tokens", 1)
+  if kind == "joint" and not f.get("shared_weights", FUSION_DEFAULTS["shared_weights"]):
+    raise ConfigError(f"{where}.kind='joint' concatenates all tokens into one block: it needs "
+                      "shared_weights=True")
+
+
 def init_sources(config) -> list:
   """config.init_from as a list: None, one source dict, or a list/tuple of them."""
   v = config.get("init_from")
@@ -132,8 +225,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   """Checks everything that can be checked without data. Dataset-dependent checks (missing or
   empty datasets, input sizes against patch sizes) happen in tasks.resolve, also before jit."""
   _check_keys(config, TOP_LEVEL, "config")
-  _int(config.get("seed", 0), "config.seed", 0)
-  if not isinstance(config.get("cache_data", False), bool):
+  _int(config.get("seed", DEFAULTS["seed"]), "config.seed", 0)
+  if not isinstance(config.get("cache_data", DEFAULTS["cache_data"]), bool):
     raise ConfigError(f"config.cache_data={show(config.cache_data)}: expected True or False")
   if config.get("data_workers") is not None:
     _int(config.data_workers, "config.data_workers", 0, 256)
@@ -143,11 +236,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _int(m[f], f"model.{f}", 1 if f != "depth" else 0)
   if m.width % m.num_heads:
     raise ConfigError(f"model.width={m.width}: expected a multiple of model.num_heads={m.num_heads}")
-  _int(m.get("adapter_depth", 0), "model.adapter_depth", 0)
+  _int(m.get("adapter_depth", MODEL_DEFAULTS["adapter_depth"]), "model.adapter_depth", 0)
   for f in ("dropout", "attention_dropout", "stochastic_depth"):
     _float(m.get(f, 0.0), f"model.{f}", 0.0, 1.0, hi_open=True)
-  _choice(m.get("pool", "token"), "model.pool", POOLS)
-  if m.get("pool", "token") == "token" and not m.get("class_token", True):
+  _choice(m.get("pool", MODEL_DEFAULTS["pool"]), "model.pool", POOLS)
+  if m.get("pool", MODEL_DEFAULTS["pool"]) == "token" and not m.get(
+      "class_token", MODEL_DEFAULTS["class_token"]):
     raise ConfigError("model.pool='token' needs model.class_token=True; use pool='gap' without it")
   if not m.tokenizers:
     raise ConfigError("model.tokenizers: expected at least one modality")
@@ -164,10 +258,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check_keys(o, OPTIMIZER_KEYS, "optimizer")
   _choice(o.get("name"), "optimizer.name", OPTIMIZERS)
   _float(o.get("lr"), "optimizer.lr", 0.0)
-  _int(o.get("warmup_steps", 0), "optimizer.warmup_steps", 0)
-  _choice(o.get("lr_schedule", "cosine"), "optimizer.lr_schedule", LR_SCHEDULES)
-  _float(o.get("weight_decay", 0.0), "optimizer.weight_decay", 0.0)
-  _float(o.get("momentum", 0.9), "optimizer.momentum", 0.0, 1.0, hi_open=True)
+  _int(o.get("warmup_steps", OPTIMIZER_DEFAULTS["warmup_steps"]), "optimizer.warmup_steps", 0)
+  _choice(o.get("lr_schedule", OPTIMIZER_DEFAULTS["lr_schedule"]), "optimizer.lr_schedule",
+          LR_SCHEDULES)
+  _float(o.get("weight_decay", OPTIMIZER_DEFAULTS["weight_decay"]), "optimizer.weight_decay", 0.0)
+  _float(o.get("momentum", OPTIMIZER_DEFAULTS["momentum"]), "optimizer.momentum", 0.0, 1.0,
+         hi_open=True)
   if o.get("grad_clip_norm") is not None:
     _float(o.grad_clip_norm, "optimizer.grad_clip_norm", 0.0)
 
@@ -192,15 +288,15 @@ def validate(config: ml_collections.ConfigDict) -> None:
       if mod not in m.tokenizers:
         raise ConfigError(f"{where}.modalities: unknown modality {show(mod)}; expected one of "
                           f"{', '.join(m.tokenizers.keys())} (model.tokenizers)")
-    _choice(t.get("head", "multiclass"), f"{where}.head", HEAD_KINDS)
-    labels = names(t.get("labels", "label"), f"{where}.labels")
-    if not labels or (t.get("head", "multiclass") != "multihead" and len(labels) != 1):
+    _choice(t.get("head", TASK_DEFAULTS["head"]), f"{where}.head", HEAD_KINDS)
+    labels = names(t.get("labels", TASK_DEFAULTS["labels"]), f"{where}.labels")
+    if not labels or (t.get("head", TASK_DEFAULTS["head"]) != "multihead" and len(labels) != 1):
       raise ConfigError(f"{where}.labels={show(labels)}: expected one label key (several only with "
                         "head='multihead')")
     _int(t.get("batch_size"), f"{where}.batch_size", 1)
     if t.get("pool") is not None:
       _choice(t.pool, f"{where}.pool", POOLS)
-      if t.pool == "token" and not m.get("class_token", True):
+      if t.pool == "token" and not m.get("class_token", MODEL_DEFAULTS["class_token"]):
         raise ConfigError(f"{where}.pool='token' needs model.class_token=True")
     for f in ("lr", "lr_mult", "loss_weight", "label_smoothing", "stochastic_depth"):
       if t.get(f) is not None:
@@ -214,7 +310,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
       _int(t.steps, f"{where}.steps", 1, MAX_STEPS)
     if t.get("mixup"):
       _check_keys(t.mixup, MIXUP_KEYS, f"{where}.mixup")
-      _float(t.mixup.get("alpha", 0.0), f"{where}.mixup.alpha", 0.0)
+      _float(t.mixup.get("alpha", MIXUP_DEFAULTS["alpha"]), f"{where}.mixup.alpha", 0.0)
     if t.get("eval_views") is not None:
       _int(t.eval_views, f"{where}.eval_views", 1)
     if t.get("pp") is not None:
@@ -225,8 +321,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
       raise ConfigError(f"{where}.train_split={show(t.train_split)}: expected 'train' or a "
                         "slice of it such as 'train[:10%]'")
     if t.get("fusion"):
-      from mmvit.models.fusion import validate_fusion  # noqa: PLC0415
-      validate_fusion(t.fusion, m.depth, f"{where}.fusion")
+      _check_fusion(t.fusion, m.depth, f"{where}.fusion")
       if len(mods) < 2:
         raise ConfigError(f"{where}.fusion: fusion needs two or more modalities, got {mods}")
     if t.get("epochs") is not None:
@@ -248,7 +343,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if sum(ratios.values()) <= 0:
       raise ConfigError("schedule.ratios: the weights sum to 0; expected a positive sum")
 
-  mesh = config.get("mesh", {}) or {}
+  mesh = config.get("mesh", DEFAULTS["mesh"]) or {}
   _check_keys(mesh, set(MESH_AXES), "mesh")
   for a, v in mesh.items():
     if not isinstance(v, int) or isinstance(v, bool) or (v < 1 and v != -1):
@@ -267,8 +362,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
                         "('shared', 'tokenizers.*')")
   nf = config.get("nonfinite") or {}
   _check_keys(nf, NONFINITE_KEYS, "nonfinite")
-  _choice(nf.get("policy", "stop"), "nonfinite.policy", ("stop", "skip"))
-  _int(nf.get("max_skips", 0), "nonfinite.max_skips", 0)
+  _choice(nf.get("policy", NONFINITE_DEFAULTS["policy"]), "nonfinite.policy", ("stop", "skip"))
+  _int(nf.get("max_skips", NONFINITE_DEFAULTS["max_skips"]), "nonfinite.max_skips", 0)
   for f in ("eval_every", "log_every", "checkpoint_every"):
     if config.get(f) is not None:
       _int(config[f], f"config.{f}", 0)
@@ -322,8 +417,7 @@ def allowed_fields(config, path: tuple[str, ...]) -> set[str] | None:
   if path[2:] == ("pp",):
     return PP_KEYS
   if path[2:] == ("fusion",):
-    from mmvit.models.fusion import KEYS  # noqa: PLC0415
-    return KEYS
+    return FUSION_KEYS
   if path[2] == "augment" and len(path) <= 4:
     from mmvit.data import registry  # noqa: PLC0415  (imports grain: only when asked)
     try:

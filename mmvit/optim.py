@@ -20,15 +20,16 @@ import optax
 
 
 def group_transform(o) -> optax.GradientTransformation:
-  """The lr-free part of the optimizer for one group. The step applies -lr afterwards."""
-  wd = float(o.get("weight_decay", 0.0) or 0.0)
+  """The lr-free part of the optimizer for one group (`o`: a completed config's optimizer).
+  The step applies -lr afterwards."""
+  wd = float(o.weight_decay or 0.0)
   # Decay matrices and kernels only; biases, norms, position embeddings and class tokens keep
   # their values (they are vectors or carry a leading singleton axis).
   mask = lambda params: jax.tree.map(lambda p: p.ndim >= 2 and p.shape[0] != 1, params)
   if o.name == "sgd":
-    base = optax.trace(decay=float(o.get("momentum", 0.9)), nesterov=bool(o.get("nesterov", False)))
+    base = optax.trace(decay=float(o.momentum), nesterov=bool(o.nesterov))
   else:
-    base = optax.scale_by_adam(b1=float(o.get("b1", 0.9)), b2=float(o.get("b2", 0.999)))
+    base = optax.scale_by_adam(b1=float(o.b1), b2=float(o.b2))
   if not wd:
     return base
   if o.name == "sgd":  # coupled L2, as SGD users expect: decay goes through momentum

@@ -83,6 +83,11 @@ def param_shardings(model: nnx.Module, mesh) -> dict:
   return nnx.to_pure_dict(tree)
 
 
+def data_parallel_size(mesh) -> int:
+  """How many ways a batch is split: the product of the mesh axes the batch is sharded over."""
+  return math.prod(mesh.shape[a] for a in dict(RULES)["batch"])
+
+
 def batch_sharding(mesh, ndim: int) -> NamedSharding:
   return NamedSharding(mesh, logical_to_spec(("batch",) + (None,) * (ndim - 1), mesh))
 

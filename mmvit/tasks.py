@@ -57,7 +57,7 @@ def tokenizer_specs(config, infos: dict[str, data_lib.DatasetInfo], tasks_cfg
   m = config.model
   specs: dict[str, TokenizerSpec] = {}
   for name, tok in m.tokenizers.items():
-    key = tok.get("input_key") or DEFAULT_INPUT_KEY[tok.kind]
+    key = tok.input_key or DEFAULT_INPUT_KEY[tok.kind]
     shapes = {}
     for tname, t in tasks_cfg.items():
       if name in as_tuple(t.modalities):
@@ -81,18 +81,18 @@ def tokenizer_specs(config, infos: dict[str, data_lib.DatasetInfo], tasks_cfg
                         f"shape {shape} is not divisible into patches {patch}")
     specs[name] = TokenizerSpec(
         kind=tok.kind, input_key=key, input_shape=shape, patch=patch,
-        class_token=bool(m.get("class_token", True)),
-        posemb_includes_cls=bool(m.get("posemb_includes_cls", False)))
+        class_token=bool(m.class_token), posemb_includes_cls=bool(m.posemb_includes_cls))
   return specs
 
 
 def resolve(config: ml_collections.ConfigDict, data=data_lib
             ) -> tuple[list[Task], dict[str, TokenizerSpec]]:
-  """Reads dataset metadata (building missing datasets) and returns Tasks and tokenizer specs.
+  """Reads dataset metadata (building missing datasets) and returns Tasks and tokenizer specs
+  of a completed config (config.complete).
   Raises ConfigError for datasets that are missing, empty or lack the named labels, DataError
   for a split that cannot be read. `data` is mmvit.data or a stand-in with the same functions
   (tests)."""
-  data_dir = config.get("data_dir")
+  data_dir = config.data_dir
 
   def info_fn(name, pp):
     data.ensure_built(name, data_dir)
@@ -101,7 +101,7 @@ def resolve(config: ml_collections.ConfigDict, data=data_lib
   by_task: dict[str, data_lib.DatasetInfo] = {}
   cache: dict = {}
   for tname, t in config.tasks.items():
-    pp = dict(t.get("pp") or {})
+    pp = dict(t.pp or {})
     key = (t.dataset, tuple(sorted(pp.items())))
     if key not in cache:
       try:
@@ -114,8 +114,7 @@ def resolve(config: ml_collections.ConfigDict, data=data_lib
       raise ConfigError(f"tasks.{tname}.dataset={t.dataset!r}: the train split is empty")
   # Every split the run will read opens and yields a record, before anything is built: a
   # damaged test split would otherwise fail only at the evaluation after all of training.
-  splits = {"train": "train", "eval_split": config.get("eval_split", "validation"),
-            "test_split": config.get("test_split", "test")}
+  splits = {"train": "train", "eval_split": config.eval_split, "test_split": config.test_split}
   checked = set()
   for tname, t in config.tasks.items():
     for field, split in splits.items():
@@ -130,56 +129,55 @@ def resolve(config: ml_collections.ConfigDict, data=data_lib
   tasks = []
   for i, (tname, t) in enumerate(config.tasks.items()):
     info = by_task[tname]
-    kind = t.get("head", "multiclass")
-    labels = as_tuple(t.get("labels", "label"))
+    kind = t.head
+    labels = as_tuple(t.labels)
     for k in labels:
       if k not in info.num_classes:
         raise ConfigError(f"tasks.{tname}.labels: dataset {t.dataset!r} has no label {k!r}; it "
                           f"has {', '.join(sorted(info.num_classes))}")
-    train_split = t.get("train_split") or "train"
+    train_split = t.train_split
     n_train = info.splits["train"]
     if train_split != "train":
       try:
-        n_train = data.num_examples(t.dataset, train_split, config.get("data_dir"))
+        n_train = data.num_examples(t.dataset, train_split, data_dir)
       except data_lib.DataError as e:
         raise ConfigError(f"tasks.{tname}.train_split: {e}") from None
     if t.batch_size > n_train:
       raise ConfigError(f"tasks.{tname}.batch_size={t.batch_size}: larger than the train split "
                         f"of {t.dataset!r} ({n_train} examples)")
-    views = int(t.get("eval_views", 1) or 1)
+    views = int(t.eval_views or 1)
     if views > 1 and hasattr(data, "max_views"):
-      most = data.max_views(t.dataset, **({"pp": dict(t.pp)} if t.get("pp") else {}))
+      most = data.max_views(t.dataset, **({"pp": dict(t.pp)} if t.pp else {}))
       if views > most:
         raise ConfigError(f"tasks.{tname}.eval_views={views}: dataset {t.dataset!r} " + (
             f"has at most {most} views" if most > 1 else
             "has no time beyond the model's window (a pp with sample_frames or crop_audio "
             "takes views of longer clips)"))
-    steps = t.get("steps")
-    if steps is None and t.get("epochs") is not None:
+    steps = t.steps
+    if steps is None and t.epochs is not None:
       raw = t.epochs * n_train / t.batch_size
       if raw > config_lib.MAX_STEPS:
         raise ConfigError(f"tasks.{tname}.epochs={t.epochs}: gives {raw:.3g} steps, more than "
                           f"{config_lib.MAX_STEPS:_}")
       steps = max(1, math.ceil(raw))
-    base_lr = t.get("lr") if t.get("lr") is not None else o.lr
+    inherit = lambda value, default: default if value is None else value
     tasks.append(Task(
         name=tname, index=i, dataset=t.dataset, modalities=as_tuple(t.modalities),
         head=HeadSpec(kind, labels, tuple(info.num_classes[k] for k in labels),
-                      pool=t.get("pool")),
+                      pool=t.pool),
         batch_size=int(t.batch_size),
-        lr=float(base_lr) * float(t.get("lr_mult", 1.0) or 1.0),
-        warmup_steps=int(t.get("warmup_steps", o.get("warmup_steps", 0)) or 0),
-        lr_schedule=t.get("lr_schedule") or o.get("lr_schedule", "cosine"),
-        loss_weight=float(1.0 if t.get("loss_weight") is None else t.loss_weight),
-        label_smoothing=float(t.get("label_smoothing", 0.0) or 0.0),
-        stochastic_depth=float(t.get("stochastic_depth", config.model.get("stochastic_depth", 0.0))
-                               or 0.0),
+        lr=float(inherit(t.lr, o.lr)) * float(inherit(t.lr_mult, 1.0)),
+        warmup_steps=int(inherit(t.warmup_steps, o.warmup_steps)),
+        lr_schedule=inherit(t.lr_schedule, o.lr_schedule),
+        loss_weight=float(inherit(t.loss_weight, 1.0)),
+        label_smoothing=float(inherit(t.label_smoothing, 0.0)),
+        stochastic_depth=float(inherit(t.stochastic_depth, config.model.stochastic_depth)),
         num_train=n_train, train_split=train_split, steps=steps,
-        augment=tuple(sorted((t.get("augment") or {}).items())),
-        fusion=FusionSpec(**t.fusion) if t.get("fusion") else None,
+        augment=tuple(sorted(t.augment.items())),
+        fusion=FusionSpec(**t.fusion) if t.fusion else None,
         input_keys=tuple(specs[m].input_key for m in as_tuple(t.modalities)),
-        mixup_alpha=float((t.get("mixup") or {}).get("alpha", 0.0)),
-        mixmod=bool((t.get("mixup") or {}).get("mixmod", False)),
-        eval_views=int(t.get("eval_views", 1) or 1),
-        pp=tuple(sorted((t.get("pp") or {}).items()))))
+        mixup_alpha=float(t.mixup.alpha) if t.mixup else 0.0,
+        mixmod=bool(t.mixup.mixmod) if t.mixup else False,
+        eval_views=views,
+        pp=tuple(sorted((t.pp or {}).items()))))
   return tasks, specs

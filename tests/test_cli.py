@@ -64,7 +64,7 @@ def test_a_typo_in_an_override_names_the_field_and_the_nearest_valid_one():
   assert load_error(DEMO, "--config.tasks.image.augment.max_shfit=2") == (
       "--config.tasks.image.augment.max_shfit: no field 'max_shfit' in config.tasks.image.augment "
       "(did you mean 'max_shift'?)")
-  assert "it has augment, cache_data" in load_error(DEMO, "--config.zzz=1")
+  assert "it has cache_data, checkpoint_every" in load_error(DEMO, "--config.zzz=1")
   assert load_error(DEMO, "--config.seed.x=1") == "--config.seed.x: config.seed=0 has no fields"
 
 
@@ -153,7 +153,7 @@ def test_a_bad_workdir_is_one_line_and_exit_2_from_the_cli(tmp_path):
 
 
 def test_every_split_the_run_reads_is_opened_at_start_up_before_the_model_is_built(monkeypatch):
-  from mmvit import train
+  from mmvit import experiment, train
   from mmvit.data import DataError
   from tests.fakes import FakeData
   from tests.tiny import tiny_config
@@ -162,7 +162,7 @@ def test_every_split_the_run_reads_is_opened_at_start_up_before_the_model_is_bui
   datasets = ("digits_image", "digits_video", "digits_audio")
   assert sorted(data.checked) == sorted((d, s) for d in datasets
                                         for s in ("train", "validation", "test"))
-  monkeypatch.setattr(train, "build_model", lambda *a: pytest.fail("built a model"))
+  monkeypatch.setattr(experiment, "build_model", lambda *a: pytest.fail("built a model"))
   with pytest.raises(DataError, match=r"^digits_audio: split 'test': cannot read record 0"):
     train.build(tiny_config(), data=FakeData(unreadable=[("digits_audio", "test")]))
   with pytest.raises(ConfigError) as e:

@@ -1,6 +1,8 @@
 """Bad configs fail at the door: one line naming the field and what is allowed, before any
 model is built or compiled."""
 
+import os
+
 import pytest
 
 from mmvit import train
@@ -97,3 +99,45 @@ def test_absurd_step_counts_are_refused_before_the_plan_is_built():
   """Found by fuzzing: steps=10**9 would materialise an 8 GB schedule plan."""
   msg = error_of(lambda c: setattr(c.tasks.image, "steps", 10**9))
   assert "tasks.image.steps=1000000000: expected an integer >= 1 and <= 100_000_000" in msg
+
+
+def test_a_top_level_field_nothing_reads_is_refused():
+  """config.augment was accepted and ignored; augmentations are per task (tasks.<t>.augment)."""
+  msg = error_of(lambda c: c.update(augment=dict(max_shift=2)))
+  assert msg.startswith("config.augment: unknown field; allowed: cache_data, checkpoint_every")
+
+
+def test_complete_gives_every_field_its_value_or_its_one_default():
+  """Defaults live in config.DEFAULTS & co.; complete() fills every field of every nested dict
+  and keeps what the config sets, so the code behind the door never repeats a default."""
+  from mmvit import config as config_lib
+  c = tiny_config()
+  config_lib.validate(c)
+  done = config_lib.complete(c)
+  assert set(done) == config_lib.TOP_LEVEL
+  assert set(done.model) == config_lib.MODEL_KEYS
+  assert set(done.optimizer) == config_lib.OPTIMIZER_KEYS
+  assert set(done.nonfinite) == config_lib.NONFINITE_KEYS
+  for t in done.tasks.values():
+    assert set(t) == config_lib.TASK_KEYS
+  for tok in done.model.tokenizers.values():
+    assert set(tok) == config_lib.TOKENIZER_KEYS
+  assert done.log_every == 0 and done.eval_split == "validation" and done.seed == 0
+  assert done.optimizer.b2 == 0.999 and done.optimizer.lr == 1e-3
+  assert done.tasks.audio.loss_weight == 0.5 and done.tasks.image.loss_weight == 1.0
+  assert done.tasks.image.lr is None  # inherits optimizer.lr in tasks.resolve
+  assert "augment" not in c and c.tasks.image.get("head") is None  # the input is untouched
+
+
+def test_a_config_that_spells_out_a_default_is_the_same_run(tmp_path):
+  """A workdir's config.json holds the completed config; a config written before a default
+  was spelt out, or one that spells it out, is not a config change."""
+  import json
+  from mmvit import checkpointing, config as config_lib
+  c = tiny_config()
+  os.makedirs(tmp_path / "checkpoints" / "4")
+  (tmp_path / "config.json").write_text(json.dumps(c.to_dict()))  # as an older version wrote
+  spelt = tiny_config(eval_split="validation", nonfinite=dict(policy="stop"))
+  assert checkpointing.guard_workdir(str(tmp_path), config_lib.complete(spelt)) is False
+  with pytest.raises(checkpointing.WorkdirError, match="eval_split was 'validation', now 'test'"):
+    checkpointing.guard_workdir(str(tmp_path), config_lib.complete(tiny_config(eval_split="test")))

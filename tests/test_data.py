@@ -463,7 +463,8 @@ def test_a_task_may_train_on_a_slice_of_its_train_split(data_dir, raw):
   cfg.tasks.image.epochs, cfg.tasks.image.steps = 2, None
   for t in ('video_digit', 'audio'):
     del cfg.tasks[t]
-  (task,), _ = tasks_lib.resolve(cfg)
+  from mmvit import config as config_lib  # pylint: disable=g-import-not-at-top
+  (task,), _ = tasks_lib.resolve(config_lib.complete(cfg))
   assert task.num_train == round(n / 10) and task.train_split == 'train[:10%]'
   assert task.steps == math.ceil(2 * round(n / 10) / 8)  # epochs count the slice
 
@@ -477,5 +478,5 @@ def test_a_train_split_that_is_not_a_slice_of_train_is_one_line(data_dir, split)
   cfg.tasks.image.train_split = split
   with pytest.raises(config_lib.ConfigError, match=r'tasks\.image\.train_split') as e:
     config_lib.validate(cfg)
-    tasks_lib.resolve(cfg)
+    tasks_lib.resolve(config_lib.complete(cfg))
   assert '\n' not in str(e.value)

@@ -16,7 +16,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from mmvit import checkpointing, train
+from mmvit import checkpointing, loop, train
 from tests.fakes import FakeData, make_batch
 from tests.tiny import tiny_config
 
@@ -234,7 +234,7 @@ class BrokenData(FakeData):
 def test_a_run_that_fails_still_closes_its_writers_and_checkpointer(tmp_path, monkeypatch):
   made = {}
 
-  class Writer(train.MetricWriter):
+  class Writer(loop.MetricWriter):
     def __init__(self, *a, **kw):
       super().__init__(*a, **kw)
       made["writer"] = self
@@ -243,7 +243,7 @@ def test_a_run_that_fails_still_closes_its_writers_and_checkpointer(tmp_path, mo
     def __init__(self, *a, **kw):
       super().__init__(*a, **kw)
       made["ckpt"] = self
-  monkeypatch.setattr(train, "MetricWriter", Writer)
+  monkeypatch.setattr(loop, "MetricWriter", Writer)
   monkeypatch.setattr(checkpointing, "Checkpointer", Ckpt)
   cfg = tiny_config("weighted", steps=3, checkpoint_every=1, log_every=1)
   with pytest.raises(RuntimeError, match="input pipeline failed"):

@@ -24,7 +24,6 @@ from mmvit.models.encoder import depth_rates
 from mmvit.models.layers import param
 
 KINDS = ("bottleneck", "full_pairwise", "joint", "late")
-KEYS = {"kind", "layer", "tokens", "shared_weights"}  # the fields of tasks.<t>.fusion
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,18 +81,3 @@ def encode(streams: list[jax.Array], stacks: list, spec: FusionSpec | None,
     if trace is not None:
       trace.append((z_in if l >= fuse_from else None, list(xs)))
   return xs
-
-
-def validate_fusion(f, depth: int, where: str):
-  """Raises ConfigError for a bad `tasks.<t>.fusion` dict."""
-  from mmvit.config import ConfigError, _check_keys, _choice, _int  # noqa: PLC0415
-  _check_keys(f, KEYS, where)
-  kind = _choice(f.get("kind", "late"), f"{where}.kind", KINDS)
-  layer = _int(f.get("layer", 0), f"{where}.layer", 0)
-  if layer > depth:
-    raise ConfigError(f"{where}.layer={layer}: expected 0..model.depth={depth}")
-  if kind == "bottleneck":
-    _int(f.get("tokens", 4), f"{where}.tokens", 1)
-  if kind == "joint" and not f.get("shared_weights", True):
-    raise ConfigError(f"{where}.kind='joint' concatenates all tokens into one block: it needs "
-                      "shared_weights=True")

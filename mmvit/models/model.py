@@ -34,9 +34,10 @@ class ModelSpec:
 
   @classmethod
   def from_config(cls, m) -> ModelSpec:
+    """From a completed config's model (mmvit.config.complete)."""
     return cls(width=m.width, depth=m.depth, num_heads=m.num_heads, mlp_dim=m.mlp_dim,
-               adapter_depth=m.get("adapter_depth", 0), pool=m.get("pool", "token"),
-               dropout=m.get("dropout", 0.0), attention_dropout=m.get("attention_dropout", 0.0))
+               adapter_depth=m.adapter_depth, pool=m.pool, dropout=m.dropout,
+               attention_dropout=m.attention_dropout)
 
 
 class Model(nnx.Module):

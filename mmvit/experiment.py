@@ -1,0 +1,258 @@
+"""The experiment: everything built from a config before the first step (validation, tasks
+and datasets, schedule, mesh, model, state, compiled-step wrappers); no data is read yet.
+
+The trainer never asks which model it trains: a task names its modalities and head, the model
+routes, and the loop only picks tasks from the schedule and calls their compiled steps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax import nnx
+
+from mmvit import config as config_lib, data as data_lib, optim, schedules, sharding
+from mmvit import steps as steps_lib, tasks as tasks_lib
+from mmvit.models.model import Model, ModelSpec, count, split_groups, task_groups
+
+log = logging.getLogger("mmvit")
+
+
+def explicit_steps(config, tasks: list[tasks_lib.Task]) -> dict[str, int] | None:
+  """Every task's steps (or epochs), or None when no task sets them. The one rule for every
+  schedule kind: the length of training is config.total_steps or every task's steps, not both."""
+  known = {t.name: t.steps for t in tasks if t.steps is not None}
+  total = config.total_steps
+  if known and len(known) < len(tasks):
+    missing = [t.name for t in tasks if t.steps is None]
+    raise config_lib.ConfigError(f"tasks.{missing[0]}.steps: set steps (or epochs) for every "
+                                 "task, or for none and use config.total_steps")
+  if known and total is not None:
+    # Which would win differs by kind (U or U_j; U or U/T updates), so refuse rather than guess.
+    raise config_lib.ConfigError(
+        f"config.total_steps={total} and tasks.*.steps: set one of them; every task sets steps "
+        "(or epochs), which fix the length of training, so set config.total_steps=None")
+  if not known and total is None:
+    raise config_lib.ConfigError("config.total_steps: required unless every task sets steps "
+                                 "(or epochs)")
+  return known or None
+
+
+def steps_per_task(config, tasks: list[tasks_lib.Task]) -> dict[str, int]:
+  """U_j for each task: explicit (steps/epochs); else proportional to each task's number of
+  train batches (n_j / b_j), as the weighted schedule prescribes, summing to exactly
+  config.total_steps with at least one step per task."""
+  known = explicit_steps(config, tasks)
+  if known:
+    return known
+  total = config.total_steps
+  if total < len(tasks):
+    raise config_lib.ConfigError(f"config.total_steps={total}: fewer steps than the "
+                                 f"{len(tasks)} tasks; expected at least one step per task")
+  counts = schedules.largest_remainder(total, [t.num_train / t.batch_size for t in tasks])
+  # A task rounded to 0 takes its step from the largest, so the plan is still total steps long.
+  for i in [i for i, c in enumerate(counts) if c == 0]:
+    counts[i] = 1
+    counts[counts.index(max(counts))] -= 1
+  return {t.name: c for t, c in zip(tasks, counts)}
+
+
+def make_schedule(config, tasks) -> schedules.Schedule:
+  kind = config.schedule.kind
+  if kind in ("task_by_task", "weighted"):  # these are defined by the U_j
+    kw = dict(steps_per_task=steps_per_task(config, tasks))
+  else:  # these need only U (or, accumulated, the number of updates): take it as given
+    u = explicit_steps(config, tasks)
+    kw = dict(steps_per_task=u) if u else dict(total_steps=config.total_steps)
+  ratios = dict(config.schedule.ratios or {}) or None
+  return schedules.make_schedule(kind, [t.name for t in tasks], seed=config.seed,
+                                 ratios=ratios, **kw)
+
+
+@dataclasses.dataclass
+class Experiment:
+  """Everything built from a config before the first step; no data has been read yet."""
+  config: ml_collections.ConfigDict
+  tasks: list[tasks_lib.Task]
+  schedule: schedules.Schedule
+  mesh: jax.sharding.Mesh
+  model_spec: ModelSpec
+  graphdef: nnx.GraphDef
+  state: dict
+  state_shardings: dict
+  groups: dict[str, tuple[str, ...]]  # task -> groups its step updates
+  train_steps: dict[str, Callable]
+  eval_steps: dict[str, Callable]
+  accumulated_step: Callable | None
+  traces: dict[str, int]  # how many times each step function was traced (compiled)
+  tokenizer_specs: dict
+  make_eval_step: Callable  # (task, views, drop) -> jitted eval step, for variants
+  data: object  # the data module (mmvit.data, or a stand-in with the same functions)
+
+  @property
+  def task_by_name(self) -> dict[str, tasks_lib.Task]:
+    return {t.name: t for t in self.tasks}
+
+
+def build_model(config, tasks, tok_specs, seed: int) -> Model:
+  spec = ModelSpec.from_config(config.model)
+  heads = {t.name: (t.modalities, t.head, t.fusion) for t in tasks}
+  return Model(spec, tok_specs, heads, rngs=nnx.Rngs(params=seed))
+
+
+def parameter_report(groups: dict[str, dict], task_groups_: dict[str, tuple[str, ...]]) -> dict:
+  """Total, shared, per-modality and per-task counts, and the fraction shared (seed claim 5);
+  and what T separate single-task models (each: the groups its task reads) would need."""
+  counts = {g: count(p) for g, p in groups.items()}
+  total = sum(counts.values())
+  modality, per_task = {}, {}
+  for g, c in counts.items():
+    top, _, name = g.partition(".")
+    if top in ("tokenizers", "adapters", "stream_encoders"):
+      modality[name] = modality.get(name, 0) + c
+    elif top in ("heads", "bottlenecks"):
+      per_task[name] = per_task.get(name, 0) + c
+  single = {t: sum(counts[g] for g in gs) for t, gs in task_groups_.items()}
+  return {"total": total, "shared": counts["shared"], "fraction_shared": counts["shared"] / total,
+          "per_modality": modality, "per_task": per_task,
+          "single_task_models": single, "single_task_total": sum(single.values()),
+          "ratio_cotrained_to_single_total": total / sum(single.values())}
+
+
+def prepare(config: ml_collections.ConfigDict, *, devices=None, data=None):
+  """Everything that can reject a config, without building the model: validation, tasks and
+  datasets, the schedule, the mesh. Returns (tasks, tokenizer specs, schedule, mesh)."""
+  config_lib.validate(config)
+  config = config_lib.complete(config)
+  tasks, tok_specs = tasks_lib.resolve(config, data or data_lib)
+  schedule = make_schedule(config, tasks)
+  try:
+    mesh = sharding.make_mesh(dict(config.mesh), devices)
+  except ValueError as e:
+    raise config_lib.ConfigError(str(e)) from None
+  n_batch = sharding.data_parallel_size(mesh)
+  for t in tasks:
+    if t.batch_size % n_batch:
+      raise config_lib.ConfigError(f"tasks.{t.name}.batch_size={t.batch_size}: expected a "
+                                   f"multiple of the data-parallel size {n_batch}")
+  return tasks, tok_specs, schedule, mesh
+
+
+def check_batch(task: tasks_lib.Task, batch: dict, specs: dict, step: int) -> None:
+  """The door for data: shapes, dtypes, finiteness and label ranges of a host batch, with a
+  one-line DataError naming the task, step, key and record."""
+  where = f"task {task.name} step {step}"
+  expected = {specs[m].input_key: specs[m].input_shape for m in task.modalities}
+  for key, shape in expected.items():
+    x = batch.get(key)
+    if x is None:
+      raise data_lib.DataError(f"{where}: batch has no input {key!r} (has {sorted(batch)})")
+    x = np.asarray(x)
+    if x.shape[1:] != tuple(shape) or x.shape[0] != task.batch_size:
+      raise data_lib.DataError(f"{where}: input {key!r} has shape {x.shape}, expected "
+                               f"{(task.batch_size,) + tuple(shape)}")
+    if not np.issubdtype(x.dtype, np.floating):
+      raise data_lib.DataError(f"{where}: input {key!r} has dtype {x.dtype}, expected float")
+    bad = ~np.isfinite(x.reshape(x.shape[0], -1)).all(axis=1)
+    if bad.any():
+      raise data_lib.DataError(f"{where}: input {key!r} of record {int(np.argmax(bad))} in the "
+                               "batch is not finite")
+  for key, classes in zip(task.head.labels, task.head.num_classes):
+    y = batch.get(key)
+    if y is None:
+      raise data_lib.DataError(f"{where}: batch has no label {key!r}")
+    y = np.asarray(y)
+    if task.head.kind == "multilabel":
+      ok_shape, bad = y.shape == (task.batch_size, classes), ~((y == 0) | (y == 1)).all(-1)
+      want = f"multi-hot of shape {(task.batch_size, classes)}"
+    else:
+      ok_shape = y.shape == (task.batch_size,) and np.issubdtype(y.dtype, np.integer)
+      bad = (y < 0) | (y >= classes) if ok_shape else None
+      want = f"integers in [0, {classes}) of shape {(task.batch_size,)}"
+    if not ok_shape:
+      raise data_lib.DataError(f"{where}: label {key!r} has shape {y.shape} and dtype "
+                               f"{y.dtype}, expected {want}")
+    if bad.any():
+      i = int(np.argmax(bad))
+      raise data_lib.DataError(f"{where}: label {key!r} of record {i} is {y[i].tolist()}, "
+                               f"expected {want}")
+
+
+def build(config: ml_collections.ConfigDict, *, devices=None, data=None) -> Experiment:
+  """Validates the config, resolves tasks and builds model, state and compiled-step wrappers."""
+  data = data or data_lib
+  tasks, tok_specs, schedule, mesh = prepare(config, devices=devices, data=data)
+  config = config_lib.complete(config)
+  o = config.optimizer
+  model = build_model(config, tasks, tok_specs, config.seed)
+  graphdef, params_state = nnx.split(model, nnx.Param)
+  param_sh = split_groups(sharding.param_shardings(model, mesh))
+  params = split_groups(nnx.to_pure_dict(params_state))
+  del model
+
+  tx = optim.group_transform(o)
+  groups = {t.name: task_groups(params, t.modalities, t.name) for t in tasks}
+
+  with jax.set_mesh(mesh):
+    params = jax.device_put(params, param_sh)
+    opt = {g: tx.init(p) for g, p in params.items()}
+  rep = sharding.replicated(mesh)
+  # Optimizer moments take the sharding of their parameters; counters are replicated.
+  opt_sh = {g: optax.tree_map_params(tx, lambda _, s: s, opt[g], param_sh[g],
+                                     transform_non_params=lambda _: rep)
+            for g in params}
+  # guard: how many updates were skipped as non-finite, and the first such (step, task).
+  guard = {"skipped": jnp.zeros((), jnp.int32), "step": jnp.full((), -1, jnp.int32),
+           "task": jnp.full((), -1, jnp.int32)}
+  state = {"params": params, "opt": opt, "guard": guard,
+           "counts": {t.name: jnp.zeros((), jnp.int32) for t in tasks}}
+  state_sh = {"params": param_sh, "opt": opt_sh, "guard": {k: rep for k in guard},
+              "counts": {t.name: rep for t in tasks}}
+  state = jax.device_put(state, state_sh)
+
+  traces: dict[str, int] = {}
+  ctx = steps_lib.StepContext(
+      graphdef=graphdef, tx=tx, tasks=tuple(tasks), groups=groups,
+      horizon=schedule.batches_per_task(), seed=config.seed, grad_clip=o.grad_clip_norm,
+      base_lr=float(o.lr), warmup_steps=int(o.warmup_steps), lr_schedule=o.lr_schedule,
+      num_steps=schedule.num_steps, traces=traces)
+  eval_cache: dict = {}
+
+  def make_eval_step(task, views: int = 1, drop: tuple[str, ...] = ()):
+    """Built once per (task, views, drop)."""
+    if (task.name, views, drop) not in eval_cache:
+      eval_cache[task.name, views, drop] = steps_lib.jit_eval_step(ctx, task, views, drop,
+                                                                   param_sh, rep)
+    return eval_cache[task.name, views, drop]
+
+  train_steps = {t.name: steps_lib.jit_train_step(ctx, t, state_sh, rep) for t in tasks}
+  eval_steps = {t.name: make_eval_step(t, t.eval_views) for t in tasks}
+  acc = (steps_lib.jit_accumulated_step(ctx, state_sh, rep) if schedule.kind == "accumulated"
+         else None)
+  return Experiment(config=config, tasks=tasks, schedule=schedule, mesh=mesh,
+                    model_spec=ModelSpec.from_config(config.model), graphdef=graphdef,
+                    state=state, state_shardings=state_sh, groups=groups,
+                    train_steps=train_steps, eval_steps=eval_steps, accumulated_step=acc,
+                    traces=traces, data=data, make_eval_step=make_eval_step,
+                    tokenizer_specs=tok_specs)
+
+
+def task_seed(seed: int, task_index: int) -> int:
+  return int(np.random.default_rng([seed, task_index, 0xDA7A]).integers(2**31 - 1))
+
+
+def train_iterators(exp: Experiment) -> dict:
+  cfg = exp.config
+  return {t.name: exp.data.train_iterator(
+      t.dataset, batch_size=t.batch_size, seed=task_seed(cfg.seed, t.index),
+      data_dir=cfg.data_dir, split=t.train_split, augment=dict(t.augment) or None,
+      cache=bool(cfg.cache_data), **t.data_kwargs(),
+      **({"workers": int(cfg.data_workers)} if cfg.data_workers else {}))
+      for t in exp.tasks}

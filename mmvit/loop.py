@@ -1,0 +1,360 @@
+"""The loop: restore, schedule, log, evaluate, save, preempt, test.
+
+`run` trains an Experiment (mmvit.experiment) from the workdir's latest good checkpoint to the
+end of its schedule, then evaluates on the validation and test splits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from mmvit import checkpointing, config as config_lib, evaluate, sharding
+from mmvit.experiment import Experiment, build, check_batch, parameter_report, train_iterators
+from mmvit.writers import MetricWriter
+
+log = logging.getLogger("mmvit")
+
+
+def evaluate_all(exp: Experiment, params, split: str, *, tasks: list[str] | None = None,
+                 views: int | None = None, drop: tuple[str, ...] = ()
+                 ) -> dict[str, dict[str, float]]:
+  """Metrics of every task (or `tasks`) on `split`. `views` overrides the tasks' eval_views;
+  `drop` evaluates fusion tasks with those modalities' streams removed."""
+  cfg = exp.config
+  bs = int(cfg.eval_batch_size)
+  n_batch = sharding.data_parallel_size(exp.mesh)
+  bs = max(n_batch, bs - bs % n_batch)
+  out = {}
+  for t in exp.tasks:
+    if tasks is not None and t.name not in tasks:
+      continue
+    k = t.eval_views if views is None else views
+    extra = {"views": k} if k > 1 else {}
+    batches = exp.data.eval_batches(t.dataset, split=split, batch_size=bs,
+                                    data_dir=cfg.data_dir, **extra, **t.data_kwargs())
+    if k == t.eval_views and not drop:
+      step = exp.eval_steps[t.name]
+    else:
+      step = exp.make_eval_step(t, k, tuple(m for m in drop if m in t.modalities))
+    fn = lambda b, step=step: step(params, sharding.shard_batch(_inputs(b), exp.mesh))
+    out[t.name] = evaluate.run(t.head, fn, batches)
+  return out
+
+
+def _inputs(batch: dict) -> dict:
+  return {k: v for k, v in batch.items() if k != "mask"}
+
+
+def _format_eta(seconds: float) -> str:
+  seconds = int(max(seconds, 0))
+  return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+class NonFiniteError(RuntimeError):
+  """Training stopped on a non-finite loss or gradient."""
+
+
+class Stopped(Exception):
+  """A signal arrived before the first step: nothing was trained, so nothing is saved."""
+
+
+class Preempted:
+  """Set by SIGTERM or a first SIGINT (Ctrl-C); the loop checks it after every step. A second
+  SIGINT exits at once (130), as a kill would: saves are atomic. Entered inside another one
+  (main installs one before start-up) that was signalled, it stops the run (Stopped).
+
+  Python runs signal handlers in the main thread only between bytecodes, so a Ctrl-C that lands
+  while the main thread waits in C (a step, a save) would wait with it, and two that land there
+  reach the handler as one. The signals are counted instead by a thread reading the wakeup fd,
+  which the C-level handler writes at once on every signal, whichever thread it interrupts."""
+
+  def __init__(self):
+    self._signalled = False
+    self._previous = {}
+    self._wakeup = None
+
+  @property
+  def signalled(self) -> bool:
+    outer = self._outer()
+    return self._signalled or (outer is not None and outer.signalled)
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      read, write = os.pipe()
+      os.set_blocking(write, False)
+      self._previous = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)}
+      self._wakeup = (signal.set_wakeup_fd(write, warn_on_full_buffer=False), write,
+                      threading.Thread(target=self._count, args=(read,), daemon=True,
+                                       name="mmvit-signals"))
+      self._wakeup[2].start()
+      if getattr(self._outer(), "signalled", False):
+        self.__exit__()
+        raise Stopped("stopped before the first step; nothing to save")
+    return self
+
+  def _outer(self):
+    outer = getattr(self._previous.get(signal.SIGTERM), "__self__", None)
+    return outer if isinstance(outer, Preempted) else None
+
+  def _handle(self, signum, frame):
+    del signum, frame  # _count acts on it; this handler only keeps KeyboardInterrupt away
+
+  def _count(self, read: int):
+    with os.fdopen(read, "rb", buffering=0) as pipe:
+      while signums := pipe.read(64):
+        for signum in signums:
+          if signum == signal.SIGINT and self.signalled:
+            try:
+              sys.stdout.flush()  # the log so far
+            except Exception:  # noqa: BLE001  (interrupted mid-write: exit regardless)
+              pass
+            os.write(2, b"interrupted again: exited at once; rerun to resume from the last save\n")
+            os._exit(130)
+          if signum == signal.SIGINT:
+            os.write(2, b"interrupted: stopping cleanly (Ctrl-C again to exit at once)\n")
+          if signum in (signal.SIGINT, signal.SIGTERM):
+            self._signalled = True
+
+  def __exit__(self, *exc):
+    for s, previous in self._previous.items():
+      if previous is not None:
+        signal.signal(s, previous)
+    if self._wakeup is not None:
+      previous_fd, write, counter = self._wakeup
+      signal.set_wakeup_fd(previous_fd)
+      os.close(write)  # the counter reads what is left, then the end of the pipe
+      counter.join()
+      self._wakeup = None
+    if self._outer() is not None:  # a Ctrl-C after this one still exits at once
+      self._outer()._signalled |= self._signalled
+
+
+def run(config: ml_collections.ConfigDict, workdir: str | None, *, devices=None,
+        stop_at: int | None = None, data=None, allow_config_change: bool = False) -> dict:
+  """Trains (resuming from workdir's latest good checkpoint), evaluates on the validation and
+  test splits and returns {'test': {task: metrics}, 'params': report, 'steps': n,
+  'state': final state, ...}. `stop_at` ends the loop early (the schedule, hence the lr
+  horizon, is unchanged). On SIGTERM or at Orbax's preemption point it saves and returns with
+  summary['preempted'] = step, skipping the final evaluation."""
+  # The workdir lock, writers and checkpointer are released on every path out, errors
+  # included: their threads must not be left to interpreter shutdown.
+  with contextlib.ExitStack() as closing:
+    return _run(closing, config, workdir, devices=devices, stop_at=stop_at, data=data,
+                allow_config_change=allow_config_change)
+
+
+def _restore(exp: Experiment, ckpt, iters: dict, cfg):
+  """(start step, state, init_from lines): the newest checkpoint that restores (its data
+  positions into `iters`), else, for a fresh run, the parameters of config.init_from."""
+  state, fresh = exp.state, {name: it.get_state() for name, it in iters.items()}
+
+  def set_data(states):
+    # Data states that read but do not fit (no entry for a task, a negative index, another
+    # type) make the step unreadable like any damage: the previous step is tried.
+    checkpointing.check_data_states(states, fresh)
+    for name, it in iters.items():
+      it.set_state(states[name])
+  restored = (ckpt.restore_latest(checkpointing.abstract(state, exp.state_shardings), set_data)
+              if ckpt.enabled else None)
+  if restored is not None:
+    start, state, _, meta = restored
+    log.info("resumed from %s at step %d", ckpt.directory, start)
+    return start, state, list(meta.get("init_from", []))  # what the run was started from
+  init_lines = []
+  if sources := config_lib.init_sources(cfg):
+    # Only a fresh run is initialised from other runs; a resumed one continues its own params.
+    abstract = checkpointing.abstract(state["params"], exp.state_shardings["params"])
+    loaded, init_lines = checkpointing.load_params(sources, abstract)
+    state = {**state, "params": {**state["params"], **loaded}}
+    for line in init_lines:
+      log.info("initialised %s", line)
+  return 0, state, init_lines
+
+
+class StepTimer:
+  """Honest timing: wall time of training steps only. Steps that compile, evaluation and
+  checkpoint saves are measured and excluded; the clock is read after blocking on the state."""
+
+  def __init__(self):
+    self.train_time, self.timed_steps = 0.0, 0
+    self._excluded, self._seg_steps = 0.0, 0
+    self._seg_start = time.perf_counter()
+
+  def step(self, compiled: bool, started: float) -> None:
+    """After a step begun at `started`; a step that compiled is excluded."""
+    if compiled:
+      self._excluded += time.perf_counter() - started
+    else:
+      self._seg_steps += 1
+
+  def exclude(self, started: float) -> None:
+    self._excluded += time.perf_counter() - started
+
+  def close_segment(self) -> float:
+    """Ends a segment (the caller blocked on the state) and returns the steps/s so far."""
+    now = time.perf_counter()
+    self.train_time += now - self._seg_start - self._excluded
+    self.timed_steps += self._seg_steps
+    self._seg_start, self._excluded, self._seg_steps = now, 0.0, 0
+    return self.rate
+
+  @property
+  def rate(self) -> float:
+    return self.timed_steps / self.train_time if self.train_time > 0 else float("nan")
+
+
+def _check_finite(exp: Experiment, state, max_skips: int, ckpt) -> None:
+  """Stops once more than max_skips updates were dropped; the state holds none of them."""
+  g = jax.device_get(state["guard"])
+  if int(g["skipped"]) > max_skips:
+    task = "accumulated (all tasks)" if int(g["task"]) < 0 else exp.tasks[int(g["task"])].name
+    good = ckpt.latest_step()
+    where = f"step {good} in {ckpt.directory}" if good is not None else "none saved"
+    raise NonFiniteError(
+        f"non-finite loss or gradient at step {int(g['step'])} (task {task}); "
+        f"{int(g['skipped'])} update(s) dropped, more than nonfinite.max_skips={max_skips}; "
+        f"last good checkpoint: {where}")
+
+
+def _train_step(exp: Experiment, iters: dict, state, step: int):
+  """(key, new state, metrics) of the schedule's step: the host batches of its task(s),
+  checked at the door, placed on the mesh and run through the compiled step."""
+  names = exp.schedule.tasks_at(step)
+  accumulated = exp.schedule.kind == "accumulated"
+  key = "accumulated" if accumulated else names[0]
+  step_arr = jnp.asarray(step, jnp.int32)
+  host = {n: next(iters[n]) for n in names}
+  by_name = exp.task_by_name
+  for n in names:
+    check_batch(by_name[n], host[n], exp.tokenizer_specs, step)
+  if accumulated:
+    batches = {n: sharding.shard_batch(b, exp.mesh) for n, b in host.items()}
+    state, metrics = exp.accumulated_step(state, batches, step_arr)
+  else:
+    state, metrics = exp.train_steps[key](state, sharding.shard_batch(host[key], exp.mesh),
+                                          step_arr)
+  return key, state, metrics
+
+
+def _run(closing: contextlib.ExitStack, config, workdir, *, devices, stop_at, data,
+         allow_config_change) -> dict:
+  exp = build(config, devices=devices, data=data)
+  cfg = exp.config
+  if workdir:  # one run per workdir: a second would move the first's steps and repeat metrics
+    closing.enter_context(checkpointing.WorkdirLock(workdir))
+  changed = checkpointing.guard_workdir(workdir, cfg, allow_config_change) if workdir else False
+  writer = closing.enter_context(MetricWriter(workdir, enabled=workdir is not None))
+  ckpt = closing.enter_context(checkpointing.Checkpointer(
+      workdir or "", keep=int(cfg.keep_checkpoints), enabled=workdir is not None))
+  report = parameter_report(exp.state["params"], exp.groups)
+  log.info("parameters: %s", json.dumps(report))
+
+  iters = train_iterators(exp)
+  for it in iters.values():  # worker processes (data_workers) end with the run
+    if hasattr(it, "close"):
+      closing.callback(it.close)
+  start, state, init_lines = _restore(exp, ckpt, iters, cfg)
+  if workdir:  # only now that the checkpoints fit: a refused run leaves the workdir as it was
+    checkpointing.write_config(workdir, cfg, keep_previous=changed)
+    writer.drop_after(start)  # the steps after the restored one are trained (and logged) again
+    with open(os.path.join(workdir, "params.json"), "w") as f:
+      json.dump(report, f, indent=2)
+
+  schedule = exp.schedule
+  end = schedule.num_steps if stop_at is None else min(stop_at, schedule.num_steps)
+  eval_every, log_every, ckpt_every = cfg.eval_every, cfg.log_every, cfg.checkpoint_every
+  eval_split, test_split = cfg.eval_split, cfg.test_split
+  max_skips = int(cfg.nonfinite.max_skips) if cfg.nonfinite.policy == "skip" else 0
+  compiled: set[str] = set()
+  timer = StepTimer()
+  last = {}
+
+  def data_states():
+    return {name: it.get_state() for name, it in iters.items()}
+
+  def meta(step):
+    return {"step": step, "seed": cfg.seed, "schedule": schedule.kind,
+            "config_digest": checkpointing.config_digest(cfg), "init_from": init_lines}
+
+  preempted = None
+  with jax.set_mesh(exp.mesh), Preempted() as sigterm:
+    for step in range(start, end):
+      t0 = time.perf_counter()
+      key, state, metrics = _train_step(exp, iters, state, step)
+      last[key] = metrics
+      if key not in compiled:
+        jax.block_until_ready(metrics)
+        compiled.add(key)
+        timer.step(True, t0)
+      else:
+        timer.step(False, t0)
+      done = step + 1
+      if log_every and (done % log_every == 0 or done == end):
+        m = jax.device_get(last[key])
+        jax.block_until_ready(state["counts"])
+        rate = timer.close_segment()
+        eta = (end - done) / rate if rate == rate and rate else 0.0
+        log.info("step %d/%d task=%s loss=%.4f lr=%.2e %.2f steps/s (excl. compile/eval/ckpt) "
+                 "eta %s", done, end, key, float(m["loss"]), float(m["lr"]), rate,
+                 _format_eta(eta))
+        writer.write(done, key, "train", {k: float(v) for k, v in m.items()})
+        _check_finite(exp, state, max_skips, ckpt)
+      t1 = time.perf_counter()
+      if sigterm.signalled or ckpt.reached_preemption(done):
+        _check_finite(exp, state, max_skips, ckpt)
+        ckpt.save(done, state, data_states(), meta(done), force=True)
+        ckpt.wait()
+        log.warning("preempted: saved step %d to %s; rerun the same command to resume", done,
+                    ckpt.directory)
+        preempted = done
+        break
+      if eval_every and done % eval_every == 0 and done != end:
+        for name, res in evaluate_all(exp, state["params"], eval_split).items():
+          writer.write(done, name, eval_split, res)
+          log.info("eval %s step %d %s", name, done, _fmt(res))
+      if ckpt_every and done % ckpt_every == 0 and done != end:
+        _check_finite(exp, state, max_skips, ckpt)
+        ckpt.save(done, state, data_states(), meta(done))
+      timer.exclude(t1)
+
+    final_step = max(end, start) if preempted is None else preempted
+    results = {}
+    if preempted is None:
+      _check_finite(exp, state, max_skips, ckpt)
+      if end > start:
+        ckpt.save(final_step, state, data_states(), meta(final_step), force=True)
+      ckpt.wait()
+      for split in dict.fromkeys([eval_split, test_split]):
+        results[split] = evaluate_all(exp, state["params"], split)
+        for name, res in results[split].items():
+          writer.write(final_step, name, split, res)
+          log.info("%s %s: %s", split, name, _fmt(res))
+  ckpt.close()
+  writer.close()
+  steps_per_s = timer.rate if timer.train_time else float("nan")
+  summary = {"test": results.get(test_split), eval_split: results.get(eval_split),
+             "params": report, "steps": final_step, "steps_per_s": steps_per_s,
+             "traces": dict(exp.traces), "preempted": preempted,
+             "skipped_updates": int(jax.device_get(state["guard"]["skipped"])),
+             "init_from": init_lines}
+  if workdir and preempted is None:
+    with open(os.path.join(workdir, "results.json"), "w") as f:
+      json.dump(summary, f, indent=2)
+  summary["state"] = state
+  return summary
+
+
+def _fmt(res: dict[str, float]) -> str:
+  return " ".join(f"{k}={v:.4f}" if k != "num_examples" else f"n={int(v)}"
+                  for k, v in res.items())

@@ -1,0 +1,212 @@
+"""The step functions: loss, gradients, the guarded update, the accumulated update, evaluation.
+
+Each is a module-level function of a `StepContext` (what every step of a run shares: the model
+graph, the optimizer, which groups each task's step updates, the lr horizons) and its arrays;
+`jit_*` below are the thin wrappers that bind a context and a task and jit them with the run's
+shardings. Nothing random is carried in the state: every key is derived from (seed, step, task).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from mmvit import optim, tasks as tasks_lib
+from mmvit.models import heads as heads_lib
+from mmvit.models.model import average_logits, join_groups
+
+
+def derive_key(seed: int, step, task_index: int) -> jax.Array:
+  """Every random key is fold_in(seed, step, task): nothing random is carried in the state."""
+  key = jax.random.fold_in(jax.random.key(seed), step)
+  return jax.random.fold_in(key, task_index)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class StepContext:
+  """What the steps of one run share. Hashable by identity, so jit may close over it."""
+  graphdef: nnx.GraphDef
+  tx: optax.GradientTransformation
+  tasks: tuple[tasks_lib.Task, ...]
+  groups: dict[str, tuple[str, ...]]  # task -> the groups its step updates
+  horizon: dict[str, int]             # task -> the batches its lr schedule spans
+  seed: int
+  grad_clip: float | None
+  base_lr: float                      # optimizer.lr over the global step (accumulated)
+  warmup_steps: int
+  lr_schedule: str
+  num_steps: int
+  traces: dict[str, int]              # how many times each step function was traced
+
+  def count_trace(self, name: str) -> None:
+    self.traces[name] = self.traces.get(name, 0) + 1
+
+  @functools.cached_property
+  def owners(self) -> dict[str, tuple[str, ...]]:
+    """Group -> the tasks that read it."""
+    out: dict[str, list[str]] = {}
+    for t in self.tasks:
+      for g in self.groups[t.name]:
+        out.setdefault(g, []).append(t.name)
+    return {g: tuple(ts) for g, ts in out.items()}
+
+
+def mixup(task: tasks_lib.Task, batch: dict, key: jax.Array):
+  """Mixes each example with its partner in the reversed batch, x = lam x + (1 - lam) x'.
+  With mixmod every modality draws its own lam and the targets use their mean (MBT)."""
+  if not task.mixup_alpha:
+    return batch, None
+  n = len(task.input_keys) if task.mixmod else 1
+  lams = jax.random.beta(key, task.mixup_alpha, task.mixup_alpha, (n,))
+  out = dict(batch)
+  for i, k in enumerate(task.input_keys):
+    lam = lams[i if task.mixmod else 0]
+    out[k] = lam * batch[k] + (1 - lam) * batch[k][::-1]
+  return out, lams.mean()
+
+
+def forward_loss(ctx: StepContext, task: tasks_lib.Task, params_all, batch, key):
+  """(weighted loss, (loss, accuracy)) of one task's batch."""
+  model = nnx.merge(ctx.graphdef, join_groups(params_all))
+  mix_key, key = jax.random.split(key)
+  batch, lam = mixup(task, batch, mix_key)
+  preds = model(task.name, batch, key=key, drop_path_rate=task.stochastic_depth)
+  # With one class token per stream, the training loss is the mean of the streams' losses.
+  per_pred = []
+  for p in preds:
+    loss_p = heads_lib.loss(task.head, p, batch, task.label_smoothing)
+    if lam is not None:  # mixed targets: lam * L(y) + (1 - lam) * L(y of the partner)
+      partner = {k: batch[k][::-1] for k in task.head.labels}
+      loss_p = lam * loss_p + (1 - lam) * heads_lib.loss(task.head, p, partner,
+                                                         task.label_smoothing)
+    per_pred.append(loss_p.mean())
+  loss = sum(per_pred) / len(per_pred)
+  first = task.head.labels[0]
+  if task.head.kind == "multilabel":
+    acc = jnp.float32(0)
+  else:
+    acc = (average_logits(preds)[first].argmax(-1) == batch[first]).mean()
+  return loss * task.loss_weight, (loss, acc)
+
+
+def task_grads(ctx: StepContext, task: tasks_lib.Task, params, batch, step):
+  """Gradients of the task's weighted loss with respect to the groups its step updates."""
+  trainable = {g: params[g] for g in ctx.groups[task.name]}
+  key = derive_key(ctx.seed, step, task.index)
+  fn = lambda tr: forward_loss(ctx, task, {**params, **tr}, batch, key)
+  (_, (loss, acc)), grads = jax.value_and_grad(fn, has_aux=True)(trainable)
+  return grads, loss, acc
+
+
+def guarded(state, new_state, finite, step, task_index):
+  """A non-finite loss or gradient never reaches the state: the update is dropped and the
+  guard records it. The host decides, at its next check, whether to stop (nonfinite)."""
+  keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+  g = state["guard"]
+  first = (g["step"] < 0) & ~finite
+  return {**keep(new_state, {k: state[k] for k in new_state if k != "guard"}),
+          "guard": {"skipped": g["skipped"] + (~finite).astype(jnp.int32),
+                    "step": jnp.where(first, step, g["step"]),
+                    "task": jnp.where(first, task_index, g["task"])}}
+
+
+def apply_updates(tx, state, grads, lrs):
+  """Each group's lr-free update from its own optimizer state, times -lr of that group."""
+  new_params, new_opt = dict(state["params"]), dict(state["opt"])
+  for g, grad in grads.items():
+    update, new_opt[g] = tx.update(grad, state["opt"][g], state["params"][g])
+    new_params[g] = jax.tree.map(lambda p, u, lr=lrs[g]: p - lr * u, state["params"][g], update)
+  return new_params, new_opt
+
+
+def task_lr(ctx: StepContext, task: tasks_lib.Task, count):
+  """The task's lr at its own step count (its warm-up and schedule over its own batches)."""
+  return optim.lr_at(count, task.lr, task.warmup_steps, ctx.horizon[task.name],
+                     task.lr_schedule)
+
+
+def train_step(ctx: StepContext, task: tasks_lib.Task, state, batch, step):
+  """One update from one task's batch: only the groups the task reads change."""
+  ctx.count_trace(task.name)
+  grads, loss, acc = task_grads(ctx, task, state["params"], batch, step)
+  grads, gnorm = optim.clip_by_global_norm(grads, ctx.grad_clip)
+  c = state["counts"][task.name]
+  lr = task_lr(ctx, task, c)
+  new_params, new_opt = apply_updates(ctx.tx, state, grads, {g: lr for g in grads})
+  counts = {**state["counts"], task.name: c + 1}
+  new_state = {"params": new_params, "opt": new_opt, "counts": counts}
+  finite = jnp.isfinite(loss) & jnp.isfinite(gnorm)
+  new_state = guarded(state, new_state, finite, step, task.index)
+  return new_state, {"loss": loss, "accuracy": acc, "grad_norm": gnorm, "lr": lr}
+
+
+def accumulated_step(ctx: StepContext, state, batches, step):
+  """One update from one batch of every task (the accumulated schedule): gradients summed,
+  clipped together; a group read by one task uses that task's lr, a shared one the base lr."""
+  ctx.count_trace("accumulated")
+  total: dict = {}
+  metrics = {}
+  for t in ctx.tasks:
+    grads, loss, acc = task_grads(ctx, t, state["params"], batches[t.name], step)
+    for g, gr in grads.items():
+      total[g] = gr if g not in total else jax.tree.map(jnp.add, total[g], gr)
+    metrics[f"{t.name}/loss"] = loss
+    metrics[f"{t.name}/accuracy"] = acc
+  total, gnorm = optim.clip_by_global_norm(total, ctx.grad_clip)
+  by_name = {t.name: t for t in ctx.tasks}
+  base = optim.lr_at(step, ctx.base_lr, ctx.warmup_steps, ctx.num_steps, ctx.lr_schedule)
+  lrs = {}
+  for g in total:
+    owners = ctx.owners[g]
+    lrs[g] = (task_lr(ctx, by_name[owners[0]], state["counts"][owners[0]])
+              if len(owners) == 1 else base)
+  new_params, new_opt = apply_updates(ctx.tx, state, total, lrs)
+  counts = {k: c + 1 for k, c in state["counts"].items()}
+  metrics.update(loss=sum(metrics[f"{t.name}/loss"] * t.loss_weight for t in ctx.tasks),
+                 grad_norm=gnorm, lr=base)
+  new_state = {"params": new_params, "opt": new_opt, "counts": counts}
+  finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(gnorm)
+  return guarded(state, new_state, finite, step, -1), metrics
+
+
+def eval_name(task: tasks_lib.Task, views: int = 1, drop: tuple[str, ...] = ()) -> str:
+  return "/".join([f"eval/{task.name}"] + ([f"views={views}"] if views > 1 else []) +
+                  [f"without={m}" for m in drop])
+
+
+def eval_step(ctx: StepContext, task: tasks_lib.Task, views: int, drop: tuple[str, ...],
+              params, batch):
+  """Logits averaged over the streams' predictions and, for a multi-view test, over the
+  `views` crops that the batch carries on axis 1 of every input; `drop` removes streams."""
+  ctx.count_trace(eval_name(task, views, drop))
+  model = nnx.merge(ctx.graphdef, join_groups(params))
+  if views > 1:
+    batch = {k: v.reshape((-1,) + v.shape[2:]) if k in task.input_keys else v
+             for k, v in batch.items()}
+  logits = average_logits(model(task.name, batch, drop_modalities=drop))
+  if views > 1:
+    logits = {k: v.reshape((-1, views) + v.shape[1:]).mean(1) for k, v in logits.items()}
+  return logits
+
+
+# ------------------------------------------------------------ jit wrappers -------------------
+# Batches arrive already placed (sharding.shard_batch), so their in_shardings are None.
+
+def jit_train_step(ctx: StepContext, task, state_sh, rep):
+  return jax.jit(functools.partial(train_step, ctx, task), in_shardings=(state_sh, None, rep),
+                 out_shardings=(state_sh, rep), donate_argnums=(0,))
+
+
+def jit_accumulated_step(ctx: StepContext, state_sh, rep):
+  return jax.jit(functools.partial(accumulated_step, ctx), in_shardings=(state_sh, None, rep),
+                 out_shardings=(state_sh, rep), donate_argnums=(0,))
+
+
+def jit_eval_step(ctx: StepContext, task, views, drop, param_sh, rep):
+  return jax.jit(functools.partial(eval_step, ctx, task, views, drop),
+                 in_shardings=(param_sh, None), out_shardings=rep)
