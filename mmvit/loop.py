@@ -82,7 +82,8 @@ class Preempted:
   def __init__(self):
     self._signalled = False
     self._previous = {}
-    self._wakeup = None
+    self._wakeup = None  # (the wakeup fd before ours, our pipe's write end)
+    self._counter = None
 
   @property
   def signalled(self) -> bool:
@@ -94,10 +95,10 @@ class Preempted:
       read, write = os.pipe()
       os.set_blocking(write, False)
       self._previous = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)}
-      self._wakeup = (signal.set_wakeup_fd(write, warn_on_full_buffer=False), write,
-                      threading.Thread(target=self._count, args=(read,), daemon=True,
-                                       name="mmvit-signals"))
-      self._wakeup[2].start()
+      self._wakeup = (signal.set_wakeup_fd(write, warn_on_full_buffer=False), write)
+      self._counter = threading.Thread(target=self._count, args=(read,), daemon=True,
+                                       name="mmvit-signals")
+      self._counter.start()
       if getattr(self._outer(), "signalled", False):
         self.__exit__()
         raise Stopped("stopped before the first step; nothing to save")
@@ -113,17 +114,13 @@ class Preempted:
   def _count(self, read: int):
     with os.fdopen(read, "rb", buffering=0) as pipe:
       while signums := pipe.read(64):
-        for signum in signums:
-          if signum == signal.SIGINT and self.signalled:
-            try:
-              sys.stdout.flush()  # the log so far
-            except Exception:  # noqa: BLE001  (interrupted mid-write: exit regardless)
-              pass
-            os.write(2, b"interrupted again: exited at once; rerun to resume from the last save\n")
-            os._exit(130)
-          if signum == signal.SIGINT:
+        for signum in signums:  # the fd also carries any other signal Python handles
+          if signum == signal.SIGTERM:
+            self._signalled = True
+          elif signum == signal.SIGINT:
+            if self.signalled:
+              _exit_at_once()
             os.write(2, b"interrupted: stopping cleanly (Ctrl-C again to exit at once)\n")
-          if signum in (signal.SIGINT, signal.SIGTERM):
             self._signalled = True
 
   def __exit__(self, *exc):
@@ -131,13 +128,23 @@ class Preempted:
       if previous is not None:
         signal.signal(s, previous)
     if self._wakeup is not None:
-      previous_fd, write, counter = self._wakeup
+      previous_fd, write = self._wakeup
       signal.set_wakeup_fd(previous_fd)
       os.close(write)  # the counter reads what is left, then the end of the pipe
-      counter.join()
-      self._wakeup = None
+      self._counter.join()
+      self._wakeup = self._counter = None
     if self._outer() is not None:  # a Ctrl-C after this one still exits at once
       self._outer()._signalled |= self._signalled
+
+
+def _exit_at_once():
+  """A second Ctrl-C: as a kill would (saves are atomic), with one line saying so."""
+  try:
+    sys.stdout.flush()  # the log so far
+  except Exception:  # noqa: BLE001  (interrupted mid-write: exit regardless)
+    pass
+  os.write(2, b"interrupted again: exited at once; rerun to resume from the last save\n")
+  os._exit(130)
 
 
 def run(config: ml_collections.ConfigDict, workdir: str | None, *, devices=None,

@@ -235,8 +235,8 @@ def test_a_second_ctrl_c_exits_at_once_with_130_in_one_line(tmp_path):
   reader = threading.Thread(target=lambda: [lines.put(ln) for ln in proc.stderr], daemon=True)
   reader.start()
   proc.send_signal(signal.SIGINT)
-  # The second only once the first was handled: two signals that arrive while the process is
-  # inside C code (a step) reach Python's handler as one, so a fixed delay can race.
+  # The second only once the first was handled: two sent before the process takes the first
+  # are pending as one (POSIX signals do not queue), so a fixed delay can race.
   deadline = time.monotonic() + 60
   while not lines.get(timeout=max(0.1, deadline - time.monotonic())).startswith("interrupted:"):
     pass
