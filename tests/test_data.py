@@ -450,7 +450,7 @@ def test_concurrent_builds_do_not_corrupt_the_data_dir(tmp_path, data_dir):
 
 def test_a_task_may_train_on_a_slice_of_its_train_split(data_dir, raw):
   # A low-data task (PolyViT's small datasets): 'train[:10%]' in tfds' slice syntax.
-  from mmvit import tasks as tasks_lib  # pylint: disable=g-import-not-at-top
+  from mmvit import config as config_lib, tasks as tasks_lib  # pylint: disable=g-import-not-at-top
   from tests.tiny import tiny_config  # pylint: disable=g-import-not-at-top
   n = len(raw['digits_image']['train'])
   assert data.num_examples('digits_image', 'train[:10%]', data_dir) == round(n / 10)
@@ -463,7 +463,6 @@ def test_a_task_may_train_on_a_slice_of_its_train_split(data_dir, raw):
   cfg.tasks.image.epochs, cfg.tasks.image.steps = 2, None
   for t in ('video_digit', 'audio'):
     del cfg.tasks[t]
-  from mmvit import config as config_lib  # pylint: disable=g-import-not-at-top
   (task,), _ = tasks_lib.resolve(config_lib.complete(cfg))
   assert task.num_train == round(n / 10) and task.train_split == 'train[:10%]'
   assert task.steps == math.ceil(2 * round(n / 10) / 8)  # epochs count the slice
