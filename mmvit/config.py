@@ -60,6 +60,9 @@ DEFAULTS = dict(
     init_from=None,         # one dict(workdir, step, groups) or a list of them
     cache_data=False,
     data_workers=None,      # grain worker processes per task (None/0: in the main process)
+    # The trailing value_range / normalize ops of a task's pp strings run in the compiled
+    # step on the stored integers, so uint8 batches cross processes and reach the device.
+    data_affine_on_device=True,
 )
 MODEL_DEFAULTS = dict(
     width=REQUIRED, depth=REQUIRED, num_heads=REQUIRED, mlp_dim=REQUIRED, dropout=0.0,
@@ -228,6 +231,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _int(config.get("seed", DEFAULTS["seed"]), "config.seed", 0)
   if not isinstance(config.get("cache_data", DEFAULTS["cache_data"]), bool):
     raise ConfigError(f"config.cache_data={show(config.cache_data)}: expected True or False")
+  if not isinstance(config.get("data_affine_on_device", DEFAULTS["data_affine_on_device"]), bool):
+    raise ConfigError(f"config.data_affine_on_device={show(config.data_affine_on_device)}: "
+                      "expected True or False")
   if config.get("data_workers") is not None:
     _int(config.data_workers, "config.data_workers", 0, 256)
   m = config.model

@@ -70,9 +70,18 @@ def mixup(task: tasks_lib.Task, batch: dict, key: jax.Array):
   return out, lams.mean()
 
 
+def device_pp(task: tasks_lib.Task, mode: str, batch: dict) -> dict:
+  """The task's pp ops that run here, not in the pipeline (Task.affines): float32 inputs."""
+  out = dict(batch)
+  for a in task.affine(mode):
+    out[a.key] = a(batch[a.key], jnp)
+  return out
+
+
 def forward_loss(ctx: StepContext, task: tasks_lib.Task, params_all, batch, key):
   """(weighted loss, (loss, accuracy)) of one task's batch."""
   model = nnx.merge(ctx.graphdef, join_groups(params_all))
+  batch = device_pp(task, "train", batch)
   mix_key, key = jax.random.split(key)
   batch, lam = mixup(task, batch, mix_key)
   preds = model(task.name, batch, key=key, drop_path_rate=task.stochastic_depth)
@@ -185,6 +194,7 @@ def eval_step(ctx: StepContext, task: tasks_lib.Task, views: int, drop: tuple[st
   `views` crops that the batch carries on axis 1 of every input; `drop` removes streams."""
   ctx.count_trace(eval_name(task, views, drop))
   model = nnx.merge(ctx.graphdef, join_groups(params))
+  batch = device_pp(task, "eval", batch)
   if views > 1:
     batch = {k: v.reshape((-1,) + v.shape[2:]) if k in task.input_keys else v
              for k, v in batch.items()}

@@ -44,10 +44,20 @@ class Task:
   mixmod: bool = False       # one mixing weight per modality (targets use their mean)
   eval_views: int = 1        # multi-view test: logits averaged over this many temporal crops
   pp: tuple = ()             # sorted (mode, pp string) pairs: a non-digits source's preprocessing
+  # (mode, tuple of data.ops.Affine) pairs: the pp strings' trailing value_range / normalize
+  # ops, which the pipelines leave out and the steps apply (config.data_affine_on_device).
+  affines: tuple = ()
 
   def data_kwargs(self) -> dict:
     """What the data functions take beside the dataset name (pp only where a task has one)."""
-    return {"pp": dict(self.pp)} if self.pp else {}
+    out = {"pp": dict(self.pp)} if self.pp else {}
+    if self.affines:
+      out["device_affine"] = True
+    return out
+
+  def affine(self, mode: str) -> tuple:
+    """The affines the step applies to a batch of `mode` ('train' or 'eval')."""
+    return dict(self.affines).get(mode, ())
 
 
 def tokenizer_specs(config, infos: dict[str, data_lib.DatasetInfo], tasks_cfg
@@ -93,10 +103,12 @@ def resolve(config: ml_collections.ConfigDict, data=data_lib
   for a split that cannot be read. `data` is mmvit.data or a stand-in with the same functions
   (tests)."""
   data_dir = config.data_dir
+  on_device = bool(config.data_affine_on_device) and hasattr(data, "device_affines")
 
   def info_fn(name, pp):
     data.ensure_built(name, data_dir)
-    return data.dataset_info(name, data_dir, **({"pp": pp} if pp else {}))
+    extra = {"pp": pp, "device_affine": on_device} if pp else {}
+    return data.dataset_info(name, data_dir, **extra)
   o = config.optimizer
   by_task: dict[str, data_lib.DatasetInfo] = {}
   cache: dict = {}
@@ -153,6 +165,12 @@ def resolve(config: ml_collections.ConfigDict, data=data_lib
             f"has at most {most} views" if most > 1 else
             "has no time beyond the model's window (a pp with sample_frames or crop_audio "
             "takes views of longer clips)"))
+    affines = ()
+    if on_device and t.pp:
+      try:
+        affines = tuple(sorted(data.device_affines(t.dataset, data_dir, dict(t.pp)).items()))
+      except data_lib.DataError as e:
+        raise ConfigError(f"tasks.{tname}.pp: {e}") from None
     steps = t.steps
     if steps is None and t.epochs is not None:
       raw = t.epochs * n_train / t.batch_size
@@ -179,5 +197,5 @@ def resolve(config: ml_collections.ConfigDict, data=data_lib
         mixup_alpha=float(t.mixup.alpha) if t.mixup else 0.0,
         mixmod=bool(t.mixup.mixmod) if t.mixup else False,
         eval_views=views,
-        pp=tuple(sorted((t.pp or {}).items()))))
+        pp=tuple(sorted((t.pp or {}).items())), affines=affines))
   return tasks, specs

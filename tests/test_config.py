@@ -51,6 +51,11 @@ def test_cache_data_must_be_a_bool():
   assert msg == "config.cache_data='yes': expected True or False"
 
 
+def test_data_affine_on_device_must_be_a_bool():
+  msg = error_of(lambda c: setattr(c, "data_affine_on_device", 1))
+  assert msg == "config.data_affine_on_device=1: expected True or False"
+
+
 def test_unknown_task_pool():
   msg = error_of(lambda c: setattr(c.tasks.image, "pool", "max"))
   assert msg == "tasks.image.pool='max': expected one of token, gap"

@@ -103,6 +103,26 @@ def test_worker_processes_make_the_batches_of_the_main_process_and_resume_from_t
       np.testing.assert_array_equal(g[k], w[k])
 
 
+def test_with_device_affine_batches_keep_uint8_pixels_and_the_affine_gives_the_host_batches(
+    media, photos):
+  """device_affine leaves the trailing value_range out of both pipelines: the same batches as
+  uint8, a quarter of the bytes, which device_affines maps to the float32 batches."""
+  name = media.build("photos_a", f"--images={photos}")
+  kw = dict(data_dir=media.data_dir, pp=PP)
+  affines = data.device_affines(name, **kw)
+  assert set(affines) == {"train", "eval"}
+  ((train_affine,), (eval_affine,)) = affines["train"], affines["eval"]
+  assert train_affine.key == "image"
+  assert data.dataset_info(name, device_affine=True, **kw).features["image"][1] == np.uint8
+  host = next(data.train_iterator(name, batch_size=4, seed=3, **kw))
+  raw = next(data.train_iterator(name, batch_size=4, seed=3, device_affine=True, **kw))
+  assert raw["image"].dtype == np.uint8
+  np.testing.assert_allclose(train_affine(raw["image"]), host["image"], atol=1e-6)
+  host = next(data.eval_batches(name, split="test", batch_size=4, **kw))
+  raw = next(data.eval_batches(name, split="test", batch_size=4, device_affine=True, **kw))
+  np.testing.assert_allclose(eval_affine(raw["image"]), host["image"], atol=1e-6)
+
+
 def test_a_tfds_dataset_stored_as_tfrecord_is_one_line_saying_how_to_convert(media, photos,
                                                                              tmp_path):
   name = media.build("photos_a", f"--images={photos}")

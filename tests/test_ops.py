@@ -236,3 +236,36 @@ def test_fuzz_the_parser_fails_only_with_pp_errors(pp):
     ops.parse(pp)
   except ops.PPError as e:
     assert "\n" not in str(e)
+
+
+def test_trailing_value_range_and_normalize_compose_into_one_affine_with_the_host_values():
+  """What the step applies to the stored pixels equals what the pipeline's ops give."""
+  pp = "resize(16)|value_range(0, 1)|normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))"
+  host, tail = ops.split_affine(pp)
+  assert host == "resize(16)" and [op.name for op in tail] == ["value_range", "normalize"]
+  x = photo()
+  stored = run(host, {"image": x})
+  (affine,) = ops.compose_affine(tail, stored)
+  assert affine.key == "image" and len(affine.scale) == 3
+  # Both sides are a few float32 ops on values |y| <= 2.7 (as above): within 1e-5 on any CPU.
+  np.testing.assert_allclose(affine(stored["image"]), run(pp, {"image": x})["image"], atol=1e-5)
+
+
+def test_only_trailing_affine_ops_split_off_and_never_the_whole_string():
+  assert ops.split_affine("value_range(0, 1)|color_jitter(0.2)") == (
+      "value_range(0, 1)|color_jitter(0.2)", ())
+  assert ops.split_affine("normalize(0.5, 0.5)|value_range(0, 1)")[1] == ()
+  host, tail = ops.split_affine("value_range(0, 1)|flip_lr|value_range(-1, 1, 0, 1)")
+  assert host == "value_range(0, 1)|flip_lr" and len(tail) == 1
+
+
+def test_the_default_image_key_of_an_affine_is_video_for_clips_and_channels_are_checked():
+  clip = {"video": photo()[None].repeat(4, 0)}
+  _, tail = ops.split_affine("resize(8)|value_range(-1, 1)")
+  (affine,) = ops.compose_affine(tail, clip)
+  assert affine.key == "video"
+  np.testing.assert_allclose(affine(clip["video"]), run("value_range(-1, 1)", clip)["video"],
+                             atol=1e-6)
+  _, tail = ops.split_affine("resize(8)|normalize((0.5, 0.5), (1, 1))")
+  with pytest.raises(ops.PPError, match="2 channels given, the input has 3"):
+    ops.compose_affine(tail, {"image": photo()})

@@ -47,6 +47,23 @@ def test_an_image_folder_trains_through_the_cli(media, tmp_path):
   assert acc["main"] >= 0.9, out.stdout
 
 
+def test_pixels_mapped_to_floats_in_the_step_train_as_the_pipelines_floats(media, tmp_path):
+  """data_affine_on_device (the default) moves the trailing value_range into the compiled
+  step, which reads uint8 batches: the run computes what the host's float32 batches give, to
+  float32 rounding (one value_range: |error| <= 1e-6 per pixel)."""
+  from mmvit import config as config_lib, tasks
+  name = media.build("own_photos", f"--images={media.make('photos', n=120)}", SPLIT)
+  out = {}
+  for on_device in (False, True):
+    c = config(f"image,{name},steps=10", media)
+    c.data_affine_on_device = on_device
+    (task,), _ = tasks.resolve(config_lib.complete(c))
+    assert bool(task.affines) == on_device
+    out[on_device] = train.run(c, str(tmp_path / f"w{on_device}"))["test"]["main"]
+  for k, v in out[False].items():
+    np.testing.assert_allclose(out[True][k], v, rtol=1e-3, err_msg=k)
+
+
 def test_an_audio_folder_trains_on_log_mel_spectrograms(media, tmp_path):
   """Four spoken words, four espeak-ng voices: chance 25%; >= 60% on the test split."""
   name = media.build("own_speech", f"--audio={media.make('speech', n_per_word=15)}", SPLIT)

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mmvit.data import registry
+from mmvit.data import ops, registry
 from mmvit.data.base import SPLITS, DataError, DatasetInfo, describe
 
 if TYPE_CHECKING:
@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     'AV_DATASETS', 'DATASETS', 'DataError', 'DatasetInfo', 'check_split',
-    'data_source', 'dataset_info',
+    'data_source', 'dataset_info', 'device_affines',
     'default_data_dir', 'ensure_built', 'eval_batches', 'num_examples', 'train_iterator',
 ]
 
@@ -239,24 +239,60 @@ def _records_in_memory(name: str, split: str, data_dir: str) -> tuple[dict, ...]
   return tuple(source.__getitems__(range(len(source))))
 
 
-def _validated(name: str, augment, pp):
+def _validated(name: str, augment, pp, device_affine: bool = False):
+  """Checked (augment, pp); with `device_affine`, each pp string without its trailing affine
+  ops (they run in the compiled step: `device_affines`)."""
   source = registry.get(name)
   try:
-    return source.validate(augment, pp)
+    augment, pp = source.validate(augment, pp)
+    if device_affine and pp:
+      pp = {mode: ops.split_affine(text, mode)[0] for mode, text in pp.items()}
+    return augment, pp
   except ValueError as e:
     raise DataError(f'{name}: {e}') from None
 
 
-def dataset_info(name: str, data_dir: str | None = None, pp: dict | None = None
-                 ) -> DatasetInfo:
-  """Split sizes, preprocessed feature shapes (after the eval `pp`) and class counts."""
+def device_affines(name: str, data_dir: str | None = None, pp: dict | None = None
+                   ) -> dict[str, tuple[ops.Affine, ...]]:
+  """Mode -> the trailing value_range / normalize ops of its pp string composed into one
+  `ops.Affine` per feature: what `device_affine=True` leaves out of the pipelines and the step
+  applies to the batch. Empty where a pp string ends otherwise (or there is no pp)."""
+  import grain  # pylint: disable=g-import-not-at-top
+
   source, data_dir = _resolve(name, data_dir)
-  key = (name, data_dir, repr(sorted((pp or {}).items())))
+  _, full = _validated(name, None, pp)
+  _, host = _validated(name, None, pp, device_affine=True)
+  out = {}
+  for mode, text in (full or {}).items():
+    _, tail = ops.split_affine(text, mode)
+    if not tail:
+      continue
+    # The feature an op's default key means and its channels: one record after the host ops.
+    element = data_source(name, 'train', data_dir)[0]
+    transforms = (source.train_transforms({}, host) if mode == 'train' else
+                  source.eval_transforms(1, host))
+    rng = np.random.default_rng(0)
+    for t in transforms:
+      element = (t.random_map(element, rng) if isinstance(t, grain.transforms.RandomMap) else
+                 t.map(element))
+    try:
+      out[mode] = ops.compose_affine(tail, element)
+    except ops.PPError as e:
+      raise DataError(f'{name}: pp.{mode}: {e}') from None
+  return out
+
+
+def dataset_info(name: str, data_dir: str | None = None, pp: dict | None = None,
+                 device_affine: bool = False) -> DatasetInfo:
+  """Split sizes, preprocessed feature shapes (after the eval `pp`; with `device_affine`,
+  the dtypes before its trailing affine ops) and class counts."""
+  source, data_dir = _resolve(name, data_dir)
+  key = (name, data_dir, repr(sorted((pp or {}).items())), device_affine)
   with _LOCK:
     if key in _INFOS:
       return _INFOS[key]
   builder = _builder(name, data_dir)
-  _, pp = _validated(name, None, pp)
+  _, pp = _validated(name, None, pp, device_affine)
   element = data_source(name, 'train', data_dir)[0]
   for t in source.eval_transforms(1, pp):
     element = t.map(element)
@@ -273,9 +309,9 @@ def dataset_info(name: str, data_dir: str | None = None, pp: dict | None = None
   return result
 
 
-def max_views(name: str, pp: dict | None = None) -> int:
+def max_views(name: str, pp: dict | None = None, device_affine: bool = False) -> int:
   """The most temporal views a multi-view test of `name` (with the task's pp) can take."""
-  _, pp = _validated(name, None, pp)
+  _, pp = _validated(name, None, pp, device_affine)
   return registry.get(name).max_views(pp)
 
 
@@ -299,7 +335,8 @@ def _check_int(what: str, value: Any, lo: int, hi: int | None = None) -> int:
 def train_iterator(name: str, *, batch_size: int, seed: int,
                    data_dir: str | None = None, split: str = 'train',
                    augment: dict | None = None, pp: dict | None = None,
-                   cache: bool = False, workers: int = 0) -> grain.DatasetIterator:
+                   cache: bool = False, workers: int = 0, device_affine: bool = False
+                   ) -> grain.DatasetIterator:
   """Infinite, shuffled, batched iterator over a split (default 'train').
 
   Each epoch is reshuffled; order and augmentations are a deterministic
@@ -327,6 +364,8 @@ def train_iterator(name: str, *, batch_size: int, seed: int,
       clips: 19.9 ms per batch read, 9.2 ms cached). Batches are the same with or without.
     pp: the other sources' preprocessing: {'train': pp string, 'eval': pp string} of named
       ops (`ops`); the digits suite takes none.
+    device_affine: leave out the pp string's trailing value_range / normalize ops, which the
+      caller applies (`device_affines`): batches keep the stored dtype (uint8 images).
     augment: the digits suite's augmentations: None or a dict; each dataset accepts a subset
       of these keys (`digits.preprocess.AUGMENT_KEYS`), others raise DataError:
       'noise_std' (float >= 0): Gaussian noise added to every float input;
@@ -355,7 +394,7 @@ def train_iterator(name: str, *, batch_size: int, seed: int,
   batch_size = _check_int('batch_size', batch_size, 1)
   seed = _check_int('seed', seed, 0, 2**32 - 1)
   workers = _check_int('workers', workers, 0, 256)
-  augment, pp = _validated(name, augment, pp)
+  augment, pp = _validated(name, augment, pp, device_affine)
   records = (_records_in_memory(name, split, data_dir) if cache else
              data_source(name, split, data_dir))
 
@@ -387,8 +426,8 @@ class _WithMask:
 
 
 def eval_batches(name: str, *, split: str, batch_size: int,
-                 data_dir: str | None = None, views: int = 1, pp: dict | None = None
-                 ) -> Iterator[dict[str, np.ndarray]]:
+                 data_dir: str | None = None, views: int = 1, pp: dict | None = None,
+                 device_affine: bool = False) -> Iterator[dict[str, np.ndarray]]:
   """One deterministic pass over a whole split, in stored order.
 
   Every batch has exactly `batch_size` rows; the last one is padded with
@@ -399,13 +438,14 @@ def eval_batches(name: str, *, split: str, batch_size: int,
   ``views=K`` > 1 (clips longer than the model's window: the AV digits datasets, or a pp
   that samples frames or seconds) gives K windows uniformly spaced over the clip, aligned in
   time across modalities, on a new axis 1 of every input, e.g. video (B, K, 8, 32, 32, 1);
-  labels and 'mask' stay (B, ...). ``views=1`` is the central window.
+  labels and 'mask' stay (B, ...). ``views=1`` is the central window. ``device_affine``: as
+  in `train_iterator`.
   """
   import grain  # pylint: disable=g-import-not-at-top
 
   source, data_dir = _resolve(name, data_dir)
   batch_size = _check_int('batch_size', batch_size, 1)
-  _, pp = _validated(name, None, pp)
+  _, pp = _validated(name, None, pp, device_affine)
   most = source.max_views(pp)
   if most > 1:
     views = _check_int(f'{name}: views', views, 1, most)

@@ -53,6 +53,9 @@ class Op:
   fn: Callable[[dict, np.random.Generator | None], dict]
   random: bool = False
   temporal: bool = False  # takes windows of a clip (multi-view evaluation)
+  # (key, scale, offset) of an op that is y = x * scale + offset per channel (value_range,
+  # normalize): such ops at the end of a pp string can run on the device (`split_affine`).
+  affine: tuple | None = None
 
   def __call__(self, element: dict, rng: np.random.Generator | None = None) -> dict:
     try:
@@ -151,7 +154,8 @@ def parse(pp: str, mode: str = 'train', views: int = 1) -> list[Op]:
     except TypeError as e:
       raise PPError(f'pp op {text!r}: {e}') from None
     # A temporal op draws its window in training.
-    ops.append(Op(name, text, fn, random or (temporal and mode == 'train'), temporal))
+    ops.append(Op(name, text, fn, random or (temporal and mode == 'train'), temporal,
+                  getattr(fn, 'affine', None)))
   return ops
 
 
@@ -164,6 +168,59 @@ def _nearest(name: str, choices) -> str | None:
 def validate(pp: str, mode: str = 'train') -> str:
   parse(pp, mode)
   return pp
+
+
+@dataclasses.dataclass(frozen=True)
+class Affine:
+  """y = float32(x) * scale + offset on feature `key`, per channel (the last axis) or scalar:
+  the trailing value_range / normalize ops of a pp string composed, to run inside the compiled
+  step on the stored integers (a uint8 batch is a quarter of the float32 one to move between
+  processes and to the device)."""
+
+  key: str
+  scale: tuple[float, ...]   # one value (every channel) or one per channel
+  offset: tuple[float, ...]
+
+  def __call__(self, x, xp=np):
+    scale = xp.asarray(np.asarray(self.scale, np.float32).reshape(-1))
+    offset = xp.asarray(np.asarray(self.offset, np.float32).reshape(-1))
+    return x.astype(xp.float32) * scale + offset
+
+
+def split_affine(pp: str, mode: str = 'train') -> tuple[str, tuple[Op, ...]]:
+  """(the pp string without its trailing affine ops, those ops). Nothing is split off when
+  nothing else would remain (a pp string needs one op)."""
+  ops = parse(pp, mode)
+  n = len(ops)
+  while n and ops[n - 1].affine is not None:
+    n -= 1
+  if n == 0 or n == len(ops):
+    return pp, ()
+  return '|'.join(op.text for op in ops[:n]), tuple(ops[n:])
+
+
+def compose_affine(ops, element: dict) -> tuple[Affine, ...]:
+  """One Affine per feature for affine ops applied in order to `element` (whose keys and
+  channel counts resolve each op's default key and are checked against mean and std)."""
+  out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+  for op in ops:
+    key, scale, offset = op.affine
+    key = _k(key, element)
+    if key not in element:
+      raise PPError(f'pp op {op.text!r}: the element has no feature {key!r}; it has '
+                    f'{", ".join(sorted(element))}')
+    x = np.asarray(element[key])
+    if x.dtype.kind not in 'iuf':
+      raise PPError(f'pp op {op.text!r}: feature {key!r} is {x.dtype}, expected numbers')
+    channels = x.shape[-1] if x.ndim else 1
+    for v in (scale, offset):
+      if v.size > 1 and v.size != channels:
+        raise PPError(f'pp op {op.text!r}: {v.size} channels given, the input has {channels}')
+    s0, o0 = out.get(key, (np.float32(1), np.float32(0)))
+    out[key] = (s0 * scale, o0 * scale + offset)
+  return tuple(Affine(k, tuple(np.asarray(s, np.float32).reshape(-1).tolist()),
+                      tuple(np.asarray(o, np.float32).reshape(-1).tolist()))
+               for k, (s, o) in out.items())
 
 
 def temporal(pp: str) -> bool:
@@ -516,6 +573,7 @@ def _value_range(ctx, vmin=-1, vmax=1, in_min=0, in_max=255, key=None):
     y += shift
     e[_k(key, e)] = y
     return e
+  fn.affine = (key, np.float32(scale), shift)
   return fn
 
 
@@ -548,6 +606,7 @@ def _normalize(ctx, mean, std, key=None):
       y *= inv
     e[_k(key, e)] = y
     return e
+  fn.affine = (key, inv, (-m * inv).astype(np.float32))
   return fn
 
 
