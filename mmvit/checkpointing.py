@@ -12,6 +12,7 @@ moved. One run at a time holds a workdir (WorkdirLock).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import gc
 import hashlib
@@ -286,6 +287,49 @@ def _join_orbax_threads(timeout: float = 120.0):
       t.join(max(0.0, deadline - time.monotonic()))
 
 
+class DataStatesHandler(ocp.JsonCheckpointHandler):
+  """The data iterator states of every process, one JSON file each (process_<i>-of-<n>.json):
+  in a run of several processes each reads its own rows, so each has its own position. Every
+  process writes its file (Orbax's JSON item is written by the primary host alone); a restore
+  reads them all, so that a run on another number of processes can carry the position over
+  (`loop._restore`). A step saved before this handler existed (one JSON `metadata` file) reads
+  as one process's."""
+
+  async def _save_fn(self, x, directory):
+    name = f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+    (directory / name).write_text(json.dumps(x))
+
+  def restore(self, directory, item=None, args=None) -> dict:
+    """{'processes': n, 'states': [the states of process 0, ..., n - 1]}."""
+    del item, args
+    names = [p.name for p in directory.iterdir() if p.name.startswith("process_")]
+    if not names and (directory / "metadata").exists():  # written by one process, before
+      return {"processes": 1, "states": [json.loads((directory / "metadata").read_text())]}
+    counts = {n.rsplit("-of-", 1)[-1].removesuffix(".json") for n in names}
+    if len(counts) != 1 or not next(iter(counts)).isdigit():
+      raise FileNotFoundError(f"{directory} holds no data states of one run ({sorted(names)})")
+    count = int(counts.pop())
+    states = []
+    for i in range(count):
+      path = directory / f"process_{i}-of-{count}.json"
+      if not path.exists():
+        raise FileNotFoundError(f"{path} is missing")
+      states.append(json.loads(path.read_text()))
+    return {"processes": count, "states": states}
+
+
+@ocp.args.register_with_handler(DataStatesHandler, for_save=True)
+@dataclasses.dataclass
+class DataStatesSave(ocp.args.CheckpointArgs):
+  item: dict
+
+
+@ocp.args.register_with_handler(DataStatesHandler, for_restore=True)
+@dataclasses.dataclass
+class DataStatesRestore(ocp.args.CheckpointArgs):
+  pass
+
+
 class Checkpointer:
   def __init__(self, workdir: str, keep: int = 3, enabled: bool = True):
     self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
@@ -303,7 +347,7 @@ class Checkpointer:
                                            enable_async_checkpointing=True)
     with _quiet_orbax():  # it reads every step's metadata; restore_latest reports damage
       return ocp.CheckpointManager(self.directory, options=options, item_handlers={
-          "state": ocp.StandardCheckpointHandler(), "data": ocp.JsonCheckpointHandler(),
+          "state": ocp.StandardCheckpointHandler(), "data": DataStatesHandler(),
           "meta": ocp.JsonCheckpointHandler()})
 
   def latest_step(self) -> int | None:
@@ -319,7 +363,7 @@ class Checkpointer:
     try:
       return self.manager.save(step, args=ocp.args.Composite(
           state=ocp.args.StandardSave(state),
-          data=ocp.args.JsonSave(data_states),
+          data=DataStatesSave(data_states),
           meta=ocp.args.JsonSave(meta)), force=force)
     except OSError as e:
       _join_orbax_threads()
@@ -365,7 +409,7 @@ class Checkpointer:
 
   def restore_latest(self, abstract_state, set_data=None):
     """Restores the newest readable step onto the shardings of `abstract_state`, hands its data
-    states to `set_data` and returns (step, state, data states, meta), or None when there is
+    states and meta to `set_data` and returns (step, state, data states, meta), or None when there is
     no checkpoint. A step whose data states `set_data` rejects (raises) is unreadable too.
 
     A step of an incompatible config is refused (CheckpointError) before anything is moved.
@@ -393,10 +437,10 @@ class Checkpointer:
           self._check_compatible(step, self._state_metadata(step), abstract_state)
           out = self.manager.restore(step, args=ocp.args.Composite(
               state=ocp.args.StandardRestore(abstract_state),
-              data=ocp.args.JsonRestore(),
+              data=DataStatesRestore(),
               meta=ocp.args.JsonRestore()))
           if set_data is not None:
-            set_data(out["data"])
+            set_data(out["data"], out["meta"])
       except CheckpointError:
         raise
       except Exception as e:  # noqa: BLE001  (any read failure means a damaged step)

@@ -53,14 +53,13 @@ def metrics(head: HeadSpec, logits: dict[str, np.ndarray], labels: dict[str, np.
   return out
 
 
-def collect(head: HeadSpec, eval_fn, batches) -> tuple[dict, dict]:
-  """({label: logits}, {label: targets}) of the real rows of padded batches with a 'mask'
-  key, in batch order; `eval_fn(batch) -> {label: logits}`."""
+def collect(head: HeadSpec, outputs) -> tuple[dict, dict]:
+  """({label: logits}, {label: targets}) of the real rows of `outputs`, pairs (logits, batch)
+  of padded batches with a 'mask' key, in batch order."""
   logits = {k: [] for k in head.labels}
   labels = {k: [] for k in head.labels}
-  for batch in batches:
+  for out, batch in outputs:
     mask = np.asarray(batch["mask"], bool)
-    out = eval_fn(batch)
     for k in head.labels:
       logits[k].append(np.asarray(out[k])[mask])
       labels[k].append(np.asarray(batch[k])[mask])
@@ -68,9 +67,9 @@ def collect(head: HeadSpec, eval_fn, batches) -> tuple[dict, dict]:
   return cat(logits), cat(labels)
 
 
-def run(head: HeadSpec, eval_fn, batches) -> dict[str, float]:
-  """Metrics of `collect` over padded batches with a 'mask' key."""
-  logits, labels = collect(head, eval_fn, batches)
+def metrics_of(head: HeadSpec, outputs) -> dict[str, float]:
+  """Metrics of `collect`'s (logits, batch) pairs, and the number of real examples."""
+  logits, labels = collect(head, outputs)
   result = metrics(head, logits, labels)
   result["num_examples"] = float(len(labels[head.labels[0]]))
   return result

@@ -142,13 +142,21 @@ def prepare(config: ml_collections.ConfigDict, *, devices=None, data=None):
     if t.batch_size % n_batch:
       raise config_lib.ConfigError(f"tasks.{t.name}.batch_size={t.batch_size}: expected a "
                                    f"multiple of the data-parallel size {n_batch}")
+  try:  # which rows each process reads: the mesh must give each one block
+    for t in tasks:
+      sharding.process_rows(mesh, t.batch_size)
+  except ValueError as e:
+    raise config_lib.ConfigError(f"mesh: {e}") from None
   return tasks, tok_specs, schedule, mesh
 
 
-def check_batch(task: tasks_lib.Task, batch: dict, specs: dict, step: int) -> None:
-  """The door for data: shapes, dtypes, finiteness and label ranges of a host batch, with a
-  one-line DataError naming the task, step, key and record."""
+def check_batch(task: tasks_lib.Task, batch: dict, specs: dict, step: int,
+                rows: int | None = None) -> None:
+  """The door for data: shapes, dtypes, finiteness and label ranges of a host batch (`rows`
+  of them: this process's share, default the task's batch size), with a one-line DataError
+  naming the task, step, key and record."""
   where = f"task {task.name} step {step}"
+  rows = task.batch_size if rows is None else rows
   expected = {specs[m].input_key: specs[m].input_shape for m in task.modalities}
   on_device = {a.key for a in task.affine("train")}
   for key, shape in expected.items():
@@ -156,9 +164,9 @@ def check_batch(task: tasks_lib.Task, batch: dict, specs: dict, step: int) -> No
     if x is None:
       raise data_lib.DataError(f"{where}: batch has no input {key!r} (has {sorted(batch)})")
     x = np.asarray(x)
-    if x.shape[1:] != tuple(shape) or x.shape[0] != task.batch_size:
+    if x.shape[1:] != tuple(shape) or x.shape[0] != rows:
       raise data_lib.DataError(f"{where}: input {key!r} has shape {x.shape}, expected "
-                               f"{(task.batch_size,) + tuple(shape)}")
+                               f"{(rows,) + tuple(shape)}")
     if key in on_device:  # the step maps the stored integers to floats (Task.affines)
       if x.dtype.kind not in "iuf":
         raise data_lib.DataError(f"{where}: input {key!r} has dtype {x.dtype}, expected numbers")
@@ -176,12 +184,12 @@ def check_batch(task: tasks_lib.Task, batch: dict, specs: dict, step: int) -> No
       raise data_lib.DataError(f"{where}: batch has no label {key!r}")
     y = np.asarray(y)
     if task.head.kind == "multilabel":
-      ok_shape, bad = y.shape == (task.batch_size, classes), ~((y == 0) | (y == 1)).all(-1)
-      want = f"multi-hot of shape {(task.batch_size, classes)}"
+      ok_shape, bad = y.shape == (rows, classes), ~((y == 0) | (y == 1)).all(-1)
+      want = f"multi-hot of shape {(rows, classes)}"
     else:
-      ok_shape = y.shape == (task.batch_size,) and np.issubdtype(y.dtype, np.integer)
+      ok_shape = y.shape == (rows,) and np.issubdtype(y.dtype, np.integer)
       bad = (y < 0) | (y >= classes) if ok_shape else None
-      want = f"integers in [0, {classes}) of shape {(task.batch_size,)}"
+      want = f"integers in [0, {classes}) of shape {(rows,)}"
     if not ok_shape:
       raise data_lib.DataError(f"{where}: label {key!r} has shape {y.shape} and dtype "
                                f"{y.dtype}, expected {want}")
@@ -254,11 +262,18 @@ def task_seed(seed: int, task_index: int) -> int:
   return int(np.random.default_rng([seed, task_index, 0xDA7A]).integers(2**31 - 1))
 
 
+def shard_kwargs(mesh, rows: int) -> dict:
+  """The data functions' `shard` for this process's rows of batches of `rows` (none for one
+  process, so stand-ins without it serve single-process tests)."""
+  index, count = sharding.process_rows(mesh, rows)
+  return {"shard": (index, count)} if count > 1 else {}
+
+
 def train_iterators(exp: Experiment) -> dict:
   cfg = exp.config
   return {t.name: exp.data.train_iterator(
       t.dataset, batch_size=t.batch_size, seed=task_seed(cfg.seed, t.index),
       data_dir=cfg.data_dir, split=t.train_split, augment=dict(t.augment) or None,
-      cache=bool(cfg.cache_data), **t.data_kwargs(),
+      cache=bool(cfg.cache_data), **t.data_kwargs(), **shard_kwargs(exp.mesh, t.batch_size),
       **({"workers": int(cfg.data_workers)} if cfg.data_workers else {}))
       for t in exp.tasks}

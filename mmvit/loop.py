@@ -19,8 +19,9 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from mmvit import checkpointing, config as config_lib, evaluate, sharding
-from mmvit.experiment import Experiment, build, check_batch, parameter_report, train_iterators
+from mmvit import checkpointing, config as config_lib, distributed, evaluate, sharding
+from mmvit.experiment import (Experiment, build, check_batch, parameter_report, shard_kwargs,
+                              train_iterators)
 from mmvit.writers import MetricWriter
 
 log = logging.getLogger("mmvit")
@@ -42,18 +43,25 @@ def evaluate_all(exp: Experiment, params, split: str, *, tasks: list[str] | None
     k = t.eval_views if views is None else views
     extra = {"views": k} if k > 1 else {}
     batches = exp.data.eval_batches(t.dataset, split=split, batch_size=bs,
-                                    data_dir=cfg.data_dir, **extra, **t.data_kwargs())
+                                    data_dir=cfg.data_dir, **extra, **t.data_kwargs(),
+                                    **shard_kwargs(exp.mesh, bs))
     if k == t.eval_views and not drop:
       step = exp.eval_steps[t.name]
     else:
       step = exp.make_eval_step(t, k, tuple(m for m in drop if m in t.modalities))
-    fn = lambda b, step=step: step(params, sharding.shard_batch(_inputs(b), exp.mesh))
-    out[t.name] = evaluate.run(t.head, fn, batches)
+    out[t.name] = evaluate.metrics_of(t.head, _outputs(exp, t, step, params, batches, bs))
   return out
 
 
-def _inputs(batch: dict) -> dict:
-  return {k: v for k, v in batch.items() if k != "mask"}
+def _outputs(exp: Experiment, task, step, params, batches, rows: int):
+  """(logits, batch) of every eval batch, whole on every process: each process placed its own
+  rows, the step's logits are replicated, and labels and mask are gathered."""
+  for b in batches:
+    placed = sharding.shard_batch(b, exp.mesh, rows)
+    logits = step(params, {k: v for k, v in placed.items() if k != "mask"})
+    if jax.process_count() > 1:
+      b = sharding.to_host({k: placed[k] for k in (*task.head.labels, "mask")})
+    yield logits, b
 
 
 def _format_eta(seconds: float) -> str:
@@ -77,10 +85,17 @@ class Preempted:
   Python runs signal handlers in the main thread only between bytecodes, so a Ctrl-C that lands
   while the main thread waits in C (a step, a save) would wait with it, and two that land there
   reach the handler as one. The signals are counted instead by a thread reading the wakeup fd,
-  which the C-level handler writes at once on every signal, whichever thread it interrupts."""
+  which the C-level handler writes at once on every signal, whichever thread it interrupts.
+
+  In a run of several processes SIGTERM is left to JAX's preemption notifier, which
+  jax.distributed.initialize installs: the processes agree on one step to stop at (Orbax's
+  preemption sync point, checked after every step), so all save the same step and exit 0. A
+  first Ctrl-C there becomes such a notice (a SIGTERM to this process)."""
 
   def __init__(self):
     self._signalled = False
+    self._interrupted = False
+    self._shared = jax.distributed.is_initialized()  # several processes: JAX takes SIGTERM
     self._previous = {}
     self._wakeup = None  # (the wakeup fd before ours, our pipe's write end)
     self._counter = None
@@ -94,7 +109,8 @@ class Preempted:
     if threading.current_thread() is threading.main_thread():
       read, write = os.pipe()
       os.set_blocking(write, False)
-      self._previous = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)}
+      signals = (signal.SIGINT,) if self._shared else (signal.SIGTERM, signal.SIGINT)
+      self._previous = {s: signal.signal(s, self._handle) for s in signals}
       self._wakeup = (signal.set_wakeup_fd(write, warn_on_full_buffer=False), write)
       self._counter = threading.Thread(target=self._count, args=(read,), daemon=True,
                                        name="mmvit-signals")
@@ -105,7 +121,7 @@ class Preempted:
     return self
 
   def _outer(self):
-    outer = getattr(self._previous.get(signal.SIGTERM), "__self__", None)
+    outer = getattr(self._previous.get(signal.SIGINT), "__self__", None)
     return outer if isinstance(outer, Preempted) else None
 
   def _handle(self, signum, frame):
@@ -118,10 +134,14 @@ class Preempted:
           if signum == signal.SIGTERM:
             self._signalled = True
           elif signum == signal.SIGINT:
-            if self.signalled:
+            if self.signalled or self._interrupted:
               _exit_at_once()
             os.write(2, b"interrupted: stopping cleanly (Ctrl-C again to exit at once)\n")
-            self._signalled = True
+            self._interrupted = True
+            if self._shared:  # a preemption notice: every process stops after one step
+              os.kill(os.getpid(), signal.SIGTERM)
+            else:
+              self._signalled = True
 
   def __exit__(self, *exc):
     for s, previous in self._previous.items():
@@ -161,12 +181,51 @@ def run(config: ml_collections.ConfigDict, workdir: str | None, *, devices=None,
                 allow_config_change=allow_config_change)
 
 
+def data_shards(exp: Experiment) -> dict[str, int]:
+  """Task -> how many row blocks its batches are read in (1: one process reads them whole)."""
+  return {t.name: sharding.process_rows(exp.mesh, t.batch_size)[1] for t in exp.tasks}
+
+
+def data_position(exp: Experiment, saved: dict, meta: dict) -> dict:
+  """This process's iterator states from a step's saved ones ({'processes': n, 'states':
+  [per process]}). Saved by as many processes reading as many row blocks: its own. Else the
+  position carries over: every process of a run has read the same number k of the run's
+  batches, which a pipeline without worker processes records as next_index = k x its rows;
+  with data_workers the states hold the workers' positions, and a change is refused."""
+  n, states = saved["processes"], saved["states"]
+  old = meta.get("data_shards") or {t.name: 1 for t in exp.tasks}  # older steps: one process
+  new = data_shards(exp)
+  if n == jax.process_count() and old == new:
+    return states[jax.process_index()]
+  out = {}
+  for t in exp.tasks:
+    positions = {json.dumps(s.get(t.name), sort_keys=True) for s in states}
+    first = states[0].get(t.name)
+    if not (isinstance(first, dict) and set(first) == {"next_index"}):
+      raise checkpointing.CheckpointError(
+          f"the checkpoint was saved by {n} process(es) reading {old.get(t.name)} row block(s) "
+          f"of task {t.name}, this run has {jax.process_count()} reading {new[t.name]}: its "
+          "data position carries over only without data_workers (the workers' positions "
+          "depend on their number); resume on the same processes and mesh, or with "
+          "data_workers=0")
+    batches = {json.loads(p)["next_index"] * old.get(t.name, 1) // t.batch_size
+               for p in positions}
+    if len(batches) != 1:
+      raise checkpointing.CheckpointError(
+          f"the data states of task {t.name} in the checkpoint disagree across its {n} "
+          f"processes ({sorted(batches)} batches read): expected one position")
+    out[t.name] = {"next_index": batches.pop() * t.batch_size // new[t.name]}
+  log.info("data position carried over from %d process(es) to %d", n, jax.process_count())
+  return out
+
+
 def _restore(exp: Experiment, ckpt, iters: dict, cfg):
   """(start step, state, init_from lines): the newest checkpoint that restores (its data
   positions into `iters`), else, for a fresh run, the parameters of config.init_from."""
   state, fresh = exp.state, {name: it.get_state() for name, it in iters.items()}
 
-  def set_data(states):
+  def set_data(saved, meta):
+    states = data_position(exp, saved, meta)
     # Data states that read but do not fit (no entry for a task, a negative index, another
     # type) make the step unreadable like any damage: the previous step is tried.
     checkpointing.check_data_states(states, fresh)
@@ -243,25 +302,32 @@ def _train_step(exp: Experiment, iters: dict, state, step: int):
   step_arr = jnp.asarray(step, jnp.int32)
   host = {n: next(iters[n]) for n in names}
   by_name = exp.task_by_name
+  rows = {n: by_name[n].batch_size for n in names}  # of the global batch; a process has its share
   for n in names:
-    check_batch(by_name[n], host[n], exp.tokenizer_specs, step)
+    index, count = sharding.process_rows(exp.mesh, rows[n])
+    check_batch(by_name[n], host[n], exp.tokenizer_specs, step, rows[n] // count)
+  batches = {n: sharding.shard_batch(b, exp.mesh, rows[n]) for n, b in host.items()}
   if accumulated:
-    batches = {n: sharding.shard_batch(b, exp.mesh) for n, b in host.items()}
     state, metrics = exp.accumulated_step(state, batches, step_arr)
   else:
-    state, metrics = exp.train_steps[key](state, sharding.shard_batch(host[key], exp.mesh),
-                                          step_arr)
+    state, metrics = exp.train_steps[key](state, batches[key], step_arr)
   return key, state, metrics
 
 
 def _run(closing: contextlib.ExitStack, config, workdir, *, devices, stop_at, data,
          allow_config_change) -> dict:
+  config_lib.validate(config)
+  # Processes of one run must train one thing: another config or code is refused before any
+  # array is placed (JAX would report it then with both arrays printed in full).
+  distributed.agree(config=checkpointing.config_digest(config_lib.complete(config)),
+                    code=distributed.code_digest())
   exp = build(config, devices=devices, data=data)
   cfg = exp.config
-  if workdir:  # one run per workdir: a second would move the first's steps and repeat metrics
+  primary = distributed.primary()  # writes the workdir's files; every process saves checkpoints
+  if workdir and primary:  # one run per workdir: another would move its steps, repeat metrics
     closing.enter_context(checkpointing.WorkdirLock(workdir))
   changed = checkpointing.guard_workdir(workdir, cfg, allow_config_change) if workdir else False
-  writer = closing.enter_context(MetricWriter(workdir, enabled=workdir is not None))
+  writer = closing.enter_context(MetricWriter(workdir, enabled=workdir is not None and primary))
   ckpt = closing.enter_context(checkpointing.Checkpointer(
       workdir or "", keep=int(cfg.keep_checkpoints), enabled=workdir is not None))
   report = parameter_report(exp.state["params"], exp.groups)
@@ -272,7 +338,7 @@ def _run(closing: contextlib.ExitStack, config, workdir, *, devices, stop_at, da
     if hasattr(it, "close"):
       closing.callback(it.close)
   start, state, init_lines = _restore(exp, ckpt, iters, cfg)
-  if workdir:  # only now that the checkpoints fit: a refused run leaves the workdir as it was
+  if workdir and primary:  # only now the checkpoints fit: a refused run leaves the workdir as is
     checkpointing.write_config(workdir, cfg, keep_previous=changed)
     writer.drop_after(start)  # the steps after the restored one are trained (and logged) again
     with open(os.path.join(workdir, "params.json"), "w") as f:
@@ -287,12 +353,16 @@ def _run(closing: contextlib.ExitStack, config, workdir, *, devices, stop_at, da
   timer = StepTimer()
   last = {}
 
+  shards = data_shards(exp)
+
   def data_states():
     return {name: it.get_state() for name, it in iters.items()}
 
   def meta(step):
     return {"step": step, "seed": cfg.seed, "schedule": schedule.kind,
-            "config_digest": checkpointing.config_digest(cfg), "init_from": init_lines}
+            "config_digest": checkpointing.config_digest(cfg), "init_from": init_lines,
+            "processes": jax.process_count(), "devices": jax.device_count(),
+            "data_shards": shards}
 
   preempted = None
   with jax.set_mesh(exp.mesh), Preempted() as sigterm:
@@ -355,7 +425,7 @@ def _run(closing: contextlib.ExitStack, config, workdir, *, devices, stop_at, da
              "traces": dict(exp.traces), "preempted": preempted,
              "skipped_updates": int(jax.device_get(state["guard"]["skipped"])),
              "init_from": init_lines}
-  if workdir and preempted is None:
+  if workdir and preempted is None and primary:
     with open(os.path.join(workdir, "results.json"), "w") as f:
       json.dump(summary, f, indent=2)
   summary["state"] = state

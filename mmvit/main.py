@@ -20,6 +20,20 @@ _CONFIG = flags.DEFINE_string("config", None, "Path to a get_config() file, opti
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and results go.")
 _ALLOW = flags.DEFINE_bool("allow_config_change", False,
                            "Resume a workdir whose checkpoints were written by another config.")
+# Several processes (mmvit.distributed): JAX finds these on Cloud TPU pods and under SLURM.
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "HOST:PORT of process 0 in a run of several processes "
+    "(default $JAX_COORDINATOR_ADDRESS).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the run (default "
+                                      "$JAX_NUM_PROCESSES, else 1 or the cluster's).")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (default "
+                                   "$JAX_PROCESS_ID).")
+_DIST_TIMEOUT = flags.DEFINE_integer(
+    "distributed_timeout", 300, "Seconds to wait for every process at start-up before a "
+    "one-line error.")
+_HEARTBEAT = flags.DEFINE_integer(
+    "heartbeat_timeout", 100, "Seconds a process may be silent before the run declares it "
+    "dead and stops the others.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 _OVERRIDE = re.compile(r"-{1,2}(no)?config\.([^=]*)(?:=(.*))?", re.DOTALL)
@@ -91,10 +105,18 @@ def main(args) -> int:
                       stream=sys.stdout, force=True)
   for noisy in ("absl", "jax", "orbax", "tensorflow_datasets", "grain"):
     logging.getLogger(noisy).setLevel(logging.WARNING)
-  from mmvit import checkpointing, config as config_lib, data as data_lib, train  # noqa: PLC0415
+  from mmvit import checkpointing, config as config_lib, data as data_lib  # noqa: PLC0415
+  from mmvit import distributed, train  # noqa: PLC0415
   try:
     config = config_lib.load(_CONFIG.value, overrides)
     check_workdir(_WORKDIR.value)
+    distributed.start(distributed.Launch.from_env(
+        _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, _DIST_TIMEOUT.value,
+        _HEARTBEAT.value))
+    if prefix := distributed.log_prefix():  # process 0 prints the progress; others warnings
+      logging.basicConfig(level=logging.INFO if distributed.primary() else logging.WARNING,
+                          format=f"%(asctime)s {prefix}%(message)s", datefmt="%H:%M:%S",
+                          stream=sys.stdout, force=True)
     # From here a signal stops the run before its first step, or saves after the current one.
     with train.Preempted():
       summary = train.run(config, _WORKDIR.value, allow_config_change=_ALLOW.value)
@@ -103,6 +125,9 @@ def main(args) -> int:
     return 0
   except config_lib.ConfigError as e:
     print(f"config error: {e}", file=sys.stderr)
+    return 2
+  except distributed.DistributedError as e:
+    print(f"distributed error: {e}", file=sys.stderr)
     return 2
   except data_lib.DataError as e:
     print(f"data error: {e}", file=sys.stderr)
@@ -116,6 +141,8 @@ def main(args) -> int:
   if summary["preempted"] is not None:
     print(f"preempted: saved step {summary['preempted']} to "
           f"{os.path.join(os.path.abspath(_WORKDIR.value), 'checkpoints')}; rerun to resume")
+    return 0
+  if not distributed.primary():
     return 0
   print("test accuracy per task:")
   for task, res in summary["test"].items():

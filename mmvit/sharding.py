@@ -96,5 +96,37 @@ def replicated(mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
-def shard_batch(batch: dict[str, np.ndarray], mesh) -> dict[str, jax.Array]:
-  return {k: jax.device_put(v, batch_sharding(mesh, np.ndim(v))) for k, v in batch.items()}
+def process_rows(mesh, rows: int) -> tuple[int, int]:
+  """(index, count): this process's devices hold rows [index * rows // count, (index + 1) *
+  rows // count) of a global batch of `rows` under the batch sharding, so it reads and feeds
+  exactly those (processes that hold the same rows, as across a tensor axis, read the same).
+  (0, 1) for one process. The one place that says which examples a host reads."""
+  held = batch_sharding(mesh, 1).addressable_devices_indices_map((rows,)).values()
+  spans = sorted({(s[0].start or 0, rows if s[0].stop is None else s[0].stop) for s in held})
+  lo, hi = spans[0][0], spans[-1][1]
+  size = hi - lo
+  contiguous = all(a == b for (_, a), (b, _) in zip(spans, spans[1:]))
+  if not contiguous or rows % size or lo % size:
+    raise ValueError(f"mesh {dict(mesh.shape)}: the devices of process {jax.process_index()} "
+                     f"hold rows {spans} of a batch of {rows}, expected one block of "
+                     "rows; order the mesh's devices by process")
+  return lo // size, rows // size
+
+
+def shard_batch(batch: dict[str, np.ndarray], mesh, rows: int | None = None
+                ) -> dict[str, jax.Array]:
+  """The global arrays of a batch from this process's rows of it (`process_rows`); `rows` is
+  the global batch size (several processes: required)."""
+  if jax.process_count() == 1:
+    return {k: jax.device_put(v, batch_sharding(mesh, np.ndim(v))) for k, v in batch.items()}
+  return {k: jax.make_array_from_process_local_data(
+      batch_sharding(mesh, np.ndim(v)), np.asarray(v), (rows,) + np.shape(v)[1:])
+          for k, v in batch.items()}
+
+
+def to_host(tree):
+  """Global arrays as whole numpy arrays on every process (several processes: gathered)."""
+  if jax.process_count() == 1:
+    return jax.tree.map(np.asarray, tree)
+  from jax.experimental import multihost_utils  # noqa: PLC0415
+  return jax.tree.map(np.asarray, multihost_utils.process_allgather(tree, tiled=True))

@@ -12,6 +12,5 @@ from mmvit import sharding  # noqa: F401  (tests/tiny_run.py slows train.shardin
 from mmvit.experiment import (Experiment, build, build_model, check_batch,  # noqa: F401
                               explicit_steps, make_schedule, parameter_report, prepare,
                               steps_per_task, task_seed, train_iterators)
-from mmvit.loop import (NonFiniteError, Preempted, Stopped, evaluate_all, run,  # noqa: F401
-                        _inputs)
+from mmvit.loop import NonFiniteError, Preempted, Stopped, evaluate_all, run  # noqa: F401
 from mmvit.steps import derive_key, mixup  # noqa: F401

@@ -46,8 +46,9 @@ def predictions(workdir: str, task: str, split: str):
   batches = data.eval_batches(t.dataset, split=split, batch_size=128, **t.data_kwargs(),
                               data_dir=cfg.get("data_dir"))
   with jax.set_mesh(exp.mesh):
-    logits, labels = evaluate.collect(t.head, lambda b: exp.eval_steps[task](
-        params, sharding.shard_batch(train._inputs(b), exp.mesh)), batches)
+    logits, labels = evaluate.collect(t.head, ((exp.eval_steps[task](
+        params, sharding.shard_batch({k: v for k, v in b.items() if k != "mask"}, exp.mesh)),
+        b) for b in batches))
   return t.dataset, cfg.get("data_dir"), logits[label].argmax(-1), labels[label]
 
 

@@ -398,7 +398,7 @@ def test_a_second_run_on_a_workdir_is_refused_naming_the_holder_and_a_killed_one
 def test_data_states_that_read_but_do_not_fit_make_the_step_unreadable(saved, tmp_path, caplog,
                                                                         edit, reason):
   workdir = copy_of(saved, tmp_path)
-  path = os.path.join(workdir, "checkpoints", "2", "data", "metadata")
+  path = os.path.join(workdir, "checkpoints", "2", "data", "process_0-of-1.json")
   states = json.load(open(path))
   edit(states)
   with open(path, "w") as f:

@@ -335,8 +335,8 @@ def _check_int(what: str, value: Any, lo: int, hi: int | None = None) -> int:
 def train_iterator(name: str, *, batch_size: int, seed: int,
                    data_dir: str | None = None, split: str = 'train',
                    augment: dict | None = None, pp: dict | None = None,
-                   cache: bool = False, workers: int = 0, device_affine: bool = False
-                   ) -> grain.DatasetIterator:
+                   cache: bool = False, workers: int = 0, device_affine: bool = False,
+                   shard: tuple[int, int] = (0, 1)) -> grain.DatasetIterator:
   """Infinite, shuffled, batched iterator over a split (default 'train').
 
   Each epoch is reshuffled; order and augmentations are a deterministic
@@ -366,6 +366,10 @@ def train_iterator(name: str, *, batch_size: int, seed: int,
       ops (`ops`); the digits suite takes none.
     device_affine: leave out the pp string's trailing value_range / normalize ops, which the
       caller applies (`device_affines`): batches keep the stored dtype (uint8 images).
+    shard: (index, count) of a multi-process run (`sharding.process_rows`): batches of
+      batch_size / count rows, rows [index * b, (index + 1) * b) of each batch the whole run
+      reads, augmented as there (an element's randomness follows its place in the run's
+      stream). The iterator state counts this process's elements.
     augment: the digits suite's augmentations: None or a dict; each dataset accepts a subset
       of these keys (`digits.preprocess.AUGMENT_KEYS`), others raise DataError:
       'noise_std' (float >= 0): Gaussian noise added to every float input;
@@ -394,6 +398,7 @@ def train_iterator(name: str, *, batch_size: int, seed: int,
   batch_size = _check_int('batch_size', batch_size, 1)
   seed = _check_int('seed', seed, 0, 2**32 - 1)
   workers = _check_int('workers', workers, 0, 256)
+  index, count = _check_shard(shard, batch_size)
   augment, pp = _validated(name, augment, pp, device_affine)
   records = (_records_in_memory(name, split, data_dir) if cache else
              data_source(name, split, data_dir))
@@ -402,6 +407,7 @@ def train_iterator(name: str, *, batch_size: int, seed: int,
   for t in source.train_transforms(augment, pp):
     ds = ds.random_map(t) if isinstance(t, grain.transforms.RandomMap) else (
         ds.map(t))
+  ds, batch_size = _process_rows(ds, batch_size, index, count)
   if not workers:
     return iter(ds.to_iter_dataset(_read_options()).batch(batch_size, drop_remainder=True))
   from absl import flags  # noqa: PLC0415
@@ -417,6 +423,42 @@ def train_iterator(name: str, *, batch_size: int, seed: int,
   return iter(ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers)))
 
 
+def _check_shard(shard, batch_size: int) -> tuple[int, int]:
+  if (not isinstance(shard, tuple) or len(shard) != 2
+      or not all(isinstance(v, int) and not isinstance(v, bool) for v in shard)
+      or not 0 <= shard[0] < shard[1]):
+    raise DataError(f'shard={shard!r}: expected (index, count) with 0 <= index < count')
+  if batch_size % shard[1]:
+    raise DataError(f'batch_size={batch_size} does not divide by the {shard[1]} processes '
+                    'that read it')
+  return shard
+
+
+@dataclasses.dataclass(frozen=True)
+class _Rows:
+  """Element j of one process's stream: row j % b of its block of global batch j // b."""
+  stream: Any
+  index: int
+  count: int
+  local: int
+
+  def __call__(self, j):
+    k, r = divmod(int(j), self.local)
+    return self.stream[(k * self.count + self.index) * self.local + r]
+
+
+def _process_rows(ds, batch_size: int, index: int, count: int):
+  """(this process's element stream, its batch size): with one process, `ds` itself."""
+  import grain  # pylint: disable=g-import-not-at-top
+
+  if count == 1:
+    return ds, batch_size
+  local = batch_size // count
+  # An element keeps the randomness of its place in the whole stream: the maps ran above.
+  n = len(ds) // batch_size * local
+  return grain.MapDataset.range(n).map(_Rows(ds, index, count, local)), local
+
+
 @dataclasses.dataclass(frozen=True)
 class _WithMask:
   mask: bool
@@ -427,7 +469,8 @@ class _WithMask:
 
 def eval_batches(name: str, *, split: str, batch_size: int,
                  data_dir: str | None = None, views: int = 1, pp: dict | None = None,
-                 device_affine: bool = False) -> Iterator[dict[str, np.ndarray]]:
+                 device_affine: bool = False, shard: tuple[int, int] = (0, 1)
+                 ) -> Iterator[dict[str, np.ndarray]]:
   """One deterministic pass over a whole split, in stored order.
 
   Every batch has exactly `batch_size` rows; the last one is padded with
@@ -439,12 +482,14 @@ def eval_batches(name: str, *, split: str, batch_size: int,
   that samples frames or seconds) gives K windows uniformly spaced over the clip, aligned in
   time across modalities, on a new axis 1 of every input, e.g. video (B, K, 8, 32, 32, 1);
   labels and 'mask' stay (B, ...). ``views=1`` is the central window. ``device_affine``: as
-  in `train_iterator`.
+  in `train_iterator`. ``shard=(index, count)``: this process's rows of every batch (as in
+  `train_iterator`); every process gets as many batches, so none waits in a collective.
   """
   import grain  # pylint: disable=g-import-not-at-top
 
   source, data_dir = _resolve(name, data_dir)
   batch_size = _check_int('batch_size', batch_size, 1)
+  index, count = _check_shard(shard, batch_size)
   _, pp = _validated(name, None, pp, device_affine)
   most = source.max_views(pp)
   if most > 1:
@@ -466,6 +511,7 @@ def eval_batches(name: str, *, split: str, batch_size: int,
     blank['mask'] = np.bool_(False)
     ds = grain.MapDataset.concatenate(
         [ds, grain.MapDataset.source([blank] * pad)])
+  ds, batch_size = _process_rows(ds, batch_size, index, count)
   ds = ds.to_iter_dataset(_read_options()).batch(batch_size)
 
   def generate():

@@ -1,0 +1,193 @@
+"""Several processes, one run: start-up on JAX's own runtime, who writes, and the checks that
+every process trains the same thing.
+
+A run on P processes is the run on one: every process builds the same experiment from the same
+config, reads its own rows of every global batch (`sharding.process_rows`), and takes part in
+every compiled step and every Orbax save. Only process 0 writes the workdir's files (metrics,
+TensorBoard, config.json, params.json, results.json) and prints the progress lines.
+
+  python -m mmvit.main ... --num_processes=2 --process_id=0 --coordinator_address=host:port
+On Cloud TPU VMs and under SLURM, JAX finds the three values itself (`--num_processes` may be
+left out); elsewhere they come from the flags or JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and
+JAX_PROCESS_ID (scripts/launch/ sets them).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import os
+import threading
+
+import jax
+import numpy as np
+
+log = logging.getLogger("mmvit")
+
+
+class DistributedError(RuntimeError):
+  """Processes that cannot form one run (one line, naming the process and what to do)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Launch:
+  """How this process joins a run; None fields are left to JAX's cluster detection."""
+  coordinator_address: str | None = None
+  num_processes: int | None = None
+  process_id: int | None = None
+  timeout_s: int = 300       # to reach the coordinator and meet every process at start-up
+  heartbeat_s: int = 100     # a process silent this long is declared dead, the run fails
+
+  @classmethod
+  def from_env(cls, coordinator_address=None, num_processes=None, process_id=None,
+               timeout_s=300, heartbeat_s=100) -> Launch:
+    """Flags first, then JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID."""
+    env = os.environ
+
+    def number(value, name):
+      if value is None or value == "":
+        return None
+      try:
+        return int(value)
+      except ValueError:
+        raise DistributedError(f"{name}={value!r}: expected an integer") from None
+    return cls(coordinator_address or env.get("JAX_COORDINATOR_ADDRESS") or None,
+               number(num_processes if num_processes is not None
+                      else env.get("JAX_NUM_PROCESSES"), "num_processes"),
+               number(process_id if process_id is not None else env.get("JAX_PROCESS_ID"),
+                      "process_id"),
+               int(timeout_s), int(heartbeat_s))
+
+  def cluster(self) -> str | None:
+    """The cluster manager JAX would take the start-up values from, when it runs several
+    processes (SLURM with more than one task, a Cloud TPU VM pod); else None."""
+    env = os.environ
+    if env.get("SLURM_JOB_ID") and int(env.get("SLURM_NTASKS", "1") or 1) > 1:
+      return "SLURM"
+    if "," in env.get("TPU_WORKER_HOSTNAMES", "") or env.get("MEGASCALE_COORDINATOR_ADDRESS"):
+      return "Cloud TPU pod"
+    return None
+
+  @property
+  def wanted(self) -> bool:
+    """Whether this run has more than one process."""
+    if self.num_processes is not None:
+      return self.num_processes > 1
+    return self.coordinator_address is not None or self.cluster() is not None
+
+  def check(self) -> None:
+    if self.num_processes is not None and self.num_processes < 1:
+      raise DistributedError(f"num_processes={self.num_processes}: expected at least 1")
+    if not self.wanted:
+      if self.process_id not in (None, 0):
+        raise DistributedError(f"process_id={self.process_id} of a run of one process: set "
+                               "num_processes (--num_processes or JAX_NUM_PROCESSES)")
+      return
+    if self.cluster() is None:  # nothing to detect the values from: all three are needed
+      missing = [n for n, v in (("coordinator_address", self.coordinator_address),
+                                ("num_processes", self.num_processes),
+                                ("process_id", self.process_id)) if v is None]
+      if missing:
+        raise DistributedError(f"a run of several processes needs {', '.join(missing)} "
+                               "(flags --coordinator_address, --num_processes, --process_id or "
+                               "JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID)")
+    if (self.num_processes is not None and self.process_id is not None
+        and not 0 <= self.process_id < self.num_processes):
+      raise DistributedError(f"process_id={self.process_id}: expected 0 to "
+                             f"{self.num_processes - 1} (num_processes={self.num_processes})")
+    if self.coordinator_address is not None and ":" not in self.coordinator_address:
+      raise DistributedError(f"coordinator_address={self.coordinator_address!r}: expected "
+                             "HOST:PORT")
+
+
+def _advice() -> str:
+  return ("start every process with the same coordinator address and process count, process 0 "
+          "on the coordinator's host, and check that its port is reachable")
+
+
+def start(launch: Launch) -> None:
+  """jax.distributed.initialize for a run of several processes (nothing for one), before any
+  device is touched. A coordinator that never answers, or a process that never comes, is a
+  one-line error and exit code 2 after `launch.timeout_s`, never a hang.
+
+  JAX's client ends the process itself (abort, a C++ log of many lines) when its deadline
+  passes, so a watchdog thread says it first, in one line, and exits."""
+  launch.check()
+  if not launch.wanted or jax.distributed.is_initialized():
+    return
+  who = (f"process {launch.process_id} of {launch.num_processes}"
+         if launch.process_id is not None else "this process")
+  where = launch.coordinator_address or f"the coordinator {launch.cluster()} names"
+
+  def give_up():
+    os.write(2, (f"distributed error: {who} could not meet every process of the run at {where} "
+                 f"within {launch.timeout_s} s (--distributed_timeout): {_advice()}\n").encode())
+    os._exit(2)
+  watchdog = threading.Timer(launch.timeout_s, give_up)
+  watchdog.daemon = True
+  watchdog.start()
+  try:
+    jax.distributed.initialize(
+        coordinator_address=launch.coordinator_address, num_processes=launch.num_processes,
+        process_id=launch.process_id, initialization_timeout=launch.timeout_s + 30,
+        heartbeat_timeout_seconds=launch.heartbeat_s,
+        shutdown_timeout_seconds=min(launch.timeout_s, 300))
+  except Exception as e:  # noqa: BLE001  (XlaRuntimeError, ValueError...: one line either way)
+    reason = " ".join(str(e).split())[:240]
+    raise DistributedError(f"{who} could not join the run at {where} ({reason}): "
+                           f"{_advice()}") from None
+  finally:
+    watchdog.cancel()
+  log.info("process %d of %d joined the run at %s; %d local of %d devices",
+           jax.process_index(), jax.process_count(), where, jax.local_device_count(),
+           jax.device_count())
+
+
+def primary() -> bool:
+  """Whether this process writes the run's files and prints its progress (process 0)."""
+  return jax.process_index() == 0
+
+
+def log_prefix() -> str:
+  """What log lines of this process start with: nothing for one process, its index else."""
+  return f"[process {jax.process_index()}/{jax.process_count()}] " if jax.process_count() > 1 else ""
+
+
+def code_digest() -> str:
+  """A digest of mmvit's source files: processes of one run must run the same code."""
+  root = os.path.dirname(os.path.abspath(__file__))
+  h = hashlib.sha256()
+  for dirpath, dirnames, files in sorted(os.walk(root)):
+    dirnames.sort()
+    for name in sorted(files):
+      if name.endswith(".py"):
+        path = os.path.join(dirpath, name)
+        h.update(os.path.relpath(path, root).encode())
+        with open(path, "rb") as f:
+          h.update(f.read())
+  return h.hexdigest()[:16]
+
+
+def agree(**digests: str) -> None:
+  """Every process must hold the same values (the config's digest, the code's...): a one-line
+  DistributedError on every process naming what differs and on which processes."""
+  if jax.process_count() == 1:
+    return
+  from jax.experimental import multihost_utils  # noqa: PLC0415
+
+  names = sorted(digests)
+  mine = np.frombuffer("".join(digests[n] for n in names).encode(), np.uint8)
+  every = np.asarray(multihost_utils.process_allgather(mine))  # (processes, bytes)
+  width = [len(digests[n]) for n in names]
+  for p in range(every.shape[0]):
+    if (every[p] == mine).all():
+      continue
+    start = 0
+    for n, w in zip(names, width):
+      theirs = every[p, start:start + w].tobytes().decode()
+      if theirs != digests[n]:
+        raise DistributedError(
+            f"process {p} runs another {n} ({theirs}) than process {jax.process_index()} "
+            f"({digests[n]}): start every process with the same config and code")
+      start += w

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# mmvit on a Cloud TPU VM pod slice: the same code, environment and command on every worker.
+#
+#   scripts/launch/tpu_pod.sh --tpu=NAME --zone=ZONE [--project=P] [--dry-run] -- \
+#       --config=configs/demo.py --workdir=/mnt/runs/demo --config.data_dir=/mnt/data
+#
+# --workdir and data_dir must be one filesystem that every worker sees (every process writes its
+# part of each checkpoint): a bucket mounted with gcsfuse at the same path on all workers, or a
+# Filestore share. mmvit opens them as local paths; gs:// URLs are not read directly yet.
+#
+# Steps, each on all workers at once (gcloud compute tpus tpu-vm ssh --worker=all):
+#   1. copy: the committed tree of this checkout (git archive HEAD), unpacked in ~/mmvit;
+#   2. install: uv from the package index, then `uv sync --locked` and jax's TPU build;
+#   3. run: `python -m mmvit.main ARGS` on every worker. JAX finds the coordinator, the process
+#      count and each worker's index on a TPU VM itself; the run logs to ~/mmvit/run.log on
+#      each worker (process 0 prints the progress).
+# --multislice=N (N > 1) runs over a multislice queued resource instead (MEGASCALE_* set by the
+# TPU runtime; the data axis spans slices over DCN).
+set -euo pipefail
+
+tpu= zone= project= dry_run=0 jax_tpu="jax[tpu]==0.10.2"
+while (( $# )); do
+  case "$1" in
+    --tpu=*) tpu="${1#*=}" ;;
+    --zone=*) zone="${1#*=}" ;;
+    --project=*) project="${1#*=}" ;;
+    --dry-run|--dry_run) dry_run=1 ;;
+    --) shift; break ;;
+    *) echo "tpu_pod.sh: unknown option $1 (mmvit's own arguments go after --)" >&2; exit 2 ;;
+  esac
+  shift
+done
+if [[ -z "$tpu" || -z "$zone" ]]; then
+  echo "tpu_pod.sh: --tpu=NAME and --zone=ZONE are required" >&2; exit 2
+fi
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+ssh=(gcloud compute tpus tpu-vm ssh "$tpu" --zone="$zone" --worker=all)
+[[ -n "$project" ]] && ssh+=(--project="$project")
+scp=(gcloud compute tpus tpu-vm scp --zone="$zone" --worker=all)
+[[ -n "$project" ]] && scp+=(--project="$project")
+run_args=$(printf ' %q' "$@")
+
+steps=(
+  "git -C $(printf %q "$root") archive --format=tar.gz -o /tmp/mmvit.tar.gz HEAD"
+  "$(printf '%q ' "${scp[@]}") /tmp/mmvit.tar.gz $(printf %q "$tpu"):/tmp/mmvit.tar.gz"
+  "$(printf '%q ' "${ssh[@]}") --command='mkdir -p ~/mmvit && tar -xzf /tmp/mmvit.tar.gz -C ~/mmvit'"
+  "$(printf '%q ' "${ssh[@]}") --command='cd ~/mmvit && python3 -m pip install -q uv && python3 -m uv sync --locked && python3 -m uv pip install -q \"$jax_tpu\"'"
+  "$(printf '%q ' "${ssh[@]}") --command='cd ~/mmvit && .venv/bin/python -m mmvit.main$run_args 2>&1 | tee run.log'"
+)
+for s in "${steps[@]}"; do
+  if (( dry_run )); then echo "$s"; else eval "$s"; fi
+done
