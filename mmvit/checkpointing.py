@@ -32,9 +32,11 @@ import orbax.checkpoint as ocp
 
 log = logging.getLogger("mmvit")
 
-# Fields that may change between runs in one workdir: they do not change what is trained.
+# Fields that may change between runs in one workdir: they do not change what is trained. The
+# layout fields (mesh, mesh_dcn, sharding) change where arrays live and the order of float
+# sums; a run resumes on another layout (loop.data_position).
 HARMLESS_FIELDS = ("log_every", "eval_every", "eval_batch_size", "checkpoint_every",
-                   "keep_checkpoints", "data_dir")
+                   "keep_checkpoints", "data_dir", "mesh", "mesh_dcn", "sharding")
 
 
 class CheckpointError(ValueError):
@@ -58,7 +60,7 @@ def _flat(d, prefix=""):
 def run_fields(config) -> dict:
   """The config as flat field -> value, without the fields that may change on resume."""
   flat = _flat(json.loads(config.to_json_best_effort(sort_keys=True)))
-  return {k: v for k, v in flat.items() if k not in HARMLESS_FIELDS}
+  return {k: v for k, v in flat.items() if k.split(".")[0] not in HARMLESS_FIELDS}
 
 
 def config_digest(config) -> str:
@@ -136,7 +138,7 @@ def guard_workdir(workdir: str, config, allow_config_change: bool = False) -> bo
   if os.path.exists(path):
     with open(path) as f:
       old = _flat(_completed(json.load(f)))
-    old = {k: v for k, v in old.items() if k not in HARMLESS_FIELDS}
+    old = {k: v for k, v in old.items() if k.split(".")[0] not in HARMLESS_FIELDS}
     new = json.loads(json.dumps(run_fields(config)))
     diff = sorted(k for k in set(old) | set(new) if old.get(k, "<unset>") != new.get(k, "<unset>"))
     if not diff:

@@ -22,6 +22,7 @@ from mmvit.models.fusion import KINDS as FUSION_KINDS, FusionSpec
 from mmvit.models.heads import HEAD_KINDS, POOLS
 from mmvit.models.tokenizers import KINDS as TOKENIZER_KINDS
 from mmvit.schedules import KINDS as SCHEDULE_KINDS
+from mmvit.sharding import LOGICAL_NAMES, MESH_AXES, PRESETS
 
 OPTIMIZERS = ("adamw", "sgd")
 LR_SCHEDULES = ("cosine", "constant", "linear")
@@ -54,6 +55,8 @@ DEFAULTS = dict(
     checkpoint_every=0,     # 0: only at the end (and on preemption)
     keep_checkpoints=3,
     mesh={},                # axis -> size over data, fsdp, tensor (-1: the rest)
+    mesh_dcn={},            # axis -> size across slices (TPU multislice) or processes (GPU nodes)
+    sharding={},            # preset and per-name rule overrides (SHARDING_DEFAULTS)
     test_split="test",
     eval_split="validation",
     nonfinite={},
@@ -83,6 +86,9 @@ OPTIMIZER_DEFAULTS = dict(
 SCHEDULE_DEFAULTS = dict(kind=REQUIRED, ratios=None)
 NONFINITE_DEFAULTS = dict(policy="stop", max_skips=0)
 MIXUP_DEFAULTS = dict(alpha=0.0, mixmod=False)
+# preset: data_parallel, fsdp or fsdp_tensor (sharding.PRESETS); rules: {logical name: mesh
+# axes} replacing single rules, e.g. dict(tokens=("tensor",)) for sequence parallelism.
+SHARDING_DEFAULTS = dict(preset="fsdp_tensor", rules=None)
 INIT_FROM_DEFAULTS = dict(workdir=REQUIRED, step=None, groups=REQUIRED)
 FUSION_DEFAULTS = {f.name: f.default for f in dataclasses.fields(FusionSpec)}
 
@@ -94,9 +100,11 @@ TASK_KEYS = set(TASK_DEFAULTS)
 PP_KEYS = {"train", "eval"}
 OPTIMIZER_KEYS = set(OPTIMIZER_DEFAULTS)
 SCHEDULE_KEYS = set(SCHEDULE_DEFAULTS)
-MESH_AXES = ("data", "fsdp", "tensor")
 NONFINITE_KEYS = set(NONFINITE_DEFAULTS)
 MIXUP_KEYS = set(MIXUP_DEFAULTS)
+SHARDING_KEYS = set(SHARDING_DEFAULTS)
+SHARDING_PRESETS = tuple(PRESETS)
+LOGICAL_AXES = LOGICAL_NAMES
 FUSION_KEYS = set(FUSION_DEFAULTS)
 
 
@@ -112,9 +120,12 @@ def complete(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   a field set to None where the default is a dict (nonfinite, mesh, augment) becomes {}."""
   c = config.to_dict()
   out = _filled(c, DEFAULTS)
-  for k in ("mesh", "nonfinite"):
+  for k in ("mesh", "mesh_dcn", "nonfinite", "sharding"):
     out[k] = dict(out[k] or {})
   out["nonfinite"] = _filled(out["nonfinite"], NONFINITE_DEFAULTS)
+  out["sharding"] = _filled(out["sharding"], SHARDING_DEFAULTS)
+  out["sharding"]["rules"] = {k: [v] if isinstance(v, str) else list(v)
+                              for k, v in dict(out["sharding"]["rules"] or {}).items()}
   out["model"] = _filled(c["model"], MODEL_DEFAULTS)
   out["model"]["tokenizers"] = {n: _filled(t, TOKENIZER_DEFAULTS)
                                 for n, t in c["model"]["tokenizers"].items()}
@@ -355,6 +366,24 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if not isinstance(v, int) or isinstance(v, bool) or (v < 1 and v != -1):
       raise ConfigError(f"mesh.{a}={show(v)}: expected a positive integer or -1 (all remaining "
                         "devices)")
+  dcn = config.get("mesh_dcn", DEFAULTS["mesh_dcn"]) or {}
+  _check_keys(dcn, set(MESH_AXES), "mesh_dcn")
+  for a, v in dcn.items():
+    _int(v, f"mesh_dcn.{a}", 1)
+  sh = config.get("sharding") or {}
+  _check_keys(sh, SHARDING_KEYS, "sharding")
+  _choice(sh.get("preset", SHARDING_DEFAULTS["preset"]), "sharding.preset", SHARDING_PRESETS)
+  rules = sh.get("rules") or {}
+  if not hasattr(rules, "items"):
+    raise ConfigError(f"sharding.rules={show(rules)}: expected a dict of logical name -> mesh "
+                      "axes, e.g. dict(tokens=('tensor',))")
+  _check_keys(rules, set(LOGICAL_AXES), "sharding.rules")
+  for name, axes in rules.items():
+    axes = [axes] if isinstance(axes, str) else axes
+    if (not isinstance(axes, (list, tuple)) or any(a not in MESH_AXES for a in axes)
+        or len(set(axes)) != len(axes)):
+      raise ConfigError(f"sharding.rules.{name}={show(rules[name])}: expected distinct mesh "
+                        f"axes among {', '.join(MESH_AXES)} (a tuple; () shards nothing)")
   for i, src in enumerate(init_sources(config)):
     where = f"init_from[{i}]"
     _check_keys(src, INIT_FROM_KEYS, where)
@@ -404,6 +433,8 @@ def allowed_fields(config, path: tuple[str, ...]) -> set[str] | None:
   fields, or the config's own tasks and modalities; None where validate does not restrict."""
   fixed = {(): TOP_LEVEL, ("model",): MODEL_KEYS, ("optimizer",): OPTIMIZER_KEYS,
            ("schedule",): SCHEDULE_KEYS, ("mesh",): set(MESH_AXES),
+           ("mesh_dcn",): set(MESH_AXES), ("sharding",): SHARDING_KEYS,
+           ("sharding", "rules"): set(LOGICAL_AXES),
            ("nonfinite",): NONFINITE_KEYS, ("init_from",): INIT_FROM_KEYS}
   if path in fixed:
     return fixed[path]

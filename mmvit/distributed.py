@@ -154,6 +154,11 @@ def log_prefix() -> str:
   return f"[process {jax.process_index()}/{jax.process_count()}] " if jax.process_count() > 1 else ""
 
 
+def config_digest(config) -> str:
+  """A digest of the whole completed config, layout and paths included."""
+  return hashlib.sha256(config.to_json_best_effort(sort_keys=True).encode()).hexdigest()[:16]
+
+
 def code_digest() -> str:
   """A digest of mmvit's source files: processes of one run must run the same code."""
   root = os.path.dirname(os.path.abspath(__file__))

@@ -7,6 +7,7 @@ routes, and the loop only picks tasks from the schedule and calls their compiled
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 from collections.abc import Callable
@@ -95,6 +96,14 @@ class Experiment:
   tokenizer_specs: dict
   make_eval_step: Callable  # (task, views, drop) -> jitted eval step, for variants
   data: object  # the data module (mmvit.data, or a stand-in with the same functions)
+  rules: tuple = sharding.RULES  # the logical-axis rules of config.sharding
+
+  def layout(self):
+    """The context every step, placement and evaluation runs in: the mesh and the rules."""
+    stack = contextlib.ExitStack()
+    stack.enter_context(jax.set_mesh(self.mesh))
+    stack.enter_context(sharding.using_rules(self.rules))
+    return stack
 
   @property
   def task_by_name(self) -> dict[str, tasks_lib.Task]:
@@ -126,6 +135,11 @@ def parameter_report(groups: dict[str, dict], task_groups_: dict[str, tuple[str,
           "ratio_cotrained_to_single_total": total / sum(single.values())}
 
 
+def rules_of(config) -> tuple:
+  """The logical-axis rules of a completed config (sharding.preset and sharding.rules)."""
+  return sharding.make_rules(config.sharding.preset, dict(config.sharding.rules))
+
+
 def prepare(config: ml_collections.ConfigDict, *, devices=None, data=None):
   """Everything that can reject a config, without building the model: validation, tasks and
   datasets, the schedule, the mesh. Returns (tasks, tokenizer specs, schedule, mesh)."""
@@ -134,9 +148,15 @@ def prepare(config: ml_collections.ConfigDict, *, devices=None, data=None):
   tasks, tok_specs = tasks_lib.resolve(config, data or data_lib)
   schedule = make_schedule(config, tasks)
   try:
-    mesh = sharding.make_mesh(dict(config.mesh), devices)
+    mesh = sharding.make_mesh(dict(config.mesh), devices, dcn=dict(config.mesh_dcn))
   except ValueError as e:
     raise config_lib.ConfigError(str(e)) from None
+  with sharding.using_rules(rules_of(config)):
+    _check_batches(tasks, mesh)
+  return tasks, tok_specs, schedule, mesh
+
+
+def _check_batches(tasks, mesh) -> None:
   n_batch = sharding.data_parallel_size(mesh)
   for t in tasks:
     if t.batch_size % n_batch:
@@ -147,7 +167,6 @@ def prepare(config: ml_collections.ConfigDict, *, devices=None, data=None):
       sharding.process_rows(mesh, t.batch_size)
   except ValueError as e:
     raise config_lib.ConfigError(f"mesh: {e}") from None
-  return tasks, tok_specs, schedule, mesh
 
 
 def check_batch(task: tasks_lib.Task, batch: dict, specs: dict, step: int,
@@ -204,10 +223,12 @@ def build(config: ml_collections.ConfigDict, *, devices=None, data=None) -> Expe
   data = data or data_lib
   tasks, tok_specs, schedule, mesh = prepare(config, devices=devices, data=data)
   config = config_lib.complete(config)
+  rules = rules_of(config)
   o = config.optimizer
   model = build_model(config, tasks, tok_specs, config.seed)
   graphdef, params_state = nnx.split(model, nnx.Param)
-  param_sh = split_groups(sharding.param_shardings(model, mesh))
+  with sharding.using_rules(rules):
+    param_sh = split_groups(sharding.param_shardings(model, mesh))
   params = split_groups(nnx.to_pure_dict(params_state))
   del model
 
@@ -236,7 +257,7 @@ def build(config: ml_collections.ConfigDict, *, devices=None, data=None) -> Expe
       graphdef=graphdef, tx=tx, tasks=tuple(tasks), groups=groups,
       horizon=schedule.batches_per_task(), seed=config.seed, grad_clip=o.grad_clip_norm,
       base_lr=float(o.lr), warmup_steps=int(o.warmup_steps), lr_schedule=o.lr_schedule,
-      num_steps=schedule.num_steps, traces=traces)
+      num_steps=schedule.num_steps, traces=traces, rules=rules)
   eval_cache: dict = {}
 
   def make_eval_step(task, views: int = 1, drop: tuple[str, ...] = ()):
@@ -255,7 +276,7 @@ def build(config: ml_collections.ConfigDict, *, devices=None, data=None) -> Expe
                     state=state, state_shardings=state_sh, groups=groups,
                     train_steps=train_steps, eval_steps=eval_steps, accumulated_step=acc,
                     traces=traces, data=data, make_eval_step=make_eval_step,
-                    tokenizer_specs=tok_specs)
+                    tokenizer_specs=tok_specs, rules=rules)
 
 
 def task_seed(seed: int, task_index: int) -> int:

@@ -294,8 +294,8 @@ def _check_finite(exp: Experiment, state, max_skips: int, ckpt) -> None:
 
 
 def _train_step(exp: Experiment, iters: dict, state, step: int):
-  """(key, new state, metrics) of the schedule's step: the host batches of its task(s),
-  checked at the door, placed on the mesh and run through the compiled step."""
+  """(key, new state, metrics, placed batches) of the schedule's step: the host batches of its
+  task(s), checked at the door, placed on the mesh and run through the compiled step."""
   names = exp.schedule.tasks_at(step)
   accumulated = exp.schedule.kind == "accumulated"
   key = "accumulated" if accumulated else names[0]
@@ -311,7 +311,39 @@ def _train_step(exp: Experiment, iters: dict, state, step: int):
     state, metrics = exp.accumulated_step(state, batches, step_arr)
   else:
     state, metrics = exp.train_steps[key](state, batches[key], step_arr)
-  return key, state, metrics
+  return key, state, metrics, batches
+
+
+def _mib(n: float) -> str:
+  return f"{n / 2**20:.2f} MiB"
+
+
+def state_memory(exp: Experiment) -> dict:
+  """Per-device bytes of parameters and optimizer state, and the fraction replicated."""
+  out = {part: sharding.state_report(exp.state[part]) for part in ("params", "opt")}
+  log.info("state per device: parameters %s (%.0f%% replicated), optimizer %s (%.0f%% "
+           "replicated), on a mesh of %s", _mib(out["params"]["per_device_bytes"]),
+           100 * out["params"]["fraction_replicated"], _mib(out["opt"]["per_device_bytes"]),
+           100 * out["opt"]["fraction_replicated"], dict(exp.mesh.shape))
+  return out
+
+
+def step_memory(exp: Experiment, key: str, state, batches, step: int) -> dict:
+  """The compiled step's memory per device (XLA's memory_analysis; the executable is cached,
+  so asking after the first call compiles nothing)."""
+  step_arr = jnp.asarray(step, jnp.int32)
+  fn, arg = ((exp.accumulated_step, batches) if key == "accumulated" else
+             (exp.train_steps[key], batches[key]))
+  try:
+    m = fn.lower(state, arg, step_arr).compile().memory_analysis()
+  except Exception:  # noqa: BLE001  (a backend without the analysis: nothing to report)
+    return {}
+  out = {k: int(getattr(m, f"{k}_size_in_bytes", 0) or 0)
+         for k in ("argument", "output", "temp", "alias")}
+  log.info("compiled step %s per device: arguments %s, outputs %s (%s aliased), "
+           "temporaries %s", key, _mib(out["argument"]), _mib(out["output"]),
+           _mib(out["alias"]), _mib(out["temp"]))
+  return out
 
 
 def _run(closing: contextlib.ExitStack, config, workdir, *, devices, stop_at, data,
@@ -319,10 +351,11 @@ def _run(closing: contextlib.ExitStack, config, workdir, *, devices, stop_at, da
   config_lib.validate(config)
   # Processes of one run must train one thing: another config or code is refused before any
   # array is placed (JAX would report it then with both arrays printed in full).
-  distributed.agree(config=checkpointing.config_digest(config_lib.complete(config)),
+  distributed.agree(config=distributed.config_digest(config_lib.complete(config)),
                     code=distributed.code_digest())
   exp = build(config, devices=devices, data=data)
   cfg = exp.config
+  closing.enter_context(exp.layout())  # the mesh and the sharding rules, for all that follows
   primary = distributed.primary()  # writes the workdir's files; every process saves checkpoints
   if workdir and primary:  # one run per workdir: another would move its steps, repeat metrics
     closing.enter_context(checkpointing.WorkdirLock(workdir))
@@ -331,6 +364,7 @@ def _run(closing: contextlib.ExitStack, config, workdir, *, devices, stop_at, da
   ckpt = closing.enter_context(checkpointing.Checkpointer(
       workdir or "", keep=int(cfg.keep_checkpoints), enabled=workdir is not None))
   report = parameter_report(exp.state["params"], exp.groups)
+  memory = {"state": state_memory(exp), "steps": {}}
   log.info("parameters: %s", json.dumps(report))
 
   iters = train_iterators(exp)
@@ -365,14 +399,15 @@ def _run(closing: contextlib.ExitStack, config, workdir, *, devices, stop_at, da
             "data_shards": shards}
 
   preempted = None
-  with jax.set_mesh(exp.mesh), Preempted() as sigterm:
+  with Preempted() as sigterm:
     for step in range(start, end):
       t0 = time.perf_counter()
-      key, state, metrics = _train_step(exp, iters, state, step)
+      key, state, metrics, placed = _train_step(exp, iters, state, step)
       last[key] = metrics
       if key not in compiled:
         jax.block_until_ready(metrics)
         compiled.add(key)
+        memory["steps"][key] = step_memory(exp, key, state, placed, step)
         timer.step(True, t0)
       else:
         timer.step(False, t0)
@@ -424,7 +459,7 @@ def _run(closing: contextlib.ExitStack, config, workdir, *, devices, stop_at, da
              "params": report, "steps": final_step, "steps_per_s": steps_per_s,
              "traces": dict(exp.traces), "preempted": preempted,
              "skipped_updates": int(jax.device_get(state["guard"]["skipped"])),
-             "init_from": init_lines}
+             "init_from": init_lines, "memory": memory}
   if workdir and preempted is None and primary:
     with open(os.path.join(workdir, "results.json"), "w") as f:
       json.dump(summary, f, indent=2)

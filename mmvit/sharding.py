@@ -1,13 +1,20 @@
 """Meshes and the one ordered list of logical-axis rules.
 
-Parameters and activations carry logical axis names; RULES maps each name to the mesh axes it
-may be split over, first match wins, and a mesh axis is used at most once per array. Data
-parallel, FSDP and tensor parallel differ only by the mesh shape in the config: a mesh axis of
-size 1 shards nothing.
+Parameters and activations carry logical axis names; the rules map each name to the mesh axes
+it may be split over, first match wins, and a mesh axis is used at most once per array. Data
+parallel, FSDP and tensor parallel differ by the mesh shape and the rule preset in the config
+(`sharding.preset`, with `sharding.rules` overriding single names): a mesh axis of size 1
+shards nothing.
+
+The rules in force are a context (`using_rules`): the experiment builds shardings under the
+config's rules, and the compiled steps trace under them, so activation constraints inside the
+model (`constrain`) read the same names the parameters do.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 from collections.abc import Sequence
 
@@ -18,7 +25,8 @@ from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
 MESH_AXES = ("data", "fsdp", "tensor")
 
-# logical name -> mesh axes, in order of preference.
+# logical name -> mesh axes, in order of preference: the default preset (FSDP + tensor).
+# Activations: batch, tokens, embed, mlp, heads; parameters: embed, mlp, heads, kv, classes.
 RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("batch", ("data", "fsdp")),
     ("embed", ("fsdp",)),
@@ -28,31 +36,86 @@ RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("kv", ()),
     ("tokens", ()),
 )
+LOGICAL_NAMES = tuple(name for name, _ in RULES)
+
+# Named presets: what each shards beside the batch. In all of them the batch is split over
+# data and fsdp (FSDP is data parallel for activations).
+PRESETS: dict[str, dict[str, tuple[str, ...]]] = {
+    "data_parallel": {"embed": (), "mlp": (), "heads": (), "classes": ()},
+    "fsdp": {"mlp": (), "heads": (), "classes": ()},
+    "fsdp_tensor": {},
+}
+
+_ACTIVE: contextvars.ContextVar[tuple] = contextvars.ContextVar("mmvit_rules", default=RULES)
 
 
-def make_mesh(shape: dict[str, int] | None = None, devices: Sequence | None = None
-              ) -> jax.sharding.Mesh:
-  """`shape` maps mesh axes to sizes; one -1 takes the remaining devices (default data=-1)."""
+def make_rules(preset: str = "fsdp_tensor", overrides: dict | None = None) -> tuple:
+  """The rule list of a preset with single names overridden ({name: mesh axes}), in RULES'
+  order (a config's `sharding`)."""
+  table = dict(RULES)
+  table.update(PRESETS[preset])
+  table.update({k: (v,) if isinstance(v, str) else tuple(v) for k, v in (overrides or {}).items()})
+  return tuple((name, table[name]) for name in LOGICAL_NAMES)
+
+
+def current_rules() -> tuple:
+  return _ACTIVE.get()
+
+
+@contextlib.contextmanager
+def using_rules(rules: tuple):
+  token = _ACTIVE.set(tuple(rules))
+  try:
+    yield
+  finally:
+    _ACTIVE.reset(token)
+
+
+def make_mesh(shape: dict[str, int] | None = None, devices: Sequence | None = None,
+              dcn: dict[str, int] | None = None) -> jax.sharding.Mesh:
+  """`shape` maps mesh axes to sizes inside a slice or host group (ICI); one -1 takes the
+  remaining devices (default data=-1). `dcn` multiplies axes across slices (Cloud TPU
+  multislice) or, where devices have no slice, across processes (GPU nodes): an axis's size
+  is then shape x dcn, its outer factor over the slower network."""
   devices = list(devices if devices is not None else jax.devices())
+  dcn = {a: int((dcn or {}).get(a, 1)) for a in MESH_AXES}
+  granules = math.prod(dcn.values())
+  if len(devices) % granules:
+    raise ValueError(f"mesh_dcn={dcn}: {len(devices)} devices do not split into {granules} "
+                     "slices or processes")
+  per_granule = len(devices) // granules
   shape = {a: int((shape or {}).get(a, 1)) for a in MESH_AXES}
   if not any(v == -1 for v in shape.values()) and math.prod(shape.values()) == 1:
     shape["data"] = -1
   fixed = math.prod(v for v in shape.values() if v != -1)
-  if len(devices) % fixed:
-    raise ValueError(f"mesh={shape}: {len(devices)} devices are not divisible by {fixed}")
-  shape = {a: (len(devices) // fixed if v == -1 else v) for a, v in shape.items()}
-  if math.prod(shape.values()) != len(devices):
+  if per_granule % fixed:
+    raise ValueError(f"mesh={shape}: {per_granule} devices are not divisible by {fixed}")
+  shape = {a: (per_granule // fixed if v == -1 else v) for a, v in shape.items()}
+  if math.prod(shape.values()) != per_granule:
     raise ValueError(f"mesh={shape}: needs {math.prod(shape.values())} devices, have "
-                     f"{len(devices)}")
-  return jax.make_mesh(tuple(shape.values()), MESH_AXES, axis_types=(AxisType.Auto,) * 3,
-                       devices=devices)
+                     f"{per_granule}" + (f" per slice or process ({len(devices)} in all)"
+                                         if granules > 1 else ""))
+  types = (AxisType.Auto,) * len(MESH_AXES)
+  if granules == 1:
+    return jax.make_mesh(tuple(shape.values()), MESH_AXES, axis_types=types, devices=devices)
+  from jax.experimental import mesh_utils  # noqa: PLC0415
+  # TPU multislice: the slices; else (GPU nodes, CPU processes: one "slice") the processes.
+  slices = {getattr(d, "slice_index", None) for d in devices}
+  by_slice = len(slices) > 1
+  n = len(slices) if by_slice else len({d.process_index for d in devices})
+  if n != granules:
+    raise ValueError(f"mesh_dcn={dcn}: needs {granules} slices or processes, the run has {n}")
+  grid = mesh_utils.create_hybrid_device_mesh(
+      tuple(shape.values()), tuple(dcn.values()), devices, process_is_granule=not by_slice)
+  return jax.sharding.Mesh(grid, MESH_AXES, axis_types=types)
 
 
 def logical_to_spec(names: Sequence[str | None], mesh: jax.sharding.Mesh,
-                    shape: Sequence[int] | None = None) -> P:
-  """Maps logical axis names to a PartitionSpec under RULES, skipping mesh axes of size 1, axes
-  already used by an earlier dimension, and splits that do not divide the dimension."""
-  rules = dict(RULES)
+                    shape: Sequence[int] | None = None, rules: tuple | None = None) -> P:
+  """Maps logical axis names to a PartitionSpec under the rules in force, skipping mesh axes
+  of size 1, axes already used by an earlier dimension, and splits that do not divide the
+  dimension."""
+  rules = dict(current_rules() if rules is None else rules)
   used: set[str] = set()
   out = []
   for i, name in enumerate(names):
@@ -85,7 +148,30 @@ def param_shardings(model: nnx.Module, mesh) -> dict:
 
 def data_parallel_size(mesh) -> int:
   """How many ways a batch is split: the product of the mesh axes the batch is sharded over."""
-  return math.prod(mesh.shape[a] for a in dict(RULES)["batch"])
+  return math.prod(mesh.shape[a] for a in dict(current_rules())["batch"])
+
+
+def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
+  """An activation's sharding by logical names (inside a compiled step under a mesh); where
+  no mesh is set (a model called on its own) it is left to XLA."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty:
+    return x
+  return jax.lax.with_sharding_constraint(x, logical_to_spec(names, mesh, x.shape))
+
+
+def state_report(tree) -> dict:
+  """Bytes of a tree of arrays: in all, on the device holding most, and replicated ones."""
+  total = replicated = 0
+  per_device: dict = {}
+  for x in jax.tree.leaves(tree):
+    total += x.nbytes
+    if x.sharding.is_fully_replicated:
+      replicated += x.nbytes
+    for s in x.addressable_shards:
+      per_device[s.device] = per_device.get(s.device, 0) + s.data.nbytes
+  return {"bytes": total, "per_device_bytes": max(per_device.values(), default=0),
+          "fraction_replicated": replicated / total if total else 0.0}
 
 
 def batch_sharding(mesh, ndim: int) -> NamedSharding:

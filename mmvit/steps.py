@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from mmvit import optim, tasks as tasks_lib
+from mmvit import optim, sharding, tasks as tasks_lib
 from mmvit.models import heads as heads_lib
 from mmvit.models.model import average_logits, join_groups
 
@@ -42,6 +42,7 @@ class StepContext:
   lr_schedule: str
   num_steps: int
   traces: dict[str, int]              # how many times each step function was traced
+  rules: tuple = sharding.RULES       # logical-axis rules the steps trace under (activations)
 
   def count_trace(self, name: str) -> None:
     self.traces[name] = self.traces.get(name, 0) + 1
@@ -207,16 +208,27 @@ def eval_step(ctx: StepContext, task: tasks_lib.Task, views: int, drop: tuple[st
 # ------------------------------------------------------------ jit wrappers -------------------
 # Batches arrive already placed (sharding.shard_batch), so their in_shardings are None.
 
+def _under_rules(ctx: StepContext, fn):
+  """`fn` traced under the run's rules, whoever calls it (activation constraints)."""
+  @functools.wraps(fn)
+  def traced(*args):
+    with sharding.using_rules(ctx.rules):
+      return fn(*args)
+  return traced
+
+
 def jit_train_step(ctx: StepContext, task, state_sh, rep):
-  return jax.jit(functools.partial(train_step, ctx, task), in_shardings=(state_sh, None, rep),
-                 out_shardings=(state_sh, rep), donate_argnums=(0,))
+  return jax.jit(_under_rules(ctx, functools.partial(train_step, ctx, task)),
+                 in_shardings=(state_sh, None, rep), out_shardings=(state_sh, rep),
+                 donate_argnums=(0,))
 
 
 def jit_accumulated_step(ctx: StepContext, state_sh, rep):
-  return jax.jit(functools.partial(accumulated_step, ctx), in_shardings=(state_sh, None, rep),
-                 out_shardings=(state_sh, rep), donate_argnums=(0,))
+  return jax.jit(_under_rules(ctx, functools.partial(accumulated_step, ctx)),
+                 in_shardings=(state_sh, None, rep), out_shardings=(state_sh, rep),
+                 donate_argnums=(0,))
 
 
 def jit_eval_step(ctx: StepContext, task, views, drop, param_sh, rep):
-  return jax.jit(functools.partial(eval_step, ctx, task, views, drop),
+  return jax.jit(_under_rules(ctx, functools.partial(eval_step, ctx, task, views, drop)),
                  in_shardings=(param_sh, None), out_shardings=rep)

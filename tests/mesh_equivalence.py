@@ -11,6 +11,7 @@ swaps the two tensor-parallel halves of one MLP kernel (shards restored in the w
 """
 
 import os
+import re
 import sys
 
 os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
@@ -30,7 +31,11 @@ from tests.fakes import FakeData  # noqa: E402
 from tests.tiny import tiny_config  # noqa: E402
 
 MESHES = {"1 device": None, "data=8": dict(data=8), "data=4,tensor=2": dict(data=4, tensor=2),
-          "data=2,fsdp=2,tensor=2": dict(data=2, fsdp=2, tensor=2)}
+          "data=2,fsdp=2,tensor=2": dict(data=2, fsdp=2, tensor=2),
+          # The rules from the config: a preset, and one name overridden (attention heads
+          # stay whole: its parameters and activations are not split over tensor, the MLP's are).
+          "fsdp=4,tensor=2 preset fsdp": dict(fsdp=4, tensor=2, sharding=dict(preset="fsdp")),
+          "data=4,tensor=2 heads->()": dict(data=4, tensor=2, sharding=dict(rules=dict(heads=())))}
 BROKEN = "data=4,tensor=2"
 
 
@@ -67,8 +72,10 @@ def swap_tensor_halves(params):
 
 def run(mesh, broken: str | None):
   cfg = equivalence_config()
+  mesh = dict(mesh or {})
+  cfg.sharding = mesh.pop("sharding", {})
   cfg.mesh = mesh or dict(data=1)
-  devices = jax.devices()[:1] if mesh is None else jax.devices()
+  devices = jax.devices()[:1] if not mesh else jax.devices()
   exp = train.build(cfg, devices=devices, data=FakeData())
   iters = train.train_iterators(exp)
   state, losses = exp.state, []
@@ -85,6 +92,12 @@ def run(mesh, broken: str | None):
       losses.append(float(m["loss"]))
   leaves = jax.tree_util.tree_leaves_with_path(state["params"])
   specs = sorted({str(x.sharding.spec) for _, x in leaves})
+  # What the compiled step asks of its activations: the sharding constraints in its HLO.
+  with jax.set_mesh(exp.mesh):  # the last step's task and batch
+    hlo = exp.train_steps[task].lower(state, batch, jnp.int32(0)).as_text()
+  found = re.findall(r"sdy\.sharding_constraint %\S+ <@mesh, (\[.*?\])> : tensor<(\S+?)x?f32>",
+                     hlo)
+  specs += sorted({f"constraint {spec} on {shape}" for spec, shape in found})
   return losses, {jax.tree_util.keystr(p): np.asarray(x) for p, x in leaves}, specs
 
 

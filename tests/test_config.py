@@ -56,6 +56,18 @@ def test_data_affine_on_device_must_be_a_bool():
   assert msg == "config.data_affine_on_device=1: expected True or False"
 
 
+@pytest.mark.parametrize("edit,msg", [
+    (lambda c: setattr(c, "sharding", dict(preset="zero3")),
+     "sharding.preset='zero3': expected one of data_parallel, fsdp, fsdp_tensor"),
+    (lambda c: setattr(c, "sharding", dict(rules=dict(tokens=("model",)))),
+     "sharding.rules.tokens=('model',): expected distinct mesh axes among data, fsdp, tensor "
+     "(a tuple; () shards nothing)"),
+    (lambda c: setattr(c, "mesh_dcn", dict(data=0)), "mesh_dcn.data=0: expected an integer >= 1"),
+])
+def test_sharding_rules_and_dcn_mesh_are_checked_at_the_door(edit, msg):
+  assert error_of(edit) == msg
+
+
 def test_unknown_task_pool():
   msg = error_of(lambda c: setattr(c.tasks.image, "pool", "max"))
   assert msg == "tasks.image.pool='max': expected one of token, gap"

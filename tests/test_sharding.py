@@ -32,6 +32,20 @@ def test_rules_map_logical_names_to_mesh_axes():
   assert sharding.logical_to_spec(("batch", None), mesh) == P(("data", "fsdp"), None)
 
 
+def test_presets_and_config_overrides_make_the_rule_list():
+  mesh = FakeMesh(data=2, fsdp=2, tensor=2)
+  spec = lambda names, rules: sharding.logical_to_spec(names, mesh, rules=rules)
+  dp, fsdp = sharding.make_rules("data_parallel"), sharding.make_rules("fsdp")
+  assert spec(("embed", "mlp"), dp) == P(None, None)
+  assert spec(("embed", "mlp"), fsdp) == P("fsdp", None)
+  assert spec(("batch", "embed"), dp) == P(("data", "fsdp"), None)
+  seq = sharding.make_rules("fsdp_tensor", {"tokens": "tensor"})
+  assert spec(("batch", "tokens", "heads", "kv"), seq) == P(("data", "fsdp"), "tensor", None, None)
+  with sharding.using_rules(fsdp):  # the rules in force when none are given
+    assert sharding.logical_to_spec(("embed", "mlp"), mesh) == P("fsdp", None)
+  assert sharding.logical_to_spec(("embed", "mlp"), mesh) == P("fsdp", "tensor")
+
+
 def test_mesh_axes_of_size_one_and_non_dividing_splits_shard_nothing():
   assert sharding.logical_to_spec(("embed", "mlp"), FakeMesh(data=8)) == P(None, None)
   assert sharding.logical_to_spec(("classes",), FakeMesh(tensor=4), shape=(10,)) == P(None)
@@ -82,6 +96,16 @@ def test_every_mesh_trains_what_one_device_trains_up_to_float32_reordering(tmp_p
   # Tensor parallel and FSDP really split parameters.
   assert any("tensor" in s for s in runs["data=4,tensor=2"]["specs"])
   assert any("fsdp" in s for s in runs["data=2,fsdp=2,tensor=2"]["specs"])
+  # The config's rules reach parameters and activations alike: the fsdp preset splits no
+  # array over tensor; with heads overridden to (), attention activations stay whole while
+  # the MLP's hidden activations are still split (the default splits both).
+  default = list(runs["data=4,tensor=2"]["specs"])
+  assert 'constraint [{"data"}, {}, {"tensor"}, {}] on 8x9x2x16' in default
+  fsdp = list(runs["fsdp=4,tensor=2 preset fsdp"]["specs"])
+  assert not any("tensor" in s for s in fsdp) and any("fsdp" in s for s in fsdp)
+  heads = list(runs["data=4,tensor=2 heads->()"]["specs"])
+  assert 'constraint [{"data"}, {}, {}, {}] on 8x9x2x16' in heads
+  assert 'constraint [{"data"}, {}, {"tensor"}] on 8x9x64' in heads
 
 
 @pytest.mark.parametrize("bug", ["labels", "param_shards"])

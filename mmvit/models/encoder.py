@@ -11,6 +11,12 @@ import jax.numpy as jnp
 from flax import nnx
 
 from mmvit.models.layers import Dense, LayerNorm, dense_init, drop_path, dropout, param
+from mmvit.sharding import constrain
+
+# Activations by logical name (mmvit/sharding.py maps them to mesh axes under the run's rules).
+TOKENS = ("batch", "tokens", "embed")
+HIDDEN = ("batch", "tokens", "mlp")
+PER_HEAD = ("batch", "tokens", "heads", "kv")
 
 
 class Attention(nnx.Module):
@@ -30,12 +36,13 @@ class Attention(nnx.Module):
 
   def __call__(self, x: jax.Array, kv: jax.Array | None = None, dropout_rate=0.0, key=None):
     kv = x if kv is None else kv
-    proj = lambda p, t: jnp.einsum("bnd,dhk->bnhk", t, p["kernel"][...]) + p["bias"][...]
+    proj = lambda p, t: constrain(
+        jnp.einsum("bnd,dhk->bnhk", t, p["kernel"][...]) + p["bias"][...], PER_HEAD)
     q, k, v = proj(self.query, x), proj(self.key, kv), proj(self.value, kv)
     logits = jnp.einsum("bqhk,bnhk->bhqn", q, k) / jnp.sqrt(q.shape[-1]).astype(q.dtype)
     weights = jax.nn.softmax(logits, axis=-1)
     weights = dropout(weights, dropout_rate, key)
-    out = jnp.einsum("bhqn,bnhk->bqhk", weights, v)
+    out = constrain(jnp.einsum("bhqn,bnhk->bqhk", weights, v), PER_HEAD)
     return jnp.einsum("bqhk,hkd->bqd", out, self.out["kernel"][...]) + self.out["bias"][...]
 
 
@@ -61,14 +68,14 @@ class Block(nnx.Module):
     xq = x if n_query is None else x[:, :n_query]
     y = self.MultiHeadDotProductAttention_0(q, y, attention_dropout, keys[0])
     y = dropout(y, dropout_rate, keys[1])
-    x = xq + drop_path(y, drop_path_rate, keys[2])
+    x = constrain(xq + drop_path(y, drop_path_rate, keys[2]), TOKENS)
     y = self.LayerNorm_1(x)
     mlp = self.MlpBlock_0
-    y = jax.nn.gelu(mlp["Dense_0"](y))
+    y = constrain(jax.nn.gelu(mlp["Dense_0"](y)), HIDDEN)
     y = dropout(y, dropout_rate, keys[3])
     y = mlp["Dense_1"](y)
     y = dropout(y, dropout_rate, keys[3] if keys[3] is None else jax.random.fold_in(keys[3], 1))
-    return x + drop_path(y, drop_path_rate, keys[4])
+    return constrain(x + drop_path(y, drop_path_rate, keys[4]), TOKENS)
 
 
 def depth_rates(rate: float, depth: int) -> list[float]:

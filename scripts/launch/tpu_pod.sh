@@ -14,8 +14,8 @@
 #   3. run: `python -m mmvit.main ARGS` on every worker. JAX finds the coordinator, the process
 #      count and each worker's index on a TPU VM itself; the run logs to ~/mmvit/run.log on
 #      each worker (process 0 prints the progress).
-# --multislice=N (N > 1) runs over a multislice queued resource instead (MEGASCALE_* set by the
-# TPU runtime; the data axis spans slices over DCN).
+# A multislice run is the same command on every worker of every slice (the TPU runtime sets
+# MEGASCALE_*), with the data axis across slices: --config.mesh_dcn.data=<slices>.
 set -euo pipefail
 
 tpu= zone= project= dry_run=0 jax_tpu="jax[tpu]==0.10.2"
