@@ -447,6 +447,11 @@ class Checkpointer:
         raise
       except Exception as e:  # noqa: BLE001  (any read failure means a damaged step)
         reason = " ".join(f"{type(e).__name__}: {e}".split())[:200]
+        if jax.process_count() > 1:  # processes cannot agree on a rename: a person moves it
+          raise CheckpointError(
+              f"checkpoint step {step} in {self.directory} is unreadable on process "
+              f"{jax.process_index()} ({reason}); a run of several processes moves nothing "
+              "aside: move that step out of the directory and rerun") from None
         target = os.path.join(self.directory, f"{step}.unreadable-{time.strftime('%H%M%S')}")
         log.error("checkpoint step %d in %s is unreadable (%s); moved it to %s and trying the "
                   "previous step", step, self.directory, reason, target)

@@ -174,25 +174,25 @@ def code_digest() -> str:
   return h.hexdigest()[:16]
 
 
+def gather_strings(value: str, width: int = 64) -> list[str]:
+  """Every process's `value` (at most `width` bytes of UTF-8), in process order."""
+  if jax.process_count() == 1:
+    return [value]
+  from jax.experimental import multihost_utils  # noqa: PLC0415
+  raw = value.encode()[:width].ljust(width, b"\0")
+  every = np.asarray(multihost_utils.process_allgather(np.frombuffer(raw, np.uint8)))
+  return [row.tobytes().rstrip(b"\0").decode(errors="replace") for row in every]
+
+
 def agree(**digests: str) -> None:
   """Every process must hold the same values (the config's digest, the code's...): a one-line
   DistributedError on every process naming what differs and on which processes."""
   if jax.process_count() == 1:
     return
-  from jax.experimental import multihost_utils  # noqa: PLC0415
-
-  names = sorted(digests)
-  mine = np.frombuffer("".join(digests[n] for n in names).encode(), np.uint8)
-  every = np.asarray(multihost_utils.process_allgather(mine))  # (processes, bytes)
-  width = [len(digests[n]) for n in names]
-  for p in range(every.shape[0]):
-    if (every[p] == mine).all():
-      continue
-    start = 0
-    for n, w in zip(names, width):
-      theirs = every[p, start:start + w].tobytes().decode()
-      if theirs != digests[n]:
+  me = jax.process_index()
+  for name in sorted(digests):
+    for p, theirs in enumerate(gather_strings(digests[name])):
+      if theirs != digests[name]:
         raise DistributedError(
-            f"process {p} runs another {n} ({theirs}) than process {jax.process_index()} "
-            f"({digests[n]}): start every process with the same config and code")
-      start += w
+            f"process {p} runs another {name} ({theirs}) than process {me} "
+            f"({digests[name]}): start every process with the same config and code")

@@ -231,8 +231,24 @@ def _restore(exp: Experiment, ckpt, iters: dict, cfg):
     checkpointing.check_data_states(states, fresh)
     for name, it in iters.items():
       it.set_state(states[name])
-  restored = (ckpt.restore_latest(checkpointing.abstract(state, exp.state_shardings), set_data)
-              if ckpt.enabled else None)
+  failed = None
+  try:
+    restored = (ckpt.restore_latest(checkpointing.abstract(state, exp.state_shardings),
+                                    set_data) if ckpt.enabled else None)
+  except checkpointing.CheckpointError as e:
+    if jax.process_count() == 1:
+      raise
+    restored, failed = None, e
+  if jax.process_count() > 1:  # all resume one step, or all stop: none waits in a collective
+    mine = "failed" if failed else str(restored[0]) if restored else "none"
+    steps = distributed.gather_strings(mine)
+    if failed:
+      raise failed
+    if len(set(steps)) > 1:
+      which = ", ".join(f"process {p}: {s}" for p, s in enumerate(steps))
+      raise checkpointing.CheckpointError(
+          f"the processes restored different steps of {ckpt.directory} ({which}): every "
+          "process must read the same checkpoints (one filesystem for the workdir)")
   if restored is not None:
     start, state, _, meta = restored
     log.info("resumed from %s at step %d", ckpt.directory, start)

@@ -247,6 +247,7 @@ def test_a_dcn_mesh_needs_as_many_processes(data_dir):
 
 def trimmed(workdir, tmp_path, step):
   """A copy of a finished run as if it had stopped after saving `step`."""
+  os.makedirs(tmp_path, exist_ok=True)
   copy = tmp_path / os.path.basename(workdir)
   shutil.copytree(workdir, copy)
   for n in os.listdir(copy / "checkpoints"):
@@ -398,9 +399,9 @@ def test_sigterm_to_both_processes_saves_one_common_step_and_both_exit_0(tmp_pat
 @pytest.mark.slow
 def test_a_killed_process_ends_the_other_in_seconds_and_a_rerun_resumes_bit_identically(
     tmp_path, data_dir):
-  """SIGKILL process 1 mid-run: process 0 is ended by JAX's heartbeat (5 s here) and the
-  launcher exits non-zero; rerunning both resumes from the last checkpoint and ends with the
-  parameters of an unbroken 2-process run, bit for bit."""
+  """SIGKILL process 1 mid-run: process 0 says so in one line within half the heartbeat
+  timeout (5 s here) and exits 1; rerunning both resumes from the last checkpoint and ends
+  with the parameters of an unbroken 2-process run, bit for bit."""
   run = Launched(tmp_path / "w", 2, 2, *LONG, data_dir=data_dir)
   pid = int(run.wait_for(r"launch: process 1 pid (\d+)").group(1))
   run.wait_for(r"\[0\] .* step 20/")
@@ -410,9 +411,52 @@ def test_a_killed_process_ends_the_other_in_seconds_and_a_rerun_resumes_bit_iden
   ended = time.monotonic() - killed
   print(f"process 0 ended {ended:.1f} s after process 1 was killed (exit {code})")
   assert code != 0 and ended < 60, out[-3000:]
+  (line,) = [l for l in out.splitlines() if l.startswith("[0] distributed error:")]
+  assert line.startswith("[0] distributed error: process 0: process 1 has not been heard from "
+                         "for "), line
+  assert "launch: process 0 failed (exit code 1)" in out
   launch(tmp_path / "w", 2, 2, *LONG, data_dir=data_dir)
   launch(tmp_path / "ref", 2, 2, *LONG, data_dir=data_dir)
   (s1, p1), (s2, p2) = final_state(tmp_path / "w"), final_state(tmp_path / "ref")
   assert s1 == s2
   for x, y in zip(jax.tree.leaves(p1), jax.tree.leaves(p2)):
     np.testing.assert_array_equal(x, y)
+
+
+def test_a_damaged_step_stops_every_process_in_one_line_and_moves_nothing(weighted_runs,
+                                                                         tmp_path, data_dir):
+  """Processes cannot agree on renaming a step, so a run of several moves none aside: each
+  names the step and what to do, and the checkpoints stay as they were."""
+  _, two = weighted_runs
+  copy = tmp_path / "damaged"
+  shutil.copytree(two, copy)
+  (copy / "checkpoints" / "12" / "data" / "process_1-of-2.json").write_text("{not json")
+  before = sorted(os.listdir(copy / "checkpoints"))
+  cmd = [sys.executable, LAUNCH, "--processes=2", "--devices_per_process=2", "--grace=30", "--",
+         f"--workdir={copy}", "--distributed_timeout=60", "--heartbeat_timeout=10",
+         *run_args("weighted")]
+  env = {**os.environ, "MMVIT_DATA_DIR": data_dir,
+         "JAX_COMPILATION_CACHE_DIR": jax_cache.directory()}
+  out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  assert out.returncode == 2, out.stdout[-3000:]
+  for p in (0, 1):
+    (line,) = [l for l in out.stdout.splitlines() if l.startswith(f"[{p}] checkpoint error:")]
+    assert (f"checkpoint step 12 in {copy}/checkpoints is unreadable on process {p} (" in line
+            and line.endswith("a run of several processes moves nothing aside: move that step "
+                              "out of the directory and rerun")), line
+  assert sorted(os.listdir(copy / "checkpoints")) == before
+
+
+@pytest.mark.slow
+def test_a_run_saved_on_8_devices_resumes_on_4(tmp_path, data_dir):
+  """One process, mesh data=-1: saved at step 4 on 8 devices, resumed on 4, it ends where the
+  unbroken 8-device run ends (to float32 reordering: the batch is split 4 ways, not 8)."""
+  args = ["--config=tests/tiny_config_file.py:weighted", "--config.checkpoint_every=4",
+          "--config.keep_checkpoints=5"]
+  launch(tmp_path / "eight", 1, 8, *args, data_dir=data_dir)
+  copy = trimmed(tmp_path / "eight", tmp_path / "copy", 4)
+  out = launch(copy, 1, 4, *args, data_dir=data_dir)
+  assert "at step 4" in out and "on a mesh of {'data': 4, 'fsdp': 1, 'tensor': 1}" in out
+  loss_diff, param_diff = assert_same_run(tmp_path / "eight", copy)
+  print(f"8 -> 4 devices: max |loss difference| {loss_diff:.2e}, max |parameter difference| "
+        f"{param_diff:.2e}")
