@@ -19,6 +19,7 @@ import hashlib
 import logging
 import os
 import threading
+import time
 
 import jax
 import numpy as np
@@ -196,3 +197,81 @@ def agree(**digests: str) -> None:
         raise DistributedError(
             f"process {p} runs another {name} ({theirs}) than process {me} "
             f"({digests[name]}): start every process with the same config and code")
+
+
+_FINISHED = threading.Event()
+_WATCH: list = [None]  # the watch thread, once started
+
+
+def watch_peers(heartbeat_s: int) -> None:
+  """A thread that says, in one line, when another process of the run goes silent, and ends
+  this one (exit 1). JAX's coordination service ends the survivors itself after the heartbeat
+  timeout, but by aborting with a many-line C++ log; this watch, at half that timeout, speaks
+  first. Every process posts a counter to the coordination service's key-value store each
+  interval and reads the others'; one whose counter has not moved for heartbeat_s / 2 seconds
+  of this process's clock is declared gone. Losing the store (process 0, which serves it, died)
+  ends this process the same way."""
+  if jax.process_count() == 1:
+    return
+  from jax._src import distributed as jax_distributed  # noqa: PLC0415  (the runtime's client)
+  client = jax_distributed.global_state.client
+  me, count = jax.process_index(), jax.process_count()
+  interval, silent_after = max(heartbeat_s / 20, 0.25), max(heartbeat_s / 2, 2.0)
+
+  def say(line: str):
+    os.write(2, f"distributed error: process {me}: {line}; rerun every process with the same "
+                "command to resume from the last checkpoint\n".encode())
+    os._exit(1)
+
+  def watch():
+    beat, heard = 0, {p: (None, time.monotonic()) for p in range(count) if p != me}
+    failed_at: dict[int, float] = {}
+    lost_since = None
+    while not _FINISHED.is_set():
+      beat += 1
+      try:
+        client.key_value_set(f"mmvit/beat/{me}", str(beat), allow_overwrite=True)
+        for p, (last, since) in heard.items():
+          try:
+            value = client.key_value_try_get(f"mmvit/beat/{p}")
+          except Exception:  # noqa: BLE001  (not posted yet: counts as silence)
+            value = last
+          if value == "done":
+            continue
+          if value == "failed":  # this process may be ending on the same error: a moment
+            if failed_at.setdefault(p, time.monotonic()) + min(silent_after, 5) < time.monotonic():
+              say(f"process {p} stopped with an error (its log says which); stopping")
+            continue
+          now = time.monotonic()
+          if value != last:
+            heard[p] = (value, now)
+          elif now - since > silent_after:
+            say(f"process {p} has not been heard from for {now - since:.0f} s (it died or "
+                "hangs); stopping")
+      except Exception as e:  # noqa: BLE001  (the store is gone with process 0)
+        lost_since = lost_since or time.monotonic()
+        if time.monotonic() - lost_since > min(silent_after, 5):  # not just ending together
+          say(f"lost the coordination service ({' '.join(str(e).split())[:120]}); process 0 "
+              "died or its host is unreachable")
+      else:
+        lost_since = None
+      time.sleep(interval)
+  _WATCH[0] = threading.Thread(target=watch, daemon=True, name="mmvit-peers")
+  _WATCH[0].start()
+
+
+def finished(ok: bool = True) -> None:
+  """Tells the other processes' watches that this one ended, after a whole run (ok) or on an
+  error (they stop at once rather than wait for a collective that will not come), and ends its
+  own watch first, so that nothing it says follows this process's own last line."""
+  _FINISHED.set()
+  if _WATCH[0] is not None:  # its last beat must not land after "done"
+    _WATCH[0].join(timeout=30)
+  if not jax.distributed.is_initialized():
+    return
+  from jax._src import distributed as jax_distributed  # noqa: PLC0415
+  try:
+    jax_distributed.global_state.client.key_value_set(
+        f"mmvit/beat/{jax.process_index()}", "done" if ok else "failed", allow_overwrite=True)
+  except Exception:  # noqa: BLE001  (the run is over either way)
+    pass

@@ -107,12 +107,14 @@ def main(args) -> int:
     logging.getLogger(noisy).setLevel(logging.WARNING)
   from mmvit import checkpointing, config as config_lib, data as data_lib  # noqa: PLC0415
   from mmvit import distributed, train  # noqa: PLC0415
+  ok = False  # how this process ended, for the other processes' watches
   try:
     config = config_lib.load(_CONFIG.value, overrides)
     check_workdir(_WORKDIR.value)
     distributed.start(distributed.Launch.from_env(
         _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, _DIST_TIMEOUT.value,
         _HEARTBEAT.value))
+    distributed.watch_peers(_HEARTBEAT.value)
     if prefix := distributed.log_prefix():  # process 0 prints the progress; others warnings
       logging.basicConfig(level=logging.INFO if distributed.primary() else logging.WARNING,
                           format=f"%(asctime)s {prefix}%(message)s", datefmt="%H:%M:%S",
@@ -120,6 +122,7 @@ def main(args) -> int:
     # From here a signal stops the run before its first step, or saves after the current one.
     with train.Preempted():
       summary = train.run(config, _WORKDIR.value, allow_config_change=_ALLOW.value)
+    ok = True
   except train.Stopped as e:
     print(e)
     return 0
@@ -138,6 +141,8 @@ def main(args) -> int:
   except train.NonFiniteError as e:
     print(f"training stopped: {e}", file=sys.stderr)
     return 3
+  finally:
+    distributed.finished(ok)
   if summary["preempted"] is not None:
     print(f"preempted: saved step {summary['preempted']} to "
           f"{os.path.join(os.path.abspath(_WORKDIR.value), 'checkpoints')}; rerun to resume")

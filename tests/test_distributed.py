@@ -383,10 +383,20 @@ LONG = ["--config=tests/tiny_config_file.py:weighted,30", "--config.mesh.data=2"
         "--config.mesh.fsdp=2", "--config.checkpoint_every=8", "--config.keep_checkpoints=20"]
 
 
-def test_sigterm_to_both_processes_saves_one_common_step_and_both_exit_0(tmp_path, data_dir):
+@pytest.mark.parametrize("notice", [
+    "sigterm_to_both", pytest.param("sigterm_to_process_1", marks=pytest.mark.slow),
+    pytest.param("ctrl_c_to_both", marks=pytest.mark.slow)])
+def test_a_preemption_notice_saves_one_common_step_and_every_process_exits_0(tmp_path,
+                                                                            data_dir, notice):
+  """SIGTERM to every process (a pod's maintenance event), to one of them, or a Ctrl-C to all:
+  JAX's preemption sync point has them stop after the same step, save it and exit 0."""
   run = Launched(tmp_path / "w", 2, 2, *LONG, data_dir=data_dir)
+  pid = int(run.wait_for(r"launch: process 1 pid (\d+)").group(1))
   run.wait_for(r"\[0\] .* step 5/")
-  run.proc.send_signal(signal.SIGTERM)  # the launcher passes it on to both processes
+  if notice == "sigterm_to_process_1":
+    os.kill(pid, signal.SIGTERM)
+  else:  # the launcher passes it on to both processes
+    run.proc.send_signal(signal.SIGTERM if notice == "sigterm_to_both" else signal.SIGINT)
   code, out = run.finish()
   assert code == 0, out[-3000:]
   saved = re.findall(r"\[(\d)\] preempted: saved step (\d+) to", out)

@@ -70,10 +70,11 @@ def launch(args) -> int:
   for s in (signal.SIGTERM, signal.SIGINT):
     signal.signal(s, forward)
   first_failure, deadline, reported = 0, None, set()
-  while any(p.poll() is None for p in procs):
-    time.sleep(0.2)
+
+  def report():
+    nonlocal first_failure, deadline
     for i, p in enumerate(procs):
-      if p.returncode not in (None, 0) and i not in reported:
+      if p.poll() not in (None, 0) and i not in reported:
         reported.add(i)
         how = (f"killed by {signal.Signals(-p.returncode).name}" if p.returncode < 0 else
                f"exit code {p.returncode}")
@@ -81,6 +82,9 @@ def launch(args) -> int:
         if not first_failure:
           first_failure = 128 - p.returncode if p.returncode < 0 else p.returncode
           deadline = time.monotonic() + args.grace
+  while any(p.poll() is None for p in procs):
+    time.sleep(0.2)
+    report()
     if deadline is not None and time.monotonic() > deadline:
       for p in procs:
         if p.poll() is None:
@@ -90,8 +94,7 @@ def launch(args) -> int:
       break
   for p in procs:
     p.wait()
-    if p.returncode and not first_failure:
-      first_failure = 128 - p.returncode if p.returncode < 0 else p.returncode
+  report()
   return first_failure
 
 
