@@ -201,6 +201,7 @@ def agree(**digests: str) -> None:
 
 _FINISHED = threading.Event()
 _WATCH: list = [None]  # the watch thread, once started
+_SAYING = threading.Lock()  # a watch's last line never follows this process's own last line
 
 
 def watch_peers(heartbeat_s: int) -> None:
@@ -219,9 +220,12 @@ def watch_peers(heartbeat_s: int) -> None:
   interval, silent_after = max(heartbeat_s / 20, 0.25), max(heartbeat_s / 2, 2.0)
 
   def say(line: str):
-    os.write(2, f"distributed error: process {me}: {line}; rerun every process with the same "
-                "command to resume from the last checkpoint\n".encode())
-    os._exit(1)
+    with _SAYING:
+      if _FINISHED.is_set():  # this process is ending and says so itself
+        return
+      os.write(2, f"distributed error: process {me}: {line}; rerun every process with the "
+                  "same command to resume from the last checkpoint\n".encode())
+      os._exit(1)
 
   def watch():
     beat, heard = 0, {p: (None, time.monotonic()) for p in range(count) if p != me}
@@ -231,11 +235,10 @@ def watch_peers(heartbeat_s: int) -> None:
       beat += 1
       try:
         client.key_value_set(f"mmvit/beat/{me}", str(beat), allow_overwrite=True)
+        # One read of every counter per pass: the coordinator serves P of them, not P^2.
+        posted = dict(client.key_value_dir_get("mmvit/beat/"))
         for p, (last, since) in heard.items():
-          try:
-            value = client.key_value_try_get(f"mmvit/beat/{p}")
-          except Exception:  # noqa: BLE001  (not posted yet: counts as silence)
-            value = last
+          value = posted.get(f"mmvit/beat/{p}", last)  # not posted yet: counts as silence
           if value == "done":
             continue
           if value == "failed":  # this process may be ending on the same error: a moment
@@ -255,7 +258,7 @@ def watch_peers(heartbeat_s: int) -> None:
               "died or its host is unreachable")
       else:
         lost_since = None
-      time.sleep(interval)
+      _FINISHED.wait(interval)
   _WATCH[0] = threading.Thread(target=watch, daemon=True, name="mmvit-peers")
   _WATCH[0].start()
 
@@ -264,7 +267,10 @@ def finished(ok: bool = True) -> None:
   """Tells the other processes' watches that this one ended, after a whole run (ok) or on an
   error (they stop at once rather than wait for a collective that will not come), and ends its
   own watch first, so that nothing it says follows this process's own last line."""
-  _FINISHED.set()
+  with _SAYING:
+    if _FINISHED.is_set():
+      return
+    _FINISHED.set()
   if _WATCH[0] is not None:  # its last beat must not land after "done"
     _WATCH[0].join(timeout=30)
   if not jax.distributed.is_initialized():

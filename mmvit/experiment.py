@@ -98,12 +98,11 @@ class Experiment:
   data: object  # the data module (mmvit.data, or a stand-in with the same functions)
   rules: tuple = sharding.RULES  # the logical-axis rules of config.sharding
 
+  @contextlib.contextmanager
   def layout(self):
     """The context every step, placement and evaluation runs in: the mesh and the rules."""
-    stack = contextlib.ExitStack()
-    stack.enter_context(jax.set_mesh(self.mesh))
-    stack.enter_context(sharding.using_rules(self.rules))
-    return stack
+    with jax.set_mesh(self.mesh), sharding.using_rules(self.rules):
+      yield
 
   @property
   def task_by_name(self) -> dict[str, tasks_lib.Task]:

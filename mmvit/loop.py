@@ -32,6 +32,11 @@ def evaluate_all(exp: Experiment, params, split: str, *, tasks: list[str] | None
                  ) -> dict[str, dict[str, float]]:
   """Metrics of every task (or `tasks`) on `split`. `views` overrides the tasks' eval_views;
   `drop` evaluates fusion tasks with those modalities' streams removed."""
+  with exp.layout():  # callers outside the loop too (scripts): the run's mesh and rules
+    return _evaluate_all(exp, params, split, tasks, views, drop)
+
+
+def _evaluate_all(exp: Experiment, params, split: str, tasks, views, drop):
   cfg = exp.config
   bs = int(cfg.eval_batch_size)
   n_batch = sharding.data_parallel_size(exp.mesh)
@@ -95,7 +100,7 @@ class Preempted:
   def __init__(self):
     self._signalled = False
     self._interrupted = False
-    self._shared = jax.distributed.is_initialized()  # several processes: JAX takes SIGTERM
+    self._shared = _preemption_service()  # several processes: JAX's notifier takes SIGTERM
     self._previous = {}
     self._wakeup = None  # (the wakeup fd before ours, our pipe's write end)
     self._counter = None
@@ -155,6 +160,12 @@ class Preempted:
       self._wakeup = self._counter = None
     if self._outer() is not None:  # a Ctrl-C after this one still exits at once
       self._outer()._signalled |= self._signalled
+
+
+def _preemption_service() -> bool:
+  """Whether JAX's preemption notifier runs (jax.distributed with its preemption service)."""
+  from jax._src import distributed as jax_distributed  # noqa: PLC0415
+  return getattr(jax_distributed.global_state, "preemption_sync_manager", None) is not None
 
 
 def _exit_at_once():
@@ -244,6 +255,10 @@ def _restore(exp: Experiment, ckpt, iters: dict, cfg):
     steps = distributed.gather_strings(mine)
     if failed:
       raise failed
+    if "failed" in steps:
+      raise checkpointing.CheckpointError(
+          f"process {steps.index('failed')} could not restore from {ckpt.directory} (its log "
+          "says why); every process stops")
     if len(set(steps)) > 1:
       which = ", ".join(f"process {p}: {s}" for p, s in enumerate(steps))
       raise checkpointing.CheckpointError(
@@ -320,7 +335,7 @@ def _train_step(exp: Experiment, iters: dict, state, step: int):
   by_name = exp.task_by_name
   rows = {n: by_name[n].batch_size for n in names}  # of the global batch; a process has its share
   for n in names:
-    index, count = sharding.process_rows(exp.mesh, rows[n])
+    count = sharding.process_rows(exp.mesh, rows[n])[1]
     check_batch(by_name[n], host[n], exp.tokenizer_specs, step, rows[n] // count)
   batches = {n: sharding.shard_batch(b, exp.mesh, rows[n]) for n, b in host.items()}
   if accumulated:
@@ -439,7 +454,9 @@ def _run(closing: contextlib.ExitStack, config, workdir, *, devices, stop_at, da
         writer.write(done, key, "train", {k: float(v) for k, v in m.items()})
         _check_finite(exp, state, max_skips, ckpt)
       t1 = time.perf_counter()
-      if sigterm.signalled or ckpt.reached_preemption(done):
+      # JAX's sync point counts from 0 in every process of this run (a notice before the first
+      # step agrees on 1), so it is asked about this run's steps, not the global step.
+      if sigterm.signalled or ckpt.reached_preemption(done - start):
         _check_finite(exp, state, max_skips, ckpt)
         ckpt.save(done, state, data_states(), meta(done), force=True)
         ckpt.wait()

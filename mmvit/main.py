@@ -108,6 +108,11 @@ def main(args) -> int:
   from mmvit import checkpointing, config as config_lib, data as data_lib  # noqa: PLC0415
   from mmvit import distributed, train  # noqa: PLC0415
   ok = False  # how this process ended, for the other processes' watches
+
+  def fail(line: str, code: int) -> int:
+    distributed.finished(False)  # first: no watch's line after this process's own
+    print(line, file=sys.stderr)
+    return code
   try:
     config = config_lib.load(_CONFIG.value, overrides)
     check_workdir(_WORKDIR.value)
@@ -124,23 +129,19 @@ def main(args) -> int:
       summary = train.run(config, _WORKDIR.value, allow_config_change=_ALLOW.value)
     ok = True
   except train.Stopped as e:
+    distributed.finished(False)
     print(e)
     return 0
   except config_lib.ConfigError as e:
-    print(f"config error: {e}", file=sys.stderr)
-    return 2
+    return fail(f"config error: {e}", 2)
   except distributed.DistributedError as e:
-    print(f"distributed error: {e}", file=sys.stderr)
-    return 2
+    return fail(f"distributed error: {e}", 2)
   except data_lib.DataError as e:
-    print(f"data error: {e}", file=sys.stderr)
-    return 2
+    return fail(f"data error: {e}", 2)
   except (checkpointing.WorkdirError, checkpointing.CheckpointError) as e:
-    print(f"checkpoint error: {e}", file=sys.stderr)
-    return 2
+    return fail(f"checkpoint error: {e}", 2)
   except train.NonFiniteError as e:
-    print(f"training stopped: {e}", file=sys.stderr)
-    return 3
+    return fail(f"training stopped: {e}", 3)
   finally:
     distributed.finished(ok)
   if summary["preempted"] is not None:

@@ -470,3 +470,19 @@ def test_a_run_saved_on_8_devices_resumes_on_4(tmp_path, data_dir):
   loss_diff, param_diff = assert_same_run(tmp_path / "eight", copy)
   print(f"8 -> 4 devices: max |loss difference| {loss_diff:.2e}, max |parameter difference| "
         f"{param_diff:.2e}")
+
+
+@pytest.mark.slow
+def test_a_notice_before_the_first_step_of_a_resumed_run_stops_it_after_one_step(
+    weighted_runs, tmp_path, data_dir):
+  """JAX's sync point counts this run's steps from 0: a SIGTERM during start-up of a run resumed
+  at step 4 agrees on its first step, which is saved as step 5, and both processes exit 0."""
+  _, two = weighted_runs
+  copy = trimmed(two, tmp_path, 4)
+  run = Launched(copy, 2, 2, *run_args("weighted"), data_dir=data_dir)
+  run.wait_for(r"\[1\] .*process 1 of 2 joined the run")
+  run.proc.send_signal(signal.SIGTERM)
+  code, out = run.finish()
+  assert code == 0, out[-3000:]
+  saved = re.findall(r"\[(\d)\] preempted: saved step (\d+) to", out)
+  assert sorted(saved) == [("0", "5"), ("1", "5")], out[-3000:]

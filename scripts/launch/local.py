@@ -53,12 +53,13 @@ def _pump(stream, prefix: str):
 
 def launch(args) -> int:
   port = args.port or free_port()
-  procs = []
+  procs, pumps = [], []
   for env, argv in commands(args, port):
     p = subprocess.Popen(argv, cwd=ROOT, env={**os.environ, **env}, stdout=subprocess.PIPE,
                          stderr=subprocess.STDOUT, start_new_session=True)
-    threading.Thread(target=_pump, args=(p.stdout, f"[{env['JAX_PROCESS_ID']}] "),
-                     daemon=True).start()
+    pumps.append(threading.Thread(target=_pump, args=(p.stdout, f"[{env['JAX_PROCESS_ID']}] "),
+                                  daemon=True))
+    pumps[-1].start()
     print(f"launch: process {env['JAX_PROCESS_ID']} pid {p.pid}", flush=True)
     procs.append(p)
 
@@ -94,6 +95,8 @@ def launch(args) -> int:
       break
   for p in procs:
     p.wait()
+  for t in pumps:  # every line a process printed, its last error included
+    t.join(timeout=10)
   report()
   return first_failure
 
