@@ -324,9 +324,10 @@ def _check_finite(exp: Experiment, state, max_skips: int, ckpt) -> None:
         f"last good checkpoint: {where}")
 
 
-def _train_step(exp: Experiment, iters: dict, state, step: int):
+def _train_step(exp: Experiment, iters: dict, state, step: int, shards: dict[str, int]):
   """(key, new state, metrics, placed batches) of the schedule's step: the host batches of its
-  task(s), checked at the door, placed on the mesh and run through the compiled step."""
+  task(s), checked at the door, placed on the mesh and run through the compiled step.
+  `shards`: `data_shards(exp)`, the row blocks each task's batches are read in."""
   names = exp.schedule.tasks_at(step)
   accumulated = exp.schedule.kind == "accumulated"
   key = "accumulated" if accumulated else names[0]
@@ -335,8 +336,7 @@ def _train_step(exp: Experiment, iters: dict, state, step: int):
   by_name = exp.task_by_name
   rows = {n: by_name[n].batch_size for n in names}  # of the global batch; a process has its share
   for n in names:
-    count = sharding.process_rows(exp.mesh, rows[n])[1]
-    check_batch(by_name[n], host[n], exp.tokenizer_specs, step, rows[n] // count)
+    check_batch(by_name[n], host[n], exp.tokenizer_specs, step, rows[n] // shards[n])
   batches = {n: sharding.shard_batch(b, exp.mesh, rows[n]) for n, b in host.items()}
   if accumulated:
     state, metrics = exp.accumulated_step(state, batches, step_arr)
@@ -433,7 +433,7 @@ def _run(closing: contextlib.ExitStack, config, workdir, *, devices, stop_at, da
   with Preempted() as sigterm:
     for step in range(start, end):
       t0 = time.perf_counter()
-      key, state, metrics, placed = _train_step(exp, iters, state, step)
+      key, state, metrics, placed = _train_step(exp, iters, state, step, shards)
       last[key] = metrics
       if key not in compiled:
         jax.block_until_ready(metrics)
