@@ -285,8 +285,8 @@ def task_seed(seed: int, task_index: int) -> int:
 def shard_kwargs(mesh, rows: int) -> dict:
   """The data functions' `shard` for this process's rows of batches of `rows` (none for one
   process, so stand-ins without it serve single-process tests)."""
-  index, count = sharding.process_rows(mesh, rows)
-  return {"shard": (index, count)} if count > 1 else {}
+  blocks, count = sharding.process_rows(mesh, rows)
+  return {"shard": (blocks[0] if len(blocks) == 1 else blocks, count)} if count > 1 else {}
 
 
 def train_iterators(exp: Experiment) -> dict:

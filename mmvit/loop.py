@@ -193,8 +193,10 @@ def run(config: ml_collections.ConfigDict, workdir: str | None, *, devices=None,
 
 
 def data_shards(exp: Experiment) -> dict[str, int]:
-  """Task -> how many row blocks its batches are read in (1: one process reads them whole)."""
-  return {t.name: sharding.process_rows(exp.mesh, t.batch_size)[1] for t in exp.tasks}
+  """Task -> into how many shares its batches are read (1: one process reads them whole): a
+  process reads 1/share of every batch (several blocks of it where the mesh interleaves)."""
+  return {t.name: (lambda b, c: c // len(b))(*sharding.process_rows(exp.mesh, t.batch_size))
+          for t in exp.tasks}
 
 
 def data_position(exp: Experiment, saved: dict, meta: dict) -> dict:

@@ -182,21 +182,27 @@ def replicated(mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
-def process_rows(mesh, rows: int) -> tuple[int, int]:
-  """(index, count): this process's devices hold rows [index * rows // count, (index + 1) *
-  rows // count) of a global batch of `rows` under the batch sharding, so it reads and feeds
-  exactly those (processes that hold the same rows, as across a tensor axis, read the same).
-  (0, 1) for one process. The one place that says which examples a host reads."""
+def process_rows(mesh, rows: int) -> tuple[tuple[int, ...], int]:
+  """(blocks, count): a batch of `rows` splits into `count` equal blocks of rows under the batch
+  sharding, and this process's devices hold `blocks` of them (ascending), so it reads and feeds
+  exactly those, concatenated in that order (as `jax.make_array_from_process_local_data` lays
+  them out). Usually one block per process; a mesh whose data axis interleaves processes' devices
+  (TPU pod rings) gives several. Processes that hold the same rows, as across a tensor axis, read
+  the same. ((0,), 1) for one process. The one place that says which examples a host reads."""
   held = batch_sharding(mesh, 1).addressable_devices_indices_map((rows,)).values()
   spans = sorted({(s[0].start or 0, rows if s[0].stop is None else s[0].stop) for s in held})
-  lo, hi = spans[0][0], spans[-1][1]
-  size = hi - lo
-  contiguous = all(a == b for (_, a), (b, _) in zip(spans, spans[1:]))
-  if not contiguous or rows % size or lo % size:
+  every = batch_sharding(mesh, 1).devices_indices_map((rows,)).values()
+  size = min((s[0].stop or rows) - (s[0].start or 0) for s in every)
+  if any(lo % size or (hi - lo) % size for lo, hi in spans) or rows % size:
     raise ValueError(f"mesh {dict(mesh.shape)}: the devices of process {jax.process_index()} "
-                     f"hold rows {spans} of a batch of {rows}, expected one block of "
-                     "rows; order the mesh's devices by process")
-  return lo // size, rows // size
+                     f"hold rows {spans} of a batch of {rows}, expected blocks of {size} rows")
+  held_blocks = {b for lo, hi in spans for b in range(lo // size, hi // size)}
+  count = rows // size
+  # The coarsest aligned blocks that are wholly this process's (one per process, usually).
+  m = max(m for m in range(1, count + 1) if count % m == 0 and held_blocks == {
+      c * m + j for c in {b // m for b in held_blocks} for j in range(m)})
+  blocks, count = sorted({b // m for b in held_blocks}), count // m
+  return tuple(blocks), count
 
 
 def shard_batch(batch: dict[str, np.ndarray], mesh, rows: int | None = None

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -74,8 +75,23 @@ def test_a_split_that_does_not_divide_gives_every_process_as_many_batches_and_al
   assert sum(int(b["mask"].sum()) for p in parts for b in p) == n
 
 
+def test_a_process_holding_several_blocks_reads_them_in_order(data_dir):
+  """shard=((0, 2), 4): blocks 0 and 2 of every batch, concatenated (a mesh whose data axis
+  alternates between two processes' devices)."""
+  kw = dict(batch_size=8, seed=7, data_dir=data_dir, augment={"noise_std": 0.1})
+  whole = take(data.train_iterator("digits_image", **kw), 3)
+  parts = [take(data.train_iterator("digits_image", shard=(blocks, 4), **kw), 3)
+           for blocks in [(0, 2), (1, 3)]]
+  quarters = [[{k: v[i * 2:(i + 1) * 2] for k, v in b.items()} for b in p]
+              for p in parts for i in range(2)]
+  assert_same_batches(_joined([quarters[0], quarters[2], quarters[1], quarters[3]]), whole)
+
+
 @pytest.mark.parametrize("shard,batch,msg", [
-    ((2, 2), 8, "shard=(2, 2): expected (index, count) with 0 <= index < count"),
+    ((2, 2), 8, "shard=(2, 2): expected (index, count) with 0 <= index < count, or (ascending "
+     "indices, count)"),
+    (((2, 0), 4), 8, "shard=((2, 0), 4): expected (index, count) with 0 <= index < count, or "
+     "(ascending indices, count)"),
     ((0, 3), 8, "batch_size=8 does not divide by the 3 processes that read it"),
 ])
 def test_a_bad_process_share_is_one_line(data_dir, shard, batch, msg):
@@ -236,6 +252,27 @@ def test_a_mesh_whose_data_axis_spans_processes_over_dcn_trains_the_same(weighte
   assert_same_run(one, tmp_path / "dcn")
 
 
+def test_a_data_axis_that_alternates_processes_places_the_one_process_batch(tmp_path,
+                                                                             data_dir):
+  """Devices ordered p0, p1, p0, p1 on the data axis: each process holds two blocks of rows,
+  reads exactly those, and the placed global batch is the batch one process reads."""
+  port = launch_lib.free_port()
+  script = os.path.join(ROOT, "tests", "interleaved_rows.py")
+  procs = [subprocess.Popen(
+      [sys.executable, script, data_dir, str(tmp_path / "placed.npz")], cwd=ROOT,
+      env={**os.environ, "JAX_COORDINATOR_ADDRESS": f"localhost:{port}",
+           "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": str(i), "JAX_NUM_CPU_DEVICES": "2",
+           "JAX_PLATFORMS": "cpu"}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+      for i in range(2)]
+  outs = [p.communicate(timeout=180)[0] for p in procs]
+  assert all(p.returncode == 0 for p in procs), "\n".join(o[-2000:] for o in outs)
+  placed = np.load(tmp_path / "placed.npz")
+  assert placed["blocks"].tolist() == [0, 2] and int(placed["count"]) == 4
+  whole = take(data.train_iterator("digits_image", batch_size=8, seed=5, data_dir=data_dir,
+                                   augment={"noise_std": 0.1}), 3)
+  assert_same_batches([{k: placed[f"{k}_{i}"] for k in b} for i, b in enumerate(whole)], whole)
+
+
 def test_a_dcn_mesh_needs_as_many_processes(data_dir):
   from mmvit import config as config_lib, experiment  # noqa: PLC0415
   from tests.tiny import tiny_config  # noqa: PLC0415
@@ -346,6 +383,14 @@ def test_the_launchers_dry_runs_print_the_commands_they_would_run():
   assert "uv sync --locked" in tpu[3]
   assert tpu[-1].endswith("--command='cd ~/mmvit && .venv/bin/python -m mmvit.main "
                           "--config=configs/demo.py --workdir=/mnt/runs/w 2>&1 | tee run.log'")
+  mounted = run("bash", "scripts/launch/tpu_pod.sh", "--tpu=pod", "--zone=us-east5-a",
+                "--bucket=gs://runs-bkt/", "--dry-run", "--", "--workdir=/mnt/runs-bkt/w")
+  assert mounted[1:] == tpu[:-1] + [tpu[-1].replace("--config=configs/demo.py ", "")
+                                    .replace("/mnt/runs/w", "/mnt/runs-bkt/w")]
+  (command,) = [a for a in shlex.split(mounted[0]) if a.startswith("--command=")]
+  assert "--worker=all" in mounted[0]
+  assert command.endswith("mountpoint -q /mnt/runs-bkt || gcsfuse --implicit-dirs runs-bkt "
+                          "/mnt/runs-bkt; }")
 
 
 class Launched:

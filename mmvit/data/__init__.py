@@ -367,8 +367,8 @@ def train_iterator(name: str, *, batch_size: int, seed: int,
     device_affine: leave out the pp string's trailing value_range / normalize ops, which the
       caller applies (`device_affines`): batches keep the stored dtype (uint8 images).
     shard: (index, count) of a multi-process run (`sharding.process_rows`): batches of
-      batch_size / count rows, rows [index * b, (index + 1) * b) of each batch the whole run
-      reads, augmented as there (an element's randomness follows its place in the run's
+      b = batch_size / count rows, rows [index * b, (index + 1) * b) of each batch the whole
+      run reads, augmented as there; (indices, count): those blocks of b rows, concatenated (an element's randomness follows its place in the run's
       stream). The iterator state counts this process's elements.
     augment: the digits suite's augmentations: None or a dict; each dataset accepts a subset
       of these keys (`digits.preprocess.AUGMENT_KEYS`), others raise DataError:
@@ -398,7 +398,7 @@ def train_iterator(name: str, *, batch_size: int, seed: int,
   batch_size = _check_int('batch_size', batch_size, 1)
   seed = _check_int('seed', seed, 0, 2**32 - 1)
   workers = _check_int('workers', workers, 0, 256)
-  index, count = _check_shard(shard, batch_size)
+  blocks, count = _check_shard(shard, batch_size)
   augment, pp = _validated(name, augment, pp, device_affine)
   records = (_records_in_memory(name, split, data_dir) if cache else
              data_source(name, split, data_dir))
@@ -407,7 +407,7 @@ def train_iterator(name: str, *, batch_size: int, seed: int,
   for t in source.train_transforms(augment, pp):
     ds = ds.random_map(t) if isinstance(t, grain.transforms.RandomMap) else (
         ds.map(t))
-  ds, batch_size = _process_rows(ds, batch_size, index, count)
+  ds, batch_size = _process_rows(ds, batch_size, blocks, count)
   if not workers:
     return iter(ds.to_iter_dataset(_read_options()).batch(batch_size, drop_remainder=True))
   from absl import flags  # noqa: PLC0415
@@ -423,40 +423,51 @@ def train_iterator(name: str, *, batch_size: int, seed: int,
   return iter(ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers)))
 
 
-def _check_shard(shard, batch_size: int) -> tuple[int, int]:
-  if (not isinstance(shard, tuple) or len(shard) != 2
-      or not all(isinstance(v, int) and not isinstance(v, bool) for v in shard)
-      or not 0 <= shard[0] < shard[1]):
-    raise DataError(f'shard={shard!r}: expected (index, count) with 0 <= index < count')
-  if batch_size % shard[1]:
-    raise DataError(f'batch_size={batch_size} does not divide by the {shard[1]} processes '
+def _check_shard(shard, batch_size: int) -> tuple[tuple[int, ...], int]:
+  """(blocks, count) from shard=(index, count) or (tuple of indices, count)."""
+  ok = isinstance(shard, tuple) and len(shard) == 2
+  if ok:
+    blocks, count = shard
+    blocks = (blocks,) if isinstance(blocks, int) else blocks
+    ok = (isinstance(blocks, tuple) and blocks and isinstance(count, int)
+          and not isinstance(count, bool)
+          and all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v < count
+                  for v in blocks) and list(blocks) == sorted(set(blocks)))
+  if not ok:
+    raise DataError(f'shard={shard!r}: expected (index, count) with 0 <= index < count, or '
+                    '(ascending indices, count)')
+  if batch_size % count:
+    raise DataError(f'batch_size={batch_size} does not divide by the {count} processes '
                     'that read it')
-  return shard
+  return blocks, count
 
 
 @dataclasses.dataclass(frozen=True)
 class _Rows:
-  """Element j of one process's stream: row j % b of its block of global batch j // b."""
+  """Element j of one process's stream: row j % local of its blocks of global batch j // local
+  (its blocks of `size` rows each, concatenated in ascending order)."""
   stream: Any
-  index: int
+  blocks: tuple[int, ...]
   count: int
-  local: int
+  size: int
 
   def __call__(self, j):
-    k, r = divmod(int(j), self.local)
-    return self.stream[(k * self.count + self.index) * self.local + r]
+    k, r = divmod(int(j), self.size * len(self.blocks))
+    b, r = divmod(r, self.size)
+    return self.stream[(k * self.count + self.blocks[b]) * self.size + r]
 
 
-def _process_rows(ds, batch_size: int, index: int, count: int):
+def _process_rows(ds, batch_size: int, blocks: tuple[int, ...], count: int):
   """(this process's element stream, its batch size): with one process, `ds` itself."""
   import grain  # pylint: disable=g-import-not-at-top
 
   if count == 1:
     return ds, batch_size
-  local = batch_size // count
+  size = batch_size // count
+  local = size * len(blocks)
   # An element keeps the randomness of its place in the whole stream: the maps ran above.
   n = len(ds) // batch_size * local
-  return grain.MapDataset.range(n).map(_Rows(ds, index, count, local)), local
+  return grain.MapDataset.range(n).map(_Rows(ds, blocks, count, size)), local
 
 
 @dataclasses.dataclass(frozen=True)
@@ -489,7 +500,7 @@ def eval_batches(name: str, *, split: str, batch_size: int,
 
   source, data_dir = _resolve(name, data_dir)
   batch_size = _check_int('batch_size', batch_size, 1)
-  index, count = _check_shard(shard, batch_size)
+  blocks, count = _check_shard(shard, batch_size)
   _, pp = _validated(name, None, pp, device_affine)
   most = source.max_views(pp)
   if most > 1:
@@ -511,7 +522,7 @@ def eval_batches(name: str, *, split: str, batch_size: int,
     blank['mask'] = np.bool_(False)
     ds = grain.MapDataset.concatenate(
         [ds, grain.MapDataset.source([blank] * pad)])
-  ds, batch_size = _process_rows(ds, batch_size, index, count)
+  ds, batch_size = _process_rows(ds, batch_size, blocks, count)
   ds = ds.to_iter_dataset(_read_options()).batch(batch_size)
 
   def generate():
