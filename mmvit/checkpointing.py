@@ -34,9 +34,12 @@ log = logging.getLogger("mmvit")
 
 # Fields that may change between runs in one workdir: they do not change what is trained. The
 # layout fields (mesh, mesh_dcn, sharding) change where arrays live and the order of float
-# sums; a run resumes on another layout (loop.data_position).
+# sums; a run resumes on another layout (loop.data_position). So do the attention kernel and
+# rematerialisation (how a step is computed, not what), the compilation cache and the peak.
 HARMLESS_FIELDS = ("log_every", "eval_every", "eval_batch_size", "checkpoint_every",
-                   "keep_checkpoints", "data_dir", "mesh", "mesh_dcn", "sharding")
+                   "keep_checkpoints", "data_dir", "mesh", "mesh_dcn", "sharding",
+                   "model.attention", "model.remat", "compilation_cache_dir", "peak_tflops",
+                   "prefetch")
 
 
 class CheckpointError(ValueError):
@@ -60,7 +63,11 @@ def _flat(d, prefix=""):
 def run_fields(config) -> dict:
   """The config as flat field -> value, without the fields that may change on resume."""
   flat = _flat(json.loads(config.to_json_best_effort(sort_keys=True)))
-  return {k: v for k, v in flat.items() if k.split(".")[0] not in HARMLESS_FIELDS}
+  return {k: v for k, v in flat.items() if not _harmless(k)}
+
+
+def _harmless(field: str) -> bool:
+  return any(field == f or field.startswith(f + ".") for f in HARMLESS_FIELDS)
 
 
 def config_digest(config) -> str:
@@ -138,7 +145,7 @@ def guard_workdir(workdir: str, config, allow_config_change: bool = False) -> bo
   if os.path.exists(path):
     with open(path) as f:
       old = _flat(_completed(json.load(f)))
-    old = {k: v for k, v in old.items() if k.split(".")[0] not in HARMLESS_FIELDS}
+    old = {k: v for k, v in old.items() if not _harmless(k)}
     new = json.loads(json.dumps(run_fields(config)))
     diff = sorted(k for k in set(old) | set(new) if old.get(k, "<unset>") != new.get(k, "<unset>"))
     if not diff:

@@ -19,6 +19,7 @@ from absl import flags
 from ml_collections.config_flags import tuple_parser
 
 from mmvit.models.fusion import KINDS as FUSION_KINDS, FusionSpec
+from mmvit.models.encoder import ATTENTION_KERNELS, REMAT_POLICIES
 from mmvit.models.heads import HEAD_KINDS, POOLS
 from mmvit.models.tokenizers import KINDS as TOKENIZER_KINDS
 from mmvit.schedules import KINDS as SCHEDULE_KINDS
@@ -66,12 +67,29 @@ DEFAULTS = dict(
     # The trailing value_range / normalize ops of a task's pp strings run in the compiled
     # step on the stored integers, so uint8 batches cross processes and reach the device.
     data_affine_on_device=True,
+    # Peak TFLOP/s of one device for MFU (None: throughput.PEAK_TFLOPS by device kind, or the
+    # CPU's measured float32 matmul throughput).
+    peak_tflops=None,
+    # Steps whose batches a background thread reads, checks and places on the devices ahead
+    # of the loop (0: in the loop, between steps).
+    prefetch=2,
+    # JAX's persistent compilation cache (None: `jax_cache` beside the data dir; '' turns it
+    # off): a rerun, resume or other process with the same steps loads them compiled.
+    compilation_cache_dir=None,
 )
 MODEL_DEFAULTS = dict(
     width=REQUIRED, depth=REQUIRED, num_heads=REQUIRED, mlp_dim=REQUIRED, dropout=0.0,
     attention_dropout=0.0, stochastic_depth=0.0, pool="token", adapter_depth=0,
     class_token=True, posemb_includes_cls=False, tokenizers=REQUIRED,
+    # Precision: compute in `dtype`, store parameters (and the optimizer state) in
+    # `param_dtype`; layer-norm statistics, softmax, logits and losses are float32 always.
+    dtype="float32", param_dtype="float32",
+    # 'einsum' | 'xla' (jax.nn.dot_product_attention) | 'cudnn' (GPU, bfloat16)
+    attention="einsum",
+    # per-block rematerialisation: 'none' | 'full' | 'dots' | 'qkv_mlp' (models/encoder.py)
+    remat="none",
 )
+DTYPES = ("float32", "bfloat16")
 TOKENIZER_DEFAULTS = dict(kind=REQUIRED, patch=REQUIRED, input_key=None)
 TASK_DEFAULTS = dict(
     dataset=REQUIRED, modalities=REQUIRED, head="multiclass", labels="label",
@@ -247,6 +265,16 @@ def validate(config: ml_collections.ConfigDict) -> None:
                       "expected True or False")
   if config.get("data_workers") is not None:
     _int(config.data_workers, "config.data_workers", 0, 256)
+  _int(config.get("prefetch", DEFAULTS["prefetch"]), "config.prefetch", 0, 64)
+  peak = config.get("peak_tflops")
+  if peak is not None and (isinstance(peak, bool) or not isinstance(peak, (int, float))
+                           or not peak > 0):
+    raise ConfigError(f"config.peak_tflops={show(peak)}: expected a positive number of "
+                      "TFLOP/s per device, or None")
+  cache = config.get("compilation_cache_dir")
+  if cache is not None and not isinstance(cache, str):
+    raise ConfigError(f"config.compilation_cache_dir={show(cache)}: expected a folder, '' "
+                      "(off) or None (beside the data dir)")
   m = config.model
   _check_keys(m, MODEL_KEYS, "model")
   for f in ("width", "depth", "num_heads", "mlp_dim"):
@@ -257,6 +285,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
   for f in ("dropout", "attention_dropout", "stochastic_depth"):
     _float(m.get(f, 0.0), f"model.{f}", 0.0, 1.0, hi_open=True)
   _choice(m.get("pool", MODEL_DEFAULTS["pool"]), "model.pool", POOLS)
+  for f in ("dtype", "param_dtype"):
+    _choice(m.get(f, MODEL_DEFAULTS[f]), f"model.{f}", DTYPES)
+  _choice(m.get("attention", MODEL_DEFAULTS["attention"]), "model.attention", ATTENTION_KERNELS)
+  _choice(m.get("remat", MODEL_DEFAULTS["remat"]), "model.remat", tuple(REMAT_POLICIES))
+  if m.get("attention") == "cudnn" and m.get("dtype", "float32") != "bfloat16":
+    raise ConfigError("model.attention='cudnn' needs model.dtype='bfloat16' (cuDNN's fused "
+                      "attention takes no float32)")
   if m.get("pool", MODEL_DEFAULTS["pool"]) == "token" and not m.get(
       "class_token", MODEL_DEFAULTS["class_token"]):
     raise ConfigError("model.pool='token' needs model.class_token=True; use pool='gap' without it")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import os
 from collections.abc import Callable
 
 import jax
@@ -152,7 +153,19 @@ def prepare(config: ml_collections.ConfigDict, *, devices=None, data=None):
     raise config_lib.ConfigError(str(e)) from None
   with sharding.using_rules(rules_of(config)):
     _check_batches(tasks, mesh)
+  _check_attention(config.model, mesh)
   return tasks, tok_specs, schedule, mesh
+
+
+def _check_attention(m, mesh) -> None:
+  platforms = {d.platform for d in mesh.devices.flat}
+  if m.attention == "cudnn" and platforms != {"gpu"}:
+    raise config_lib.ConfigError(f"model.attention='cudnn' needs GPU devices; this run has "
+                                 f"{', '.join(sorted(platforms))} (use 'xla')")
+  if m.attention != "einsum" and m.attention_dropout:
+    log.info("model.attention=%r: training steps use the einsum kernel, since "
+             "model.attention_dropout=%s and the fused kernel takes no dropout (evaluation "
+             "uses %r)", m.attention, m.attention_dropout, m.attention)
 
 
 def _check_batches(tasks, mesh) -> None:
@@ -161,7 +174,7 @@ def _check_batches(tasks, mesh) -> None:
     if t.batch_size % n_batch:
       raise config_lib.ConfigError(f"tasks.{t.name}.batch_size={t.batch_size}: expected a "
                                    f"multiple of the data-parallel size {n_batch}")
-  try:  # which rows each process reads: the mesh must give each one block
+  try:  # which rows each process reads: whole blocks of rows
     for t in tasks:
       sharding.process_rows(mesh, t.batch_size)
   except ValueError as e:
@@ -217,11 +230,34 @@ def check_batch(task: tasks_lib.Task, batch: dict, specs: dict, step: int,
                                f"expected {want}")
 
 
+def compilation_cache(config) -> str | None:
+  """Turns on JAX's persistent compilation cache (config.compilation_cache_dir; None: a
+  `jax_cache` folder beside the data dir; '': off) unless the process already has one (set by
+  JAX_COMPILATION_CACHE_DIR, or by an earlier run in this process: JAX opens one per
+  process). Returns the folder in use, or None."""
+  current = jax.config.jax_compilation_cache_dir
+  wanted = config.get("compilation_cache_dir")
+  if wanted == "" or (current and wanted is None):
+    return current or None
+  if wanted is None:
+    data_dir = config.get("data_dir") or data_lib.default_data_dir()
+    wanted = os.path.join(os.path.dirname(os.path.abspath(os.path.expanduser(data_dir))),
+                          "jax_cache")
+  if current and current != wanted:
+    log.warning("compilation_cache_dir=%r: this process already caches in %r", wanted,
+                current)
+    return current
+  jax.config.update("jax_compilation_cache_dir", wanted)
+  return wanted
+
+
 def build(config: ml_collections.ConfigDict, *, devices=None, data=None) -> Experiment:
   """Validates the config, resolves tasks and builds model, state and compiled-step wrappers."""
   data = data or data_lib
   tasks, tok_specs, schedule, mesh = prepare(config, devices=devices, data=data)
   config = config_lib.complete(config)
+  if cache := compilation_cache(config):
+    log.info("compilation cache: %s", cache)
   rules = rules_of(config)
   o = config.optimizer
   model = build_model(config, tasks, tok_specs, config.seed)

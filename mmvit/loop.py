@@ -19,7 +19,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from mmvit import checkpointing, config as config_lib, distributed, evaluate, sharding
+from mmvit import (checkpointing, config as config_lib, distributed, evaluate, prefetch,
+                   sharding, throughput)
 from mmvit.experiment import (Experiment, build, check_batch, parameter_report, shard_kwargs,
                               train_iterators)
 from mmvit.writers import MetricWriter
@@ -283,19 +284,24 @@ def _restore(exp: Experiment, ckpt, iters: dict, cfg):
 
 class StepTimer:
   """Honest timing: wall time of training steps only. Steps that compile, evaluation and
-  checkpoint saves are measured and excluded; the clock is read after blocking on the state."""
+  checkpoint saves are measured and excluded; the clock is read after blocking on the state.
+  The timed steps' work (examples, tokens, model FLOPs) gives the throughput figures."""
 
   def __init__(self):
     self.train_time, self.timed_steps = 0.0, 0
+    self.work = throughput.Work(0, 0, 0.0)
     self._excluded, self._seg_steps = 0.0, 0
+    self._seg_work = throughput.Work(0, 0, 0.0)
     self._seg_start = time.perf_counter()
 
-  def step(self, compiled: bool, started: float) -> None:
+  def step(self, compiled: bool, started: float, work: throughput.Work | None = None) -> None:
     """After a step begun at `started`; a step that compiled is excluded."""
     if compiled:
       self._excluded += time.perf_counter() - started
     else:
       self._seg_steps += 1
+      if work is not None:
+        self._seg_work = self._seg_work + work
 
   def exclude(self, started: float) -> None:
     self._excluded += time.perf_counter() - started
@@ -305,12 +311,18 @@ class StepTimer:
     now = time.perf_counter()
     self.train_time += now - self._seg_start - self._excluded
     self.timed_steps += self._seg_steps
+    self.work = self.work + self._seg_work
     self._seg_start, self._excluded, self._seg_steps = now, 0.0, 0
+    self._seg_work = throughput.Work(0, 0, 0.0)
     return self.rate
 
   @property
   def rate(self) -> float:
     return self.timed_steps / self.train_time if self.train_time > 0 else float("nan")
+
+  def summary(self, devices: int, peak_tflops: float) -> dict:
+    return throughput.summary(self.work, self.train_time, self.timed_steps, devices,
+                              peak_tflops)
 
 
 def _check_finite(exp: Experiment, state, max_skips: int, ckpt) -> None:
@@ -326,25 +338,29 @@ def _check_finite(exp: Experiment, state, max_skips: int, ckpt) -> None:
         f"last good checkpoint: {where}")
 
 
-def _train_step(exp: Experiment, iters: dict, state, step: int, shards: dict[str, int]):
-  """(key, new state, metrics, placed batches) of the schedule's step: the host batches of its
-  task(s), checked at the door, placed on the mesh and run through the compiled step.
-  `shards`: `data_shards(exp)`, the row blocks each task's batches are read in."""
+def _read_step(exp: Experiment, iters: dict, step: int, shards: dict[str, int]):
+  """((step key, placed batches), {task: iterator state}) of the schedule's step: the host
+  batches of its task(s), checked at the door and placed on the mesh (the input thread's
+  work). `shards`: `data_shards(exp)`, into how many shares each task's batches are read."""
   names = exp.schedule.tasks_at(step)
-  accumulated = exp.schedule.kind == "accumulated"
-  key = "accumulated" if accumulated else names[0]
-  step_arr = jnp.asarray(step, jnp.int32)
+  key = "accumulated" if exp.schedule.kind == "accumulated" else names[0]
   host = {n: next(iters[n]) for n in names}
   by_name = exp.task_by_name
-  rows = {n: by_name[n].batch_size for n in names}  # of the global batch; a process has its share
-  for n in names:
-    check_batch(by_name[n], host[n], exp.tokenizer_specs, step, rows[n] // shards[n])
-  batches = {n: sharding.shard_batch(b, exp.mesh, rows[n]) for n, b in host.items()}
-  if accumulated:
-    state, metrics = exp.accumulated_step(state, batches, step_arr)
-  else:
-    state, metrics = exp.train_steps[key](state, batches[key], step_arr)
-  return key, state, metrics, batches
+  for n in names:  # rows: of the global batch; a process has its share
+    check_batch(by_name[n], host[n], exp.tokenizer_specs, step,
+                by_name[n].batch_size // shards[n])
+  with exp.layout():
+    batches = {n: sharding.shard_batch(b, exp.mesh, by_name[n].batch_size)
+               for n, b in host.items()}
+  return (key, batches), {n: iters[n].get_state() for n in names}
+
+
+def _run_step(exp: Experiment, state, step: int, key: str, batches: dict):
+  """(new state, metrics): the compiled step on placed batches."""
+  step_arr = jnp.asarray(step, jnp.int32)
+  if key == "accumulated":
+    return exp.accumulated_step(state, batches, step_arr)
+  return exp.train_steps[key](state, batches[key], step_arr)
 
 
 def _mib(n: float) -> str:
@@ -388,6 +404,8 @@ def _run(closing: contextlib.ExitStack, config, workdir, *, devices, stop_at, da
                     code=distributed.code_digest())
   exp = build(config, devices=devices, data=data)
   cfg = exp.config
+  work = step_work(exp)
+  peak = peak_tflops(exp, work)  # a CPU measures its own, on one device: before the mesh
   closing.enter_context(exp.layout())  # the mesh and the sharding rules, for all that follows
   primary = distributed.primary()  # writes the workdir's files; every process saves checkpoints
   if workdir and primary:  # one run per workdir: another would move its steps, repeat metrics
@@ -422,8 +440,14 @@ def _run(closing: contextlib.ExitStack, config, workdir, *, devices, stop_at, da
 
   shards = data_shards(exp)
 
+  # The input thread reads ahead; a checkpoint saves the position after its own step.
+  states = {name: it.get_state() for name, it in iters.items()}
+  reader = closing.enter_context(prefetch.Prefetcher(
+      lambda step: _read_step(exp, iters, step, shards), range(start, end), states,
+      depth=int(cfg.prefetch)))
+
   def data_states():
-    return {name: it.get_state() for name, it in iters.items()}
+    return states
 
   def meta(step):
     return {"step": step, "seed": cfg.seed, "schedule": schedule.kind,
@@ -435,24 +459,28 @@ def _run(closing: contextlib.ExitStack, config, workdir, *, devices, stop_at, da
   with Preempted() as sigterm:
     for step in range(start, end):
       t0 = time.perf_counter()
-      key, state, metrics, placed = _train_step(exp, iters, state, step, shards)
+      item = reader.get(step)
+      (key, placed), states = item.batches, item.states
+      state, metrics = _run_step(exp, state, step, key, placed)
       last[key] = metrics
       if key not in compiled:
         jax.block_until_ready(metrics)
         compiled.add(key)
+        log.info("compiled the %s step in %.1f s (with its first run; a persistent cache "
+                 "hit is a load)", key, time.perf_counter() - t0)
         memory["steps"][key] = step_memory(exp, key, state, placed, step)
         timer.step(True, t0)
       else:
-        timer.step(False, t0)
+        timer.step(False, t0, work[key])
       done = step + 1
       if log_every and (done % log_every == 0 or done == end):
         m = jax.device_get(last[key])
         jax.block_until_ready(state["counts"])
         rate = timer.close_segment()
         eta = (end - done) / rate if rate == rate and rate else 0.0
-        log.info("step %d/%d task=%s loss=%.4f lr=%.2e %.2f steps/s (excl. compile/eval/ckpt) "
-                 "eta %s", done, end, key, float(m["loss"]), float(m["lr"]), rate,
-                 _format_eta(eta))
+        log.info("step %d/%d task=%s loss=%.4f lr=%.2e %.2f steps/s (excl. compile/eval/ckpt)%s"
+                 " eta %s", done, end, key, float(m["loss"]), float(m["lr"]), rate,
+                 _format_rates(timer.summary(jax.device_count(), peak)), _format_eta(eta))
         writer.write(done, key, "train", {k: float(v) for k, v in m.items()})
         _check_finite(exp, state, max_skips, ckpt)
       t1 = time.perf_counter()
@@ -494,12 +522,48 @@ def _run(closing: contextlib.ExitStack, config, workdir, *, devices, stop_at, da
              "params": report, "steps": final_step, "steps_per_s": steps_per_s,
              "traces": dict(exp.traces), "preempted": preempted,
              "skipped_updates": int(jax.device_get(state["guard"]["skipped"])),
-             "init_from": init_lines, "memory": memory}
+             "init_from": init_lines, "memory": memory,
+             "throughput": {**timer.summary(jax.device_count(), peak), "peak_tflops": peak,
+                            "model_tflops_per_step": {k: w.flops / 1e12
+                                                      for k, w in work.items()}}}
   if workdir and preempted is None and primary:
     with open(os.path.join(workdir, "results.json"), "w") as f:
       json.dump(summary, f, indent=2)
   summary["state"] = state
   return summary
+
+
+def step_work(exp: Experiment) -> dict[str, throughput.Work]:
+  """Step key (task, or 'accumulated') -> the examples, tokens and model FLOPs of one step."""
+  out = {t.name: throughput.task_work(exp.model_spec, t, exp.tokenizer_specs)
+         for t in exp.tasks}
+  if exp.schedule.kind == "accumulated":
+    out = {"accumulated": sum(out.values(), throughput.Work(0, 0, 0.0))}
+  return out
+
+
+def peak_tflops(exp: Experiment, work: dict[str, throughput.Work]) -> float:
+  """One device's peak for MFU: config.peak_tflops, else by device kind (logged with the
+  steps' `work`). Simulated CPU devices share the CPU: each gets its share of the measured
+  peak."""
+  if exp.config.get("peak_tflops"):
+    peak, source = float(exp.config.peak_tflops), "config.peak_tflops"
+  else:
+    device = exp.mesh.devices.flat[0]
+    peak, source = throughput.device_peak_tflops(device)
+    if device.platform == "cpu":
+      peak /= jax.local_device_count()
+      source += f", shared by {jax.local_device_count()} device(s)"
+  log.info("peak %.3g TFLOP/s per device (%s); model TFLOPs per step: %s", peak, source,
+           ", ".join(f"{k} {w.flops / 1e12:.3g}" for k, w in work.items()))
+  return peak
+
+
+def _format_rates(r: dict) -> str:
+  if not r:
+    return ""
+  return (f" {r['examples_per_s']:.0f} ex/s {r['tokens_per_s']:.0f} tok/s "
+          f"{r['tflops_per_device'] * 1e3:.3g} GFLOP/s/device MFU {r['mfu']:.2%}")
 
 
 def _fmt(res: dict[str, float]) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.ad_checkpoint import checkpoint_name
 
 from mmvit.models.layers import Dense, LayerNorm, dense_init, drop_path, dropout, param
 from mmvit.sharding import constrain
@@ -19,44 +20,78 @@ HIDDEN = ("batch", "tokens", "mlp")
 PER_HEAD = ("batch", "tokens", "heads", "kv")
 
 
+ATTENTION_KERNELS = ("einsum", "xla", "cudnn")
+# Rematerialisation per block: which activations the backward pass keeps rather than recomputes.
+REMAT_POLICIES = {
+    "none": None,   # keep everything (no jax.checkpoint)
+    "full": jax.checkpoint_policies.nothing_saveable,  # keep the block's input only
+    # every matmul with no batch dimension (the q/k/v, out and MLP projections); recompute
+    # attention logits, softmax and element-wise ops
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    # the named projections only (checkpoint_name below): q, k, v and the MLP's hidden layer
+    "qkv_mlp": jax.checkpoint_policies.save_only_these_names("qkv", "mlp"),
+}
+
+
 class Attention(nnx.Module):
-  def __init__(self, width: int, num_heads: int, *, rngs: nnx.Rngs):
+  """Multi-head attention. `kernel`: 'einsum' (explicit logits, the reference), or
+  jax.nn.dot_product_attention with implementation 'xla' or 'cudnn' (fused on GPU). Logits
+  and softmax in float32 whatever the compute dtype; with attention dropout in training the
+  einsum path runs (the fused kernels take no dropout)."""
+
+  def __init__(self, width: int, num_heads: int, *, rngs: nnx.Rngs, dtype=jnp.float32,
+               param_dtype=jnp.float32, kernel: str = "einsum"):
     if width % num_heads:
       raise ValueError(f"model.width={width} is not divisible by model.num_heads={num_heads}")
+    self.dtype, self.kernel = jnp.dtype(dtype), kernel
     hd = width // num_heads
     init = nnx.initializers.xavier_uniform(in_axis=0, out_axis=(1, 2))
     for name in ("query", "key", "value"):
       setattr(self, name, nnx.Dict(
-          kernel=param(rngs, init, (width, num_heads, hd), ("embed", "heads", "kv")),
-          bias=param(rngs, nnx.initializers.zeros, (num_heads, hd), ("heads", "kv"))))
+          kernel=param(rngs, init, (width, num_heads, hd), ("embed", "heads", "kv"),
+                       param_dtype),
+          bias=param(rngs, nnx.initializers.zeros, (num_heads, hd), ("heads", "kv"),
+                     param_dtype)))
     out_init = nnx.initializers.xavier_uniform(in_axis=(0, 1), out_axis=2)
     self.out = nnx.Dict(
-        kernel=param(rngs, out_init, (num_heads, hd, width), ("heads", "kv", "embed")),
-        bias=param(rngs, nnx.initializers.zeros, (width,), ("embed",)))
+        kernel=param(rngs, out_init, (num_heads, hd, width), ("heads", "kv", "embed"),
+                     param_dtype),
+        bias=param(rngs, nnx.initializers.zeros, (width,), ("embed",), param_dtype))
 
   def __call__(self, x: jax.Array, kv: jax.Array | None = None, dropout_rate=0.0, key=None):
+    dt = self.dtype
     kv = x if kv is None else kv
-    proj = lambda p, t: constrain(
-        jnp.einsum("bnd,dhk->bnhk", t, p["kernel"][...]) + p["bias"][...], PER_HEAD)
+
+    def proj(p, t):
+      y = jnp.einsum("bnd,dhk->bnhk", t.astype(dt), p["kernel"][...].astype(dt))
+      return constrain(checkpoint_name(y + p["bias"][...].astype(dt), "qkv"), PER_HEAD)
     q, k, v = proj(self.query, x), proj(self.key, kv), proj(self.value, kv)
-    logits = jnp.einsum("bqhk,bnhk->bhqn", q, k) / jnp.sqrt(q.shape[-1]).astype(q.dtype)
-    weights = jax.nn.softmax(logits, axis=-1)
-    weights = dropout(weights, dropout_rate, key)
-    out = constrain(jnp.einsum("bhqn,bnhk->bqhk", weights, v), PER_HEAD)
-    return jnp.einsum("bqhk,hkd->bqd", out, self.out["kernel"][...]) + self.out["bias"][...]
+    if self.kernel == "einsum" or (dropout_rate and key is not None):
+      logits = jnp.einsum("bqhk,bnhk->bhqn", q, k).astype(jnp.float32)
+      weights = jax.nn.softmax(logits / jnp.sqrt(jnp.float32(q.shape[-1])), axis=-1)
+      weights = dropout(weights, dropout_rate, key).astype(dt)
+      out = jnp.einsum("bhqn,bnhk->bqhk", weights, v)
+    else:
+      out = jax.nn.dot_product_attention(q, k, v, implementation=self.kernel)
+    out = constrain(out, PER_HEAD)
+    return (jnp.einsum("bqhk,hkd->bqd", out, self.out["kernel"][...].astype(dt))
+            + self.out["bias"][...].astype(dt))
 
 
 class Block(nnx.Module):
   """x + droppath(MHSA(LN(x))); x + droppath(MLP(LN(x)))."""
 
-  def __init__(self, width: int, num_heads: int, mlp_dim: int, *, rngs: nnx.Rngs):
-    self.LayerNorm_0 = LayerNorm(width, rngs=rngs)
-    self.MultiHeadDotProductAttention_0 = Attention(width, num_heads, rngs=rngs)
-    self.LayerNorm_1 = LayerNorm(width, rngs=rngs)
+  def __init__(self, width: int, num_heads: int, mlp_dim: int, *, rngs: nnx.Rngs,
+               dtype=jnp.float32, param_dtype=jnp.float32, attention: str = "einsum"):
+    kw = dict(dtype=dtype, param_dtype=param_dtype)
+    self.LayerNorm_0 = LayerNorm(width, rngs=rngs, **kw)
+    self.MultiHeadDotProductAttention_0 = Attention(width, num_heads, rngs=rngs,
+                                                    kernel=attention, **kw)
+    self.LayerNorm_1 = LayerNorm(width, rngs=rngs, **kw)
     bias_init = nnx.initializers.normal(1e-6)
     self.MlpBlock_0 = nnx.Dict(
-        Dense_0=Dense(width, mlp_dim, ("embed", "mlp"), rngs=rngs, bias_init=bias_init),
-        Dense_1=Dense(mlp_dim, width, ("mlp", "embed"), rngs=rngs, bias_init=bias_init))
+        Dense_0=Dense(width, mlp_dim, ("embed", "mlp"), rngs=rngs, bias_init=bias_init, **kw),
+        Dense_1=Dense(mlp_dim, width, ("mlp", "embed"), rngs=rngs, bias_init=bias_init, **kw))
 
   def __call__(self, x: jax.Array, *, dropout_rate: float = 0.0, attention_dropout: float = 0.0,
                drop_path_rate: float = 0.0, key: jax.Array | None = None,
@@ -68,14 +103,14 @@ class Block(nnx.Module):
     xq = x if n_query is None else x[:, :n_query]
     y = self.MultiHeadDotProductAttention_0(q, y, attention_dropout, keys[0])
     y = dropout(y, dropout_rate, keys[1])
-    x = constrain(xq + drop_path(y, drop_path_rate, keys[2]), TOKENS)
+    x = constrain(xq + drop_path(y, drop_path_rate, keys[2]).astype(xq.dtype), TOKENS)
     y = self.LayerNorm_1(x)
     mlp = self.MlpBlock_0
-    y = constrain(jax.nn.gelu(mlp["Dense_0"](y)), HIDDEN)
+    y = constrain(jax.nn.gelu(checkpoint_name(mlp["Dense_0"](y), "mlp")), HIDDEN)
     y = dropout(y, dropout_rate, keys[3])
     y = mlp["Dense_1"](y)
     y = dropout(y, dropout_rate, keys[3] if keys[3] is None else jax.random.fold_in(keys[3], 1))
-    return constrain(x + drop_path(y, drop_path_rate, keys[4]), TOKENS)
+    return constrain(x + drop_path(y, drop_path_rate, keys[4]).astype(x.dtype), TOKENS)
 
 
 def depth_rates(rate: float, depth: int) -> list[float]:
@@ -86,17 +121,29 @@ def depth_rates(rate: float, depth: int) -> list[float]:
 
 class Stack(nnx.Module):
   """A sequence of blocks (adapters, the shared encoder, per-stream encoders). It is run by
-  fusion.encode, which also handles a single stream."""
+  fusion.encode, which also handles a single stream. `remat`: a REMAT_POLICIES name, applied
+  to each block."""
 
   def __init__(self, depth: int, width: int, num_heads: int, mlp_dim: int, *, rngs: nnx.Rngs,
-               final_norm: bool = False):
-    self.depth = depth
+               final_norm: bool = False, dtype=jnp.float32, param_dtype=jnp.float32,
+               attention: str = "einsum", remat: str = "none"):
+    self.depth, self.remat = depth, remat
     for i in range(depth):
-      setattr(self, f"encoderblock_{i}", Block(width, num_heads, mlp_dim, rngs=rngs))
-    self.encoder_norm = LayerNorm(width, rngs=rngs) if final_norm else None
+      setattr(self, f"encoderblock_{i}", Block(width, num_heads, mlp_dim, rngs=rngs, dtype=dtype,
+                                               param_dtype=param_dtype, attention=attention))
+    self.encoder_norm = (LayerNorm(width, rngs=rngs, dtype=dtype, param_dtype=param_dtype)
+                         if final_norm else None)
 
   def block(self, i: int) -> Block:
     return getattr(self, f"encoderblock_{i}")
 
+  def run_block(self, i: int, x: jax.Array, key: jax.Array | None, **kw) -> jax.Array:
+    """Block i on x, rematerialised under the stack's policy."""
+    if self.remat == "none":
+      return self.block(i)(x, key=key, **kw)
+    return nnx.remat(lambda block, x, key: block(x, key=key, **kw),
+                     policy=REMAT_POLICIES[self.remat])(self.block(i), x, key)
 
-__all__ = ["Attention", "Block", "Stack", "depth_rates", "dense_init"]
+
+__all__ = ["ATTENTION_KERNELS", "REMAT_POLICIES", "Attention", "Block", "Stack", "depth_rates",
+           "dense_init"]

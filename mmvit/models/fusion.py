@@ -35,14 +35,16 @@ class FusionSpec:
 
 
 class Bottleneck(nnx.Module):
-  def __init__(self, tokens: int, width: int, *, rngs: nnx.Rngs):
+  def __init__(self, tokens: int, width: int, *, rngs: nnx.Rngs, dtype=jnp.float32,
+               param_dtype=jnp.float32):
+    self.dtype = jnp.dtype(dtype)
     self.tokens = param(rngs, nnx.initializers.normal(0.02), (1, tokens, width),
-                        (None, None, "embed"))
+                        (None, None, "embed"), param_dtype)
     self.posemb = param(rngs, nnx.initializers.normal(0.02), (1, tokens, width),
-                        (None, None, "embed"))
+                        (None, None, "embed"), param_dtype)
 
   def __call__(self, batch: int) -> jax.Array:
-    z = self.tokens[...] + self.posemb[...]
+    z = (self.tokens[...] + self.posemb[...]).astype(self.dtype)
     return jnp.broadcast_to(z, (batch,) + z.shape[1:])
 
 
@@ -63,7 +65,7 @@ def encode(streams: list[jax.Array], stacks: list, spec: FusionSpec | None,
 
     def run(i, x, **extra):
       k = None if key is None else jax.random.fold_in(key, l * 64 + i)
-      return stacks[i].block(l)(x, drop_path_rate=rates[l], key=k, **kw, **extra)
+      return stacks[i].run_block(l, x, k, drop_path_rate=rates[l], **kw, **extra)
 
     if l < fuse_from:
       xs = [run(i, x) for i, x in enumerate(xs)]

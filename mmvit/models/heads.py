@@ -30,11 +30,12 @@ class HeadSpec:
 
 
 class Head(nnx.Module):
-  def __init__(self, spec: HeadSpec, width: int, *, rngs: nnx.Rngs):
+  def __init__(self, spec: HeadSpec, width: int, *, rngs: nnx.Rngs, param_dtype=jnp.float32):
     self.spec = spec
     # Zero-initialised, as in big_vision: a new head starts from uniform predictions.
     self.outputs = nnx.Dict({
-        k: Dense(width, c, ("embed", "classes"), rngs=rngs, kernel_init=nnx.initializers.zeros)
+        k: Dense(width, c, ("embed", "classes"), rngs=rngs, kernel_init=nnx.initializers.zeros,
+                 param_dtype=param_dtype)
         for k, c in zip(spec.labels, spec.num_classes)})
 
   def __call__(self, pooled: jax.Array) -> dict[str, jax.Array]:

@@ -25,29 +25,46 @@ def dense_init():
   return nnx.initializers.xavier_uniform()
 
 
-def layer_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, eps: float = 1e-6) -> jax.Array:
+def layer_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, eps: float = 1e-6,
+               dtype=None) -> jax.Array:
+  """Statistics in float32 whatever the compute dtype, output in `dtype` (default x's).
+
+  Var = E[x^2] - E[x]^2 with E[x^2]'s square taken *before* E[x] (as flax's LayerNorm does).
+  The order matters to XLA, not to the value: it fixes the order in which the backward pass
+  adds the three cotangents of x, and with E[x] first XLA:CPU fuses each layer's
+  residual-gradient chain into the next (loop fusions of 80+ operands, recomputed per
+  consumer): a ViT-S train step at depth 6 took 1.6x as long (1,384 ms vs 862 ms here)."""
+  dtype = dtype or x.dtype
+  x = x.astype(jnp.float32)
+  square = jnp.square(x)
   mean = x.mean(-1, keepdims=True)
-  var = jnp.square(x - mean).mean(-1, keepdims=True)
-  return (x - mean) * jax.lax.rsqrt(var + eps) * scale + bias
+  var = jnp.maximum(0.0, square.mean(-1, keepdims=True) - jnp.square(mean))
+  mul = jax.lax.rsqrt(var + eps) * scale.astype(jnp.float32)
+  return ((x - mean) * mul + bias.astype(jnp.float32)).astype(dtype)
 
 
 class LayerNorm(nnx.Module):
-  def __init__(self, dim: int, *, rngs: nnx.Rngs):
-    self.scale = param(rngs, nnx.initializers.ones, (dim,), ("embed",))
-    self.bias = param(rngs, nnx.initializers.zeros, (dim,), ("embed",))
+  def __init__(self, dim: int, *, rngs: nnx.Rngs, dtype=jnp.float32, param_dtype=jnp.float32):
+    self.dtype = jnp.dtype(dtype)
+    self.scale = param(rngs, nnx.initializers.ones, (dim,), ("embed",), param_dtype)
+    self.bias = param(rngs, nnx.initializers.zeros, (dim,), ("embed",), param_dtype)
 
   def __call__(self, x):
-    return layer_norm(x, self.scale[...], self.bias[...])
+    return layer_norm(x, self.scale[...], self.bias[...], dtype=self.dtype)
 
 
 class Dense(nnx.Module):
+  """x @ kernel + bias in the compute `dtype` (parameters stored in `param_dtype`)."""
+
   def __init__(self, din: int, dout: int, axes: Axes, *, rngs: nnx.Rngs, kernel_init=None,
-               bias_init=nnx.initializers.zeros):
-    self.kernel = param(rngs, kernel_init or dense_init(), (din, dout), axes)
-    self.bias = param(rngs, bias_init, (dout,), (axes[-1],))
+               bias_init=nnx.initializers.zeros, dtype=jnp.float32, param_dtype=jnp.float32):
+    self.dtype = jnp.dtype(dtype)
+    self.kernel = param(rngs, kernel_init or dense_init(), (din, dout), axes, param_dtype)
+    self.bias = param(rngs, bias_init, (dout,), (axes[-1],), param_dtype)
 
   def __call__(self, x):
-    return x @ self.kernel[...] + self.bias[...]
+    dt = self.dtype
+    return x.astype(dt) @ self.kernel[...].astype(dt) + self.bias[...].astype(dt)
 
 
 def dropout(x: jax.Array, rate: float, key: jax.Array | None) -> jax.Array:

@@ -31,13 +31,22 @@ class ModelSpec:
   pool: str = "token"  # for heads that do not set their own (HeadSpec.pool)
   dropout: float = 0.0
   attention_dropout: float = 0.0
+  dtype: str = "float32"        # compute: matmuls and activations
+  param_dtype: str = "float32"  # stored parameters (and so the optimizer state)
+  attention: str = "einsum"     # encoder.ATTENTION_KERNELS
+  remat: str = "none"           # encoder.REMAT_POLICIES, per block
 
   @classmethod
   def from_config(cls, m) -> ModelSpec:
     """From a completed config's model (mmvit.config.complete)."""
     return cls(width=m.width, depth=m.depth, num_heads=m.num_heads, mlp_dim=m.mlp_dim,
                adapter_depth=m.adapter_depth, pool=m.pool, dropout=m.dropout,
-               attention_dropout=m.attention_dropout)
+               attention_dropout=m.attention_dropout, dtype=m.dtype, param_dtype=m.param_dtype,
+               attention=m.attention, remat=m.remat)
+
+  def stack_kwargs(self) -> dict:
+    return dict(dtype=self.dtype, param_dtype=self.param_dtype, attention=self.attention,
+                remat=self.remat)
 
 
 class Model(nnx.Module):
@@ -48,20 +57,25 @@ class Model(nnx.Module):
     self.spec = spec
     self.task_modalities = {t: mods for t, (mods, _, _) in tasks.items()}
     self.fusion = {t: f for t, (_, _, f) in tasks.items() if f is not None}
-    self.tokenizers = nnx.Dict({m: Tokenizer(s, spec.width, rngs=rngs)
+    dt = dict(dtype=spec.dtype, param_dtype=spec.param_dtype)
+    self.tokenizers = nnx.Dict({m: Tokenizer(s, spec.width, rngs=rngs, **dt)
                                 for m, s in tokenizers.items()})
     block_args = (spec.width, spec.num_heads, spec.mlp_dim)
-    self.adapters = nnx.Dict({m: Stack(spec.adapter_depth, *block_args, rngs=rngs)
+    sk = spec.stack_kwargs()
+    self.adapters = nnx.Dict({m: Stack(spec.adapter_depth, *block_args, rngs=rngs, **sk)
                               for m in tokenizers} if spec.adapter_depth else {})
-    self.encoder = Stack(spec.depth, *block_args, rngs=rngs, final_norm=True)
+    self.encoder = Stack(spec.depth, *block_args, rngs=rngs, final_norm=True, **sk)
     # Separate stream weights (MBT share_encoder=False): the first modality of a fusion task
     # runs the shared encoder, every other modality its own stack of the same depth.
     own = sorted({m for t, f in self.fusion.items() if not f.shared_weights
                   for m in self.task_modalities[t][1:]})
-    self.stream_encoders = nnx.Dict({m: Stack(spec.depth, *block_args, rngs=rngs) for m in own})
-    self.bottlenecks = nnx.Dict({t: Bottleneck(f.tokens, spec.width, rngs=rngs)
+    self.stream_encoders = nnx.Dict({m: Stack(spec.depth, *block_args, rngs=rngs, **sk)
+                                     for m in own})
+    self.bottlenecks = nnx.Dict({t: Bottleneck(f.tokens, spec.width, rngs=rngs, **dt)
                                  for t, f in self.fusion.items() if f.kind == "bottleneck"})
-    self.heads = nnx.Dict({t: Head(h, spec.width, rngs=rngs) for t, (_, h, _) in tasks.items()})
+    # Heads compute in float32 (logits and losses in float32 whatever the compute dtype).
+    self.heads = nnx.Dict({t: Head(h, spec.width, rngs=rngs, param_dtype=spec.param_dtype)
+                           for t, (_, h, _) in tasks.items()})
 
   def __call__(self, task: str, batch: dict[str, jax.Array], *, key: jax.Array | None = None,
                drop_path_rate: float = 0.0, drop_modalities: tuple[str, ...] = ()
@@ -89,7 +103,7 @@ class Model(nnx.Module):
               else self.encoder for m in mods]
     z = self.bottlenecks[task](streams[0].shape[0]) if task in self.bottlenecks else None
     outs = fusion_lib.encode(streams, stacks, fusion_spec, z, key=keys[1], **kw)
-    outs = [self.encoder.encoder_norm(x) for x in outs]
+    outs = [self.encoder.encoder_norm(x).astype(jnp.float32) for x in outs]
     has_cls = self.tokenizers[mods[0]].spec.class_token
     head = self.heads[task]
     if (head.spec.pool or spec.pool) == "token":

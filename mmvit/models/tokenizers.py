@@ -90,30 +90,33 @@ def patchify(x: jax.Array, patch: tuple[int, ...]) -> jax.Array:
 
 
 class Tokenizer(nnx.Module):
-  def __init__(self, spec: TokenizerSpec, width: int, *, rngs: nnx.Rngs):
-    self.spec = spec
+  def __init__(self, spec: TokenizerSpec, width: int, *, rngs: nnx.Rngs, dtype=jnp.float32,
+               param_dtype=jnp.float32):
+    self.spec, self.dtype = spec, jnp.dtype(dtype)
     channels = 1 if spec.kind == "waveform" else spec.input_shape[-1]
     kshape = spec.patch + (channels, width)
     # lecun_normal over a (*patch, C, D) kernel: fan-in is prod(patch) * C, as for a conv.
     self.kernel = param(rngs, nnx.initializers.lecun_normal(), kshape,
-                        (None,) * (len(kshape) - 1) + ("embed",))
-    self.bias = param(rngs, nnx.initializers.zeros, (width,), ("embed",))
+                        (None,) * (len(kshape) - 1) + ("embed",), param_dtype)
+    self.bias = param(rngs, nnx.initializers.zeros, (width,), ("embed",), param_dtype)
     n_pos = spec.num_patches + int(spec.class_token and spec.posemb_includes_cls)
     self.posemb = param(rngs, nnx.initializers.normal(0.02), (1, n_pos, width),
-                        (None, None, "embed"))
+                        (None, None, "embed"), param_dtype)
     if spec.class_token:
-      self.cls = param(rngs, nnx.initializers.zeros, (1, 1, width), (None, None, "embed"))
+      self.cls = param(rngs, nnx.initializers.zeros, (1, 1, width), (None, None, "embed"), param_dtype)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     spec = self.spec
-    patches = patchify(x, spec.patch)
-    kernel = self.kernel[...]
-    tokens = patches @ kernel.reshape(-1, kernel.shape[-1]) + self.bias[...]
+    dt = self.dtype
+    patches = patchify(x.astype(dt), spec.patch)
+    kernel = self.kernel[...].astype(dt)
+    tokens = patches @ kernel.reshape(-1, kernel.shape[-1]) + self.bias[...].astype(dt)
+    posemb = self.posemb[...].astype(dt)
     if spec.class_token and not spec.posemb_includes_cls:
-      tokens = tokens + self.posemb[...]
+      tokens = tokens + posemb
     if spec.class_token:
       cls = jnp.broadcast_to(self.cls[...], (tokens.shape[0], 1, tokens.shape[-1]))
       tokens = jnp.concatenate([cls.astype(tokens.dtype), tokens], axis=1)
     if not spec.class_token or spec.posemb_includes_cls:
-      tokens = tokens + self.posemb[...]
+      tokens = tokens + posemb
     return tokens
