@@ -76,6 +76,10 @@ DEFAULTS = dict(
     # JAX's persistent compilation cache (None: `jax_cache` beside the data dir; '' turns it
     # off): a rerun, resume or other process with the same steps loads them compiled.
     compilation_cache_dir=None,
+    # Datasets this machine does not hold, by their shapes: {name: dict(features, num_classes,
+    # splits, multilabel)}; their tasks read random batches (mmvit.data.synthetic): planning
+    # and benchmarking paper-sized configs.
+    datasets={},
 )
 MODEL_DEFAULTS = dict(
     width=REQUIRED, depth=REQUIRED, num_heads=REQUIRED, mlp_dim=REQUIRED, dropout=0.0,
@@ -138,7 +142,7 @@ def complete(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   a field set to None where the default is a dict (nonfinite, mesh, augment) becomes {}."""
   c = config.to_dict()
   out = _filled(c, DEFAULTS)
-  for k in ("mesh", "mesh_dcn", "nonfinite", "sharding"):
+  for k in ("mesh", "mesh_dcn", "nonfinite", "sharding", "datasets"):
     out[k] = dict(out[k] or {})
   out["nonfinite"] = _filled(out["nonfinite"], NONFINITE_DEFAULTS)
   out["sharding"] = _filled(out["sharding"], SHARDING_DEFAULTS)

@@ -22,6 +22,7 @@ from flax import nnx
 
 from mmvit import config as config_lib, data as data_lib, optim, schedules, sharding
 from mmvit import steps as steps_lib, tasks as tasks_lib
+from mmvit.data.synthetic import SyntheticData
 from mmvit.models.model import Model, ModelSpec, count, split_groups, task_groups
 
 log = logging.getLogger("mmvit")
@@ -251,16 +252,26 @@ def compilation_cache(config) -> str | None:
   return wanted
 
 
-def build(config: ml_collections.ConfigDict, *, devices=None, data=None) -> Experiment:
-  """Validates the config, resolves tasks and builds model, state and compiled-step wrappers."""
+def build(config: ml_collections.ConfigDict, *, devices=None, data=None,
+          abstract: bool = False) -> Experiment:
+  """Validates the config, resolves tasks and builds model, state and compiled-step wrappers.
+  `abstract`: the state as ShapeDtypeStructs with their shardings (nothing materialised), for
+  lowering and compiling the steps (mmvit.plan). Datasets declared in config.datasets read
+  random batches of their shapes (mmvit.data.synthetic)."""
   data = data or data_lib
+  if config.get("datasets"):
+    try:
+      data = SyntheticData(config.datasets, data)
+    except data_lib.DataError as e:
+      raise config_lib.ConfigError(str(e)) from None
   tasks, tok_specs, schedule, mesh = prepare(config, devices=devices, data=data)
   config = config_lib.complete(config)
   if cache := compilation_cache(config):
     log.info("compilation cache: %s", cache)
   rules = rules_of(config)
   o = config.optimizer
-  model = build_model(config, tasks, tok_specs, config.seed)
+  model = (nnx.eval_shape(lambda: build_model(config, tasks, tok_specs, config.seed))
+           if abstract else build_model(config, tasks, tok_specs, config.seed))
   graphdef, params_state = nnx.split(model, nnx.Param)
   with sharding.using_rules(rules):
     param_sh = split_groups(sharding.param_shardings(model, mesh))
@@ -270,9 +281,12 @@ def build(config: ml_collections.ConfigDict, *, devices=None, data=None) -> Expe
   tx = optim.group_transform(o)
   groups = {t.name: task_groups(params, t.modalities, t.name) for t in tasks}
 
-  with jax.set_mesh(mesh):
-    params = jax.device_put(params, param_sh)
-    opt = {g: tx.init(p) for g, p in params.items()}
+  if abstract:
+    opt = {g: jax.eval_shape(tx.init, p) for g, p in params.items()}
+  else:
+    with jax.set_mesh(mesh):
+      params = jax.device_put(params, param_sh)
+      opt = {g: tx.init(p) for g, p in params.items()}
   rep = sharding.replicated(mesh)
   # Optimizer moments take the sharding of their parameters; counters are replicated.
   opt_sh = {g: optax.tree_map_params(tx, lambda _, s: s, opt[g], param_sh[g],
@@ -285,7 +299,11 @@ def build(config: ml_collections.ConfigDict, *, devices=None, data=None) -> Expe
            "counts": {t.name: jnp.zeros((), jnp.int32) for t in tasks}}
   state_sh = {"params": param_sh, "opt": opt_sh, "guard": {k: rep for k in guard},
               "counts": {t.name: rep for t in tasks}}
-  state = jax.device_put(state, state_sh)
+  if abstract:
+    state = jax.tree.map(lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh),
+                         state, state_sh)
+  else:
+    state = jax.device_put(state, state_sh)
 
   traces: dict[str, int] = {}
   ctx = steps_lib.StepContext(

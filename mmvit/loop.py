@@ -503,6 +503,8 @@ def _run(closing: contextlib.ExitStack, config, workdir, *, devices, stop_at, da
         ckpt.save(done, state, data_states(), meta(done))
       timer.exclude(t1)
 
+    jax.block_until_ready(state["counts"])
+    timer.close_segment()  # the steps since the last progress line count too
     final_step = max(end, start) if preempted is None else preempted
     results = {}
     if preempted is None:

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import signal
 import sys
 import tempfile
 
 from absl import app, flags
+
+# --config.<field>=VALUE overrides, shared with mmvit.plan (mmvit.cli imports no jax).
+from mmvit.cli import parse_flags, split_overrides  # noqa: F401
 
 _CONFIG = flags.DEFINE_string("config", None, "Path to a get_config() file, optionally "
                               "followed by :<argument>. Fields: --config.<field>=VALUE.")
@@ -35,36 +37,6 @@ _HEARTBEAT = flags.DEFINE_integer(
     "heartbeat_timeout", 100, "Seconds a process may be silent before the run declares it "
     "dead and stops the others.")
 flags.mark_flags_as_required(["config", "workdir"])
-
-_OVERRIDE = re.compile(r"-{1,2}(no)?config\.([^=]*)(?:=(.*))?", re.DOTALL)
-
-
-def split_overrides(argv: list[str]) -> tuple[list[str], list[tuple[str, str | None, bool]]]:
-  """Takes the --config.<field>[=VALUE] overrides (also `--config.<field> VALUE` and
-  `--noconfig.<field>`) out of argv, for config.load; the rest is for absl."""
-  rest, overrides, i = argv[:1], [], 1
-  while i < len(argv):
-    arg = argv[i]
-    if arg == "--":  # absl: no flags after it
-      rest += argv[i:]
-      break
-    m = _OVERRIDE.fullmatch(arg)
-    if m is None:
-      rest.append(arg)
-    else:
-      negated, path, value = m.group(1) is not None, m.group(2), m.group(3)
-      if value is None and not negated and i + 1 < len(argv) and not argv[i + 1].startswith("-"):
-        i += 1
-        value = argv[i]
-      overrides.append((path, value, negated))
-    i += 1
-  return rest, overrides
-
-
-def parse_flags(argv: list[str]):
-  rest, overrides = split_overrides(argv)
-  return app.parse_flags_with_usage(rest), overrides
-
 
 def check_workdir(workdir: str) -> None:
   """The door for --workdir: it is (or can be made) a directory this process can write in,

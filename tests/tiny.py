@@ -33,3 +33,22 @@ def tiny_config(kind="weighted", steps=4, **overrides):
   for k, v in overrides.items():
     c[k] = v
   return c
+
+
+def declared_config(**overrides):
+  """The tiny config's three tasks on declared (synthetic) datasets of the suite's shapes,
+  one of them multi-label."""
+  cfg = tiny_config(**overrides)
+  cfg.datasets = dict(
+      images=dict(features=dict(image=((32, 32, 1), "float32")), num_classes=dict(label=10)),
+      clips=dict(features=dict(video=((8, 32, 32, 1), "float32")), num_classes=dict(digit=10),
+                 splits=dict(train=5_000, test=100)),
+      sounds=dict(features=dict(spectrogram=((64, 32, 1), "float32")),
+                  num_classes=dict(label=527), multilabel=True))
+  cfg.tasks.image.dataset = "images"
+  cfg.tasks.video_digit.dataset = "clips"
+  cfg.tasks.audio.dataset = "sounds"
+  cfg.tasks.audio.head = "multilabel"
+  cfg.test_split = "test"
+  cfg.eval_split = "test"
+  return cfg

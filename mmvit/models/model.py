@@ -9,6 +9,7 @@ step may update) is read off its path: `encoder` -> "shared", `tokenizers/<m>` -
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import jax
 import jax.numpy as jnp
@@ -153,4 +154,4 @@ def join_groups(groups: dict[str, dict]) -> dict:
 
 
 def count(tree) -> int:
-  return int(sum(jnp.size(x) for x in jax.tree.leaves(tree)))
+  return int(sum(math.prod(x.shape) for x in jax.tree.leaves(tree)))
