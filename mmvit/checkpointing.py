@@ -573,24 +573,60 @@ def load_params(sources, abstract_params: dict) -> tuple[dict, list[str]]:
       if not isinstance(have, Mapping) or not have:
         raise CheckpointError(f"{where}: {item} holds no parameter groups: expected the state of "
                               "an mmvit run")
+      from mmvit.models.encoder import layout_of  # noqa: PLC0415
+      relaid = {}  # group -> this model's layout, where the checkpoint has the other
+      for g in chosen:
+        mine, theirs = layout_of(abstract_params[g]), layout_of(have.get(g))
+        if mine and theirs and mine != theirs:
+          relaid[g] = mine
       for g in chosen:
         if g not in have:
           raise CheckpointError(f"{where}.groups: {item} has no parameter group {g}; it has "
                                 f"{', '.join(have)}")
-        bad = _first_mismatch(abstract_params[g], have[g])
-        if bad is None:
-          continue
-        k, kind, want, got = bad
-        if kind != "shape":
-          raise CheckpointError(
-              f"{where}: parameter {g}/{k} is in {'this model' if kind == 'missing' else item} "
-              f"only: expected the same parameters in group {g} of both models")
-        raise CheckpointError(f"{where}: parameter {g}/{k} has shape {tuple(got.shape)} "
-                              f"in {item}, this model expects {tuple(want.shape)}")
-      target = {"params": {g: abstract_params[g] for g in chosen}}
-      out = ckptr.restore(item, args=ocp.args.PyTreeRestore(
-          item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
-          partial_restore=True))
+        if g not in relaid:
+          _check_group(abstract_params[g], have[g], g, where, item)
+      direct = [g for g in chosen if g not in relaid]
+      out = {"params": {}}
+      if direct:
+        target = {"params": {g: abstract_params[g] for g in direct}}
+        out = ckptr.restore(item, args=ocp.args.PyTreeRestore(
+            item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+            partial_restore=True))
+      if relaid:  # saved in the other stack layout (model.scan): read as is, then convert
+        out["params"].update(_relaid(ckptr, item, {g: have[g] for g in relaid},
+                                     {g: abstract_params[g] for g in relaid}, where))
     loaded.update(out["params"])
-    lines.append(f"{where}: {', '.join(chosen)} from {step_dir}")
+    lines.append(f"{where}: {', '.join(chosen)} from {step_dir}" + (
+        f" ({', '.join(relaid)} converted to the {next(iter(relaid.values()))} layout)"
+        if relaid else ""))
   return loaded, lines
+
+
+def _check_group(want, have, g: str, where: str, item: str) -> None:
+  bad = _first_mismatch(want, have)
+  if bad is None:
+    return
+  k, kind, want_leaf, got = bad
+  if kind != "shape":
+    raise CheckpointError(
+        f"{where}: parameter {g}/{k} is in {'this model' if kind == 'missing' else item} "
+        f"only: expected the same parameters in group {g} of both models")
+  raise CheckpointError(f"{where}: parameter {g}/{k} has shape {tuple(got.shape)} "
+                        f"in {item}, this model expects {tuple(want_leaf.shape)}")
+
+
+def _relaid(ckptr, item: str, have: dict, want: dict, where: str) -> dict:
+  """Groups saved in one stack layout (loop or scan) read whole on the host, converted
+  exactly to the layout of `want` and placed on its shardings."""
+  from mmvit.models.encoder import layout_of, to_loop, to_scan  # noqa: PLC0415
+  target = {"params": have}
+  args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), target)
+  raw = ckptr.restore(item, args=ocp.args.PyTreeRestore(item=target, restore_args=args,
+                                                       partial_restore=True))["params"]
+  out = {}
+  for g, tree in raw.items():
+    tree = to_scan(tree) if layout_of(want[g]) == "scan" else to_loop(tree)
+    _check_group(want[g], tree, g, where, item)
+    out[g] = jax.tree.map(lambda a, w: jax.device_put(np.asarray(a, w.dtype), w.sharding),
+                          tree, want[g])
+  return out

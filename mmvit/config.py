@@ -92,6 +92,10 @@ MODEL_DEFAULTS = dict(
     attention="einsum",
     # per-block rematerialisation: 'none' | 'full' | 'dots' | 'qkv_mlp' (models/encoder.py)
     remat="none",
+    # blocks stored stacked (leading layer axis) and run by lax.scan: a step compiles one
+    # layer's body whatever the depth (for accelerators and deep models; on CPU the loop
+    # layout ran faster, docs/performance.md)
+    scan=False,
 )
 DTYPES = ("float32", "bfloat16")
 TOKENIZER_DEFAULTS = dict(kind=REQUIRED, patch=REQUIRED, input_key=None)
@@ -293,6 +297,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _choice(m.get(f, MODEL_DEFAULTS[f]), f"model.{f}", DTYPES)
   _choice(m.get("attention", MODEL_DEFAULTS["attention"]), "model.attention", ATTENTION_KERNELS)
   _choice(m.get("remat", MODEL_DEFAULTS["remat"]), "model.remat", tuple(REMAT_POLICIES))
+  if not isinstance(m.get("scan", MODEL_DEFAULTS["scan"]), bool):
+    raise ConfigError(f"model.scan={show(m.scan)}: expected True or False")
   if m.get("attention") == "cudnn" and m.get("dtype", "float32") != "bfloat16":
     raise ConfigError("model.attention='cudnn' needs model.dtype='bfloat16' (cuDNN's fused "
                       "attention takes no float32)")

@@ -181,15 +181,17 @@ class _Import:
     if unused:
       more = f" (and {len(unused) - 1} more)" if len(unused) > 1 else ""
       raise ConversionError(f"unused reference parameter {unused[0]!r}{more}")
-    if target is not None:
-      self._check(_flatten(target_tree(target)))
+    want = None if target is None else target_tree(target)
+    scan = want is not None and _layout(want) == "scan"
+    if want is not None:
+      self._check(_flatten(_to_loop(want) if scan else want))
     tree: dict = {}
     for path, v in self.values.items():
       node = tree
       for k in path[:-1]:
         node = node.setdefault(k, {})
       node[path[-1]] = v
-    return tree
+    return _to_scan(tree) if scan else tree
 
   def _check(self, want: dict[tuple[str, ...], object]):
     for path, v in self.values.items():
@@ -221,12 +223,31 @@ def check_tree(params: dict, target) -> None:
       raise ConversionError(f"model parameter {_path(p)!r} is missing")
 
 
+def _layout(tree):
+  from mmvit.models.encoder import layout_of  # noqa: PLC0415
+  return layout_of(tree)
+
+
+def _to_scan(tree):
+  from mmvit.models.encoder import to_scan  # noqa: PLC0415
+  return to_scan(tree)
+
+
+def _to_loop(tree):
+  from mmvit.models.encoder import to_loop  # noqa: PLC0415
+  return to_loop(tree)
+
+
 def load_into(model, params: dict) -> None:
   """Writes a converted pure-dict parameter tree into `model` (in place), checking that it
-  covers every parameter with the right shape."""
+  covers every parameter with the right shape. A tree in the other stack layout (loop or
+  scan, `model.scan`) is converted exactly."""
   import jax.numpy as jnp  # noqa: PLC0415
   from flax import nnx  # noqa: PLC0415
   state = nnx.state(model, nnx.Param)
+  mine, theirs = _layout(nnx.to_pure_dict(state)), _layout(params)
+  if mine and theirs and mine != theirs:
+    params = _to_scan(params) if mine == "scan" else _to_loop(params)
   check_tree(params, nnx.to_pure_dict(state))
   want = _flatten(nnx.to_pure_dict(state))
   cast = {p: jnp.asarray(v, dtype=jnp.result_type(want[p])) for p, v in _flatten(params).items()}

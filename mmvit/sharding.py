@@ -35,6 +35,7 @@ RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("classes", ("tensor",)),
     ("kv", ()),
     ("tokens", ()),
+    ("layers", ()),  # the leading axis of scanned (stacked) blocks: never split
 )
 LOGICAL_NAMES = tuple(name for name, _ in RULES)
 

@@ -6,6 +6,9 @@ Parameter layout follows big_vision's ViT (query/key/value kernels (D, heads, he
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Mapping
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -122,20 +125,41 @@ def depth_rates(rate: float, depth: int) -> list[float]:
 class Stack(nnx.Module):
   """A sequence of blocks (adapters, the shared encoder, per-stream encoders). It is run by
   fusion.encode, which also handles a single stream. `remat`: a REMAT_POLICIES name, applied
-  to each block."""
+  to each block.
+
+  Two layouts of the same parameters (`LAYOUTS`): 'loop' keeps one Block per layer
+  (`encoderblock_0`, `encoderblock_1`, ...), run by a Python loop that unrolls every layer
+  into the compiled step; 'scan' keeps one Block whose parameters carry a leading layer axis
+  (`encoderblock`, as big_vision's scan layout), run by `lax.scan`, so a step compiles one
+  layer's body whatever the depth. `to_scan`/`to_loop` convert parameter trees exactly."""
 
   def __init__(self, depth: int, width: int, num_heads: int, mlp_dim: int, *, rngs: nnx.Rngs,
                final_norm: bool = False, dtype=jnp.float32, param_dtype=jnp.float32,
-               attention: str = "einsum", remat: str = "none"):
-    self.depth, self.remat = depth, remat
-    for i in range(depth):
-      setattr(self, f"encoderblock_{i}", Block(width, num_heads, mlp_dim, rngs=rngs, dtype=dtype,
-                                               param_dtype=param_dtype, attention=attention))
+               attention: str = "einsum", remat: str = "none", scan: bool = False):
+    self.depth, self.remat, self.scan = depth, remat, bool(scan and depth)
+    make = functools.partial(Block, width, num_heads, mlp_dim, dtype=dtype,
+                             param_dtype=param_dtype, attention=attention)
+    if self.scan:
+      @nnx.split_rngs(splits=depth)
+      @nnx.vmap(in_axes=(0,), out_axes=0)
+      def stacked(rngs):
+        return make(rngs=rngs)
+      self.encoderblock = stacked(rngs)
+      for _, v in nnx.iter_graph(self.encoderblock):
+        if isinstance(v, nnx.Param):
+          v.set_metadata("logical_axes", ("layers",) + tuple(v.get_metadata()["logical_axes"]))
+    else:
+      for i in range(depth):
+        setattr(self, f"encoderblock_{i}", make(rngs=rngs))
     self.encoder_norm = (LayerNorm(width, rngs=rngs, dtype=dtype, param_dtype=param_dtype)
                          if final_norm else None)
 
   def block(self, i: int) -> Block:
-    return getattr(self, f"encoderblock_{i}")
+    """Block i (scan layout: a Block holding the slices of layer i)."""
+    if not self.scan:
+      return getattr(self, f"encoderblock_{i}")
+    graphdef, state = nnx.split(self.encoderblock)
+    return nnx.merge(graphdef, jax.tree.map(lambda a: a[i], state))
 
   def run_block(self, i: int, x: jax.Array, key: jax.Array | None, **kw) -> jax.Array:
     """Block i on x, rematerialised under the stack's policy."""
@@ -144,6 +168,53 @@ class Stack(nnx.Module):
     return nnx.remat(lambda block, x, key: block(x, key=key, **kw),
                      policy=REMAT_POLICIES[self.remat])(self.block(i), x, key)
 
+  def layer_states(self, lo: int, hi: int):
+    """(graphdef of one block, its parameters for layers lo..hi-1 stacked): scan inputs."""
+    graphdef, state = nnx.split(self.encoderblock)
+    return graphdef, jax.tree.map(lambda a: a[lo:hi], state)
 
-__all__ = ["ATTENTION_KERNELS", "REMAT_POLICIES", "Attention", "Block", "Stack", "depth_rates",
-           "dense_init"]
+
+LAYOUTS = ("loop", "scan")
+
+
+def to_scan(tree):
+  """A parameter tree (pure dicts; optimizer moments alike) with every loop stack
+  (`encoderblock_<i>`) stacked into the scan layout (`encoderblock`, leading layer axis)."""
+  if not isinstance(tree, Mapping):
+    return tree
+  out = {k: to_scan(v) for k, v in tree.items()}
+  if "encoderblock_0" in out:
+    n = sum(1 for k in out if k.startswith("encoderblock_"))
+    blocks = [out.pop(f"encoderblock_{i}") for i in range(n)]
+    out["encoderblock"] = jax.tree.map(lambda *xs: jnp.stack(xs), *blocks)
+  return out
+
+
+def to_loop(tree):
+  """The inverse of `to_scan`: `encoderblock` (leading layer axis) -> `encoderblock_<i>`."""
+  if not isinstance(tree, Mapping):
+    return tree
+  out = {k: to_loop(v) for k, v in tree.items()}
+  if isinstance(out.get("encoderblock"), Mapping):
+    stacked = out.pop("encoderblock")
+    n = jax.tree.leaves(stacked)[0].shape[0]
+    for i in range(n):
+      out[f"encoderblock_{i}"] = jax.tree.map(lambda a, i=i: a[i], stacked)
+  return out
+
+
+def layout_of(tree) -> str | None:
+  """'loop', 'scan' or None (no stack) of a parameter tree."""
+  if isinstance(tree, Mapping):
+    if "encoderblock_0" in tree:
+      return "loop"
+    if "encoderblock" in tree:
+      return "scan"
+    for v in tree.values():
+      if (found := layout_of(v)) is not None:
+        return found
+  return None
+
+
+__all__ = ["ATTENTION_KERNELS", "LAYOUTS", "REMAT_POLICIES", "Attention", "Block", "Stack",
+           "depth_rates", "dense_init", "layout_of", "to_loop", "to_scan"]

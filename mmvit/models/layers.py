@@ -74,9 +74,10 @@ def dropout(x: jax.Array, rate: float, key: jax.Array | None) -> jax.Array:
   return jnp.where(keep, x / (1.0 - rate), 0.0)
 
 
-def drop_path(x: jax.Array, rate: float, key: jax.Array | None) -> jax.Array:
-  """Stochastic depth: drops a residual branch per example, scaling survivors by 1/(1-p)."""
-  if key is None or rate == 0.0:
+def drop_path(x: jax.Array, rate, key: jax.Array | None) -> jax.Array:
+  """Stochastic depth: drops a residual branch per example, scaling survivors by 1/(1-p).
+  `rate` may be traced (a scanned stack's per-layer rate); rate 0 keeps every example."""
+  if key is None or (isinstance(rate, (int, float)) and rate == 0.0):
     return x
   keep = jax.random.bernoulli(key, 1.0 - rate, (x.shape[0],) + (1,) * (x.ndim - 1))
   return jnp.where(keep, x / (1.0 - rate), 0.0)

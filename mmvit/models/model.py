@@ -36,6 +36,7 @@ class ModelSpec:
   param_dtype: str = "float32"  # stored parameters (and so the optimizer state)
   attention: str = "einsum"     # encoder.ATTENTION_KERNELS
   remat: str = "none"           # encoder.REMAT_POLICIES, per block
+  scan: bool = False            # stacks in the scan layout, run by lax.scan (encoder.Stack)
 
   @classmethod
   def from_config(cls, m) -> ModelSpec:
@@ -43,11 +44,11 @@ class ModelSpec:
     return cls(width=m.width, depth=m.depth, num_heads=m.num_heads, mlp_dim=m.mlp_dim,
                adapter_depth=m.adapter_depth, pool=m.pool, dropout=m.dropout,
                attention_dropout=m.attention_dropout, dtype=m.dtype, param_dtype=m.param_dtype,
-               attention=m.attention, remat=m.remat)
+               attention=m.attention, remat=m.remat, scan=m.scan)
 
   def stack_kwargs(self) -> dict:
     return dict(dtype=self.dtype, param_dtype=self.param_dtype, attention=self.attention,
-                remat=self.remat)
+                remat=self.remat, scan=self.scan)
 
 
 class Model(nnx.Module):
