@@ -51,8 +51,9 @@ def abstract_batch(exp, task) -> dict:
 
 
 def plan(config, *, devices=None, quiet: bool = False) -> dict[str, dict]:
-  """Step key -> {params, model_gflops, xla_gflops, argument/output/temp/alias bytes,
-  peak_bytes (arguments + outputs - aliased + temporaries), compile_s}."""
+  """Step key -> {params, model_gflops (the global step's), xla_gflops (XLA's cost analysis of
+  one device's program, which counts a scanned body once), argument/output/temp/alias bytes,
+  peak_bytes (arguments + outputs - aliased + temporaries, per device), compile_s}."""
   exp = experiment.build(config, devices=devices, abstract=True)
   step = jax.ShapeDtypeStruct((), jnp.int32)
   keys = ([("accumulated", None)] if exp.accumulated_step is not None else
@@ -90,7 +91,7 @@ def plan(config, *, devices=None, quiet: bool = False) -> dict[str, dict]:
 def table(rows: dict[str, dict], mesh_shape: dict) -> str:
   gib = 2 ** 30
   lines = [f"mesh {mesh_shape} on {jax.device_count()} x {jax.devices()[0].device_kind}",
-           f"{'step':24s} {'params':>12s} {'GFLOP/step':>11s} {'XLA GFLOP':>10s} "
+           f"{'step':24s} {'params':>12s} {'GFLOP/step':>11s} {'XLA GF/dev':>10s} "
            f"{'peak GiB/dev':>12s} {'temp GiB':>9s} {'compile s':>9s}"]
   for k, r in rows.items():
     lines.append(f"{k:24s} {r['params']:12,d} {r['model_gflops']:11.1f} {r['xla_gflops']:10.1f} "

@@ -1,23 +1,43 @@
-r"""Speed and memory figures, all measured in one run and printed as ratios:
+r"""Speed, memory and compile figures of issue 13, each measured in one run and printed as
+ratios (timings never live in tests):
 
-  uv run python scripts/bench.py [--config=configs/demo.py] [--steps=30]
+  uv run python scripts/bench.py [--only=peak,mfu,attention,remat,bf16,cotrain,host]
+      [--peer=DIR] [--rounds=5] [--out=docs/bench_perf.json]
 
-* per-task train step time (compiled, blocked on the result) and examples/s;
-* co-training overhead: the mean step time of a co-training run that switches task every step,
-  against the mean of the same steps run task by task (both after warm-up);
-* accumulated step time against the sum of one step of every task;
-* checkpoint save: time the training thread is blocked by an async Orbax save, against one step;
-* achieved GFLOP/s of the train step (XLA cost analysis) and its fraction of a given peak.
-Inputs are random arrays of the real datasets' shapes (dataset_info), so nothing is read.
+* peak       this machine's float32 matmul throughput (the CPU's MFU denominator);
+* mfu        a ViT-S train step (width 384, depth 12, 6 heads, MLP 1536, 196 tokens, batch 32,
+             float32, AdamW with clipping), mmvit's own compiled step: model TFLOP/s, MFU, the
+             analytic FLOPs against XLA's cost analysis (ceiling: the same matmuls alone);
+             with --peer=DIR (a directory holding
+             `peer_vit.py` that builds big_vision's ViT step on the same shapes: a scratch
+             copy, nothing of it is in this project) the step time ratio to big_vision's;
+* attention  'xla' (jax.nn.dot_product_attention) against 'einsum' at 64, 256 and 1,024
+             tokens: max output difference and train-step time ratio;
+* remat      per policy, the peak temporary memory of the MBT ViT-B train step per device
+             (compiled memory analysis, no run) as ratios to no remat, and step time ratios of
+             a ViT-S step in one run;
+* bf16       ViT-S step time in bfloat16 against float32 on this device; bf16_curves: the
+             demo's first 300 steps in both, their train-loss curves compared;
+* scan       compile time of the PolyViT 9-task ViT-B plan with and without scan, against one
+             task's; a scanned ViT-B step's compile time at depth 24 against depth 6;
+* cotrain    the demo's steps: a co-training run that switches task every step against the
+             same steps task by task (means of interleaved rounds), and recompilations after
+             warm-up (must be 0);
+* host       the demo's training loop for 300 steps: the share of its wall time spent outside
+             the compiled steps, with the input thread (prefetch=2) and without (prefetch=0).
+Inputs are random batches of the datasets' shapes (config.datasets: mmvit.data.synthetic)
+except in `host`, which reads the real digits suite.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
+import logging
 import os
 import statistics
 import sys
-import tempfile
 import time
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -26,110 +46,404 @@ sys.path.insert(0, ROOT)
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
+import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 
-from mmvit import checkpointing, config as config_lib, data as data_lib, sharding, train  # noqa: E402
+from mmvit import (config as config_lib, data as data_lib, experiment, loop, sharding,  # noqa: E402
+                   throughput)
+from mmvit.data.synthetic import SyntheticData, make_batch  # noqa: E402
+
+OUT: dict = {}
 
 
-def load_config(spec: str):
-  """The CLI's own loader (one-line errors); a relative file is taken from the repository."""
-  file, colon, arg = spec.partition(":")
-  return config_lib.load(os.path.join(ROOT, file) + colon + arg)
+def say(section: str, line: str, **figures):
+  print(f"[{section}] {line}", flush=True)
+  OUT.setdefault(section, {}).update(figures)
 
 
-def random_batch(exp, task, rng):
-  info = data_lib.dataset_info(task.dataset, exp.config.get("data_dir"))
-  b = {k: rng.standard_normal((task.batch_size,) + tuple(shape)).astype(np.float32)
-       for k, (shape, _) in info.features.items() if k in task.input_keys}
-  for k, c in zip(task.head.labels, task.head.num_classes):
-    b[k] = rng.integers(0, c, task.batch_size).astype(np.int32)
-  return sharding.shard_batch(b, exp.mesh)
+def vit_config(width=384, depth=12, heads=6, mlp=1536, image=224, patch=16, batch=32,
+               classes=1000, **model) -> ml_collections.ConfigDict:
+  """One image task on a declared (synthetic) dataset: gap pooling, no class token, so
+  (image / patch)^2 tokens, as big_vision's ViT with pool_type='gap'."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.datasets = {"bench_images": dict(features=dict(image=((image, image, 3), "float32")),
+                                     num_classes=dict(label=classes))}
+  c.model = dict(width=width, depth=depth, num_heads=heads, mlp_dim=mlp, pool="gap",
+                 class_token=False, tokenizers=dict(image=dict(kind="image", patch=(patch, patch))),
+                 **model)
+  c.tasks = dict(image=dict(dataset="bench_images", modalities="image", batch_size=batch,
+                            steps=1000))
+  c.schedule = dict(kind="task_by_task")
+  c.optimizer = dict(name="adamw", lr=1e-3, weight_decay=1e-4, grad_clip_norm=1.0)
+  c.log_every = 0
+  return c
 
 
-def timed(fn, n):
+class Stepper:
+  """An experiment's compiled train step of one task on one random batch."""
+
+  def __init__(self, cfg, task="image"):
+    data = SyntheticData(cfg.get("datasets"), data_lib)
+    self.exp = experiment.build(cfg, data=data)
+    self.task = self.exp.task_by_name[task]
+    spec = data.specs[self.task.dataset]
+    with self.exp.layout():
+      self.batch = sharding.shard_batch(make_batch(spec, self.task.batch_size, 0), self.exp.mesh)
+    self.state = self.exp.state
+    self.fn = self.exp.train_steps[task]
+    self.step_no = jnp.int32(0)
+    with self.exp.layout():
+      self.compiled = self.fn.lower(self.state, self.batch, self.step_no).compile()
+    self.work = throughput.task_work(self.exp.model_spec, self.task, self.exp.tokenizer_specs)
+
+  def __call__(self):
+    with self.exp.layout():
+      self.state, m = self.fn(self.state, self.batch, self.step_no)
+    return m["loss"]
+
+  def xla_flops(self) -> float:
+    cost = self.compiled.cost_analysis()
+    return float((cost[0] if isinstance(cost, list) else cost)["flops"])
+
+
+def timed(fn, n: int) -> float:
+  jax.block_until_ready(fn())
   times = []
   for _ in range(n):
     t0 = time.perf_counter()
     jax.block_until_ready(fn())
     times.append(time.perf_counter() - t0)
-  return statistics.median(times), times
+  return statistics.median(times)
+
+
+def interleaved(fns: dict, rounds: int, per_round: int = 3) -> dict[str, float]:
+  """Mean over rounds of each function's median step time, the functions taking turns in
+  every round (drifts of the machine's speed fall on all alike)."""
+  out = {k: [] for k in fns}
+  for _ in range(rounds):
+    for k, f in fns.items():
+      out[k].append(timed(f, per_round))
+  return {k: statistics.mean(v) for k, v in out.items()}
+
+
+def measured_peak(seconds: float = 2.0) -> float:
+  n = 1024
+  a = jnp.ones((n, n), jnp.float32) / n
+
+  @jax.jit
+  def chain(x):
+    for _ in range(8):
+      x = x @ a
+    return x
+  jax.block_until_ready(chain(a))
+  best, spent = 0.0, 0.0
+  while spent < seconds:
+    t0 = time.perf_counter()
+    jax.block_until_ready(chain(a))
+    dt = time.perf_counter() - t0
+    spent += dt
+    best = max(best, 16 * n ** 3 / dt)
+  return best
+
+
+def bench_peak(args):
+  peak = measured_peak()
+  say("peak", f"float32 matmul peak {peak / 1e9:.0f} GFLOP/s (1024^2 chain, best of 2 s) on "
+      f"{jax.devices()[0].device_kind}", gflops=peak / 1e9)
+  return peak
+
+
+def bench_mfu(args, peak):
+  ours = Stepper(vit_config())
+  fns = {"mmvit": ours}
+  if args.peer:
+    sys.path.insert(0, args.peer)
+    import peer_vit  # noqa: PLC0415  (a scratch copy of big_vision's ViT, see the docstring)
+    step, (p, o, x, y) = peer_vit.make_peer_step(width=384, depth=12, num_heads=6, mlp_dim=1536,
+                                                 patch=16, image=224, batch=32, pool="gap")
+    peer = {"s": (p, o)}
+
+    def peer_step():
+      pp, oo, loss = step(*peer["s"], x, y)
+      peer["s"] = (pp, oo)
+      return loss
+    fns["big_vision"] = peer_step
+  t = interleaved(fns, args.rounds)
+  flops, xla = ours.work.flops, ours.xla_flops()
+  achieved = flops / t["mmvit"]
+  say("mfu", f"ViT-S step {t['mmvit'] * 1e3:.0f} ms: {achieved / 1e9:.1f} GFLOP/s of model "
+      f"FLOPs = MFU {achieved / peak:.1%} of the measured peak ({flops / 1e9:.0f} GFLOP per "
+      f"step analytic, XLA cost analysis {xla / 1e9:.0f}: ratio {flops / xla:.3f})",
+      step_ms=t["mmvit"] * 1e3, gflops=achieved / 1e9, mfu=achieved / peak,
+      analytic_over_xla=flops / xla, steps_per_s=1 / t["mmvit"])
+  if "big_vision" in t:
+    r = t["mmvit"] / t["big_vision"]
+    say("mfu", f"big_vision ViT-S same shapes {t['big_vision'] * 1e3:.0f} ms "
+        f"(MFU {flops / t['big_vision'] / peak:.1%}): mmvit / big_vision step time {r:.3f}",
+        peer_ms=t["big_vision"] * 1e3, ratio_to_peer=r)
+
+
+def bench_ceiling(args, peak):
+  """The ViT-S step's matmuls alone (12 layers; per layer the forward's 8 and the backward's
+  16, each on an operand of its own so that XLA shares none): what the step could reach if
+  everything else were free."""
+  b, n, d, h, m, layers = 32, 196, 384, 6, 1536, 12
+  hd, t = d // h, b * n
+  k = jax.random.key(0)
+  x, w = jax.random.normal(k, (t, d)), jax.random.normal(k, (d, d))
+  w1, w2, hid = (jax.random.normal(k, (d, m)), jax.random.normal(k, (m, d)),
+                 jax.random.normal(k, (t, m)))
+  q, a = jax.random.normal(k, (b * h, n, hd)), jax.random.normal(k, (b * h, n, n))
+  kinds = (("dd", 12), ("d1", 3), ("12", 3), ("qk", 3), ("av", 3))
+
+  @jax.jit
+  def matmuls(x, w, w1, w2, hid, q, a):
+    acc, j = 0.0, 0
+    for _ in range(layers):
+      for kind, count in kinds:
+        for _ in range(count):
+          j += 1
+          e = j * 1e-3
+          y = {"dd": lambda: x @ (w + e), "d1": lambda: x @ (w1 + e),
+               "12": lambda: hid @ (w2 + e),
+               "qk": lambda: jnp.einsum("bqd,bkd->bqk", q + e, q),
+               "av": lambda: jnp.einsum("bqk,bkd->bqd", a, q + e)}[kind]()
+          acc = acc + jnp.sum(y)
+    return acc
+  flops = layers * 3 * 2 * (4 * t * d * d + 2 * t * d * m + 2 * b * h * n * n * hd)
+  sec = timed(lambda: matmuls(x, w, w1, w2, hid, q, a), 5)
+  say("ceiling", f"the ViT-S step's matmuls alone: {sec * 1e3:.0f} ms for {flops / 1e9:.0f} "
+      f"GFLOP = {flops / sec / 1e9:.0f} GFLOP/s = {flops / sec / peak:.1%} of the peak",
+      ms=sec * 1e3, gflops=flops / sec / 1e9, of_peak=flops / sec / peak)
+
+
+def bench_attention(args):
+  for tokens, batch in ((64, 16), (256, 8), (1024, 2)):
+    side = int(round((tokens * 16 * 16) ** 0.5))
+    steppers = {a: Stepper(vit_config(depth=2, image=side, batch=batch, attention=a))
+                for a in ("einsum", "xla")}
+    # The same parameters (the init does not depend on the kernel) and batch: first losses.
+    first = {a: float(s()) for a, s in steppers.items()}
+    diff = abs(first["xla"] - first["einsum"])
+    t = interleaved(steppers, args.rounds)
+    say("attention", f"{tokens} tokens, batch {batch}: xla / einsum step time "
+        f"{t['xla'] / t['einsum']:.3f}; |first loss difference| {diff:.1e}",
+        **{f"ratio_{tokens}": t["xla"] / t["einsum"], f"loss_diff_{tokens}": diff})
+
+
+def bench_remat(args):
+  from mmvit import plan  # noqa: PLC0415
+  jax.config.update("jax_enable_compilation_cache", False)
+  cfg = config_lib.load(os.path.join(ROOT, "configs/mbt_audioset.py"))
+  for scan in (False, True):
+    base = None
+    for policy in ("none", "full", "dots", "qkv_mlp"):
+      c = cfg.copy_and_resolve_references()
+      with c.unlocked():
+        c.model.remat, c.model.scan = policy, scan
+      rows = plan.plan(c, quiet=True)
+      temp = max(r["temp_bytes"] for r in rows.values())
+      base = base or temp
+      say("remat", f"MBT ViT-B step (batch 64 on one device), scan={scan}, remat={policy}: "
+          f"temporary memory {temp / 2**30:.1f} GiB = {temp / base:.2f} of none",
+          **{f"temp_gib_scan_{scan}_{policy}": temp / 2**30,
+             f"ratio_scan_{scan}_{policy}": temp / base})
+  jax.config.update("jax_enable_compilation_cache", True)
+  steppers = {p: Stepper(vit_config(depth=6, image=128, remat=p)) for p in
+              ("none", "full", "dots", "qkv_mlp")}
+  t = interleaved(steppers, args.rounds)
+  say("remat", "ViT-S/16 at 64 tokens, depth 6, step time vs none: " + ", ".join(
+      f"{p} {t[p] / t['none']:.3f}" for p in t), **{f"time_ratio_{p}": t[p] / t["none"]
+                                                    for p in t})
+
+
+def bench_bf16(args):
+  steppers = {d: Stepper(vit_config(depth=6, image=128, dtype=d)) for d in ("float32", "bfloat16")}
+  t = interleaved(steppers, args.rounds)
+  r = t["bfloat16"] / t["float32"]
+  say("bf16", f"ViT-S/16 at 64 tokens, depth 6: bfloat16 / float32 step time {r:.3f} on "
+      f"{jax.devices()[0].device_kind}", time_ratio=r)
+
+
+def bench_scan(args):
+  from mmvit import plan  # noqa: PLC0415
+  jax.config.update("jax_enable_compilation_cache", False)  # compile times, not loads
+  poly = config_lib.load(os.path.join(ROOT, "configs/polyvit_9tasks.py"))
+  totals = {}
+  for scan in (False, True):
+    c = poly.copy_and_resolve_references()
+    with c.unlocked():
+      c.model.scan = scan
+    rows = plan.plan(c, quiet=True)
+    totals[scan] = sum(r["compile_s"] for r in rows.values())
+    one = rows["imagenet"]["compile_s"]
+    say("scan", f"PolyViT ViT-B 9-task plan, scan={scan}: {totals[scan]:.1f} s to compile all "
+        f"9 steps, {one:.1f} s for one (imagenet): ratio {totals[scan] / one:.1f}",
+        **{f"plan_s_scan_{scan}": totals[scan], f"one_task_s_scan_{scan}": one})
+  say("scan", f"9-task plan with scan / without: {totals[True] / totals[False]:.2f}",
+      plan_ratio=totals[True] / totals[False])
+  depth_s = {}
+  for depth in (6, 24):
+    c = vit_config(width=768, depth=depth, heads=12, mlp=3072, batch=8, scan=True)
+    depth_s[depth] = plan.plan(c, quiet=True)["image"]["compile_s"]
+  say("scan", f"ViT-B/16 step with scan, compile time depth 24 / depth 6: "
+      f"{depth_s[24]:.1f} s / {depth_s[6]:.1f} s = {depth_s[24] / depth_s[6]:.2f}",
+      depth_ratio=depth_s[24] / depth_s[6])
+  jax.config.update("jax_enable_compilation_cache", True)
+
+
+def bench_bf16_curves(args):
+  """The demo's first 300 steps in float32 and in bfloat16: the train losses at every 10th
+  step, and their largest relative difference over a window of 50 steps (the mean of 5)."""
+  import tempfile  # noqa: PLC0415
+  cfg = config_lib.load(os.path.join(ROOT, "configs/demo.py"))
+  curves = {}
+  for dtype in ("float32", "bfloat16"):
+    c = cfg.copy_and_resolve_references()
+    with c.unlocked():
+      c.model.dtype, c.log_every, c.eval_every, c.checkpoint_every = dtype, 10, 0, 0
+    with tempfile.TemporaryDirectory() as tmp:
+      loop.run(c, tmp, stop_at=300)
+      with open(os.path.join(tmp, "metrics.jsonl")) as f:
+        rows = [json.loads(line) for line in f]
+    curves[dtype] = [r["loss"] for r in rows if r["split"] == "train"]
+  a, b = np.array(curves["float32"]), np.array(curves["bfloat16"])
+  win = lambda x: np.convolve(x, np.ones(5) / 5, mode="valid")
+  rel = float(np.max(np.abs(win(a) - win(b)) / win(a)))
+  say("bf16", f"demo, first 300 steps: largest relative difference of the 50-step mean train "
+      f"loss, bfloat16 against float32: {rel:.3f} (final {b[-1]:.3f} vs {a[-1]:.3f})",
+      curve_max_rel_diff=rel, curves={k: list(map(float, v)) for k, v in curves.items()})
+
+
+def bench_cotrain(args):
+  cfg = config_lib.load(os.path.join(ROOT, "configs/demo.py"))
+  exp = experiment.build(cfg)
+  rng = np.random.default_rng(0)
+  batches = {}
+  with exp.layout():
+    for t in exp.tasks:
+      info = data_lib.dataset_info(t.dataset, cfg.get("data_dir"))
+      b = {k: rng.standard_normal((t.batch_size,) + tuple(s)).astype(np.float32)
+           for k, (s, _) in info.features.items() if k in t.input_keys}
+      for k, c in zip(t.head.labels, t.head.num_classes):
+        b[k] = rng.integers(0, c, t.batch_size).astype(np.int32)
+      batches[t.name] = sharding.shard_batch(b, exp.mesh)
+  state = {"s": exp.state}
+  step_no = jnp.int32(0)
+  names = [t.name for t in exp.tasks]
+
+  def step(name):
+    with exp.layout():
+      state["s"], m = exp.train_steps[name](state["s"], batches[name], step_no)
+    return m["loss"]
+  for n in names:
+    jax.block_until_ready(step(n))
+  traces = dict(exp.traces)
+  n = 12
+  single, mixed = {k: [] for k in names}, {k: [] for k in names}
+  for _ in range(args.rounds):
+    for k in names:  # task by task: n steps of k
+      single[k].append(timed(lambda k=k: step(k), n))
+    order = names * n  # switching task every step
+    times = {k: [] for k in names}
+    for k in order:
+      t0 = time.perf_counter()
+      jax.block_until_ready(step(k))
+      times[k].append(time.perf_counter() - t0)
+    for k in names:
+      mixed[k].append(statistics.median(times[k]))
+  ratios = {k: statistics.mean(mixed[k]) / statistics.mean(single[k]) for k in names}
+  recompiles = sum(exp.traces[k] - traces.get(k, 0) for k in exp.traces)
+  say("cotrain", "co-training step / single-task step of the same task: " + ", ".join(
+      f"{k} {r:.3f}" for k, r in ratios.items()) + f"; recompilations after warm-up: "
+      f"{recompiles}", ratios=ratios, worst=max(ratios.values()), recompiles=recompiles)
+
+  # An async checkpoint save: how long it holds the training thread, in steps.
+  import tempfile  # noqa: PLC0415
+  from mmvit import checkpointing  # noqa: PLC0415
+  saves = []
+  with tempfile.TemporaryDirectory() as tmp:
+    ckpt = checkpointing.Checkpointer(tmp, keep=2)
+    for i in range(5):
+      jax.block_until_ready(step(names[0]))
+      t0 = time.perf_counter()
+      ckpt.save(i + 1, state["s"], {n: {"next_index": 0} for n in names}, {"step": i + 1},
+                force=True)
+      saves.append(time.perf_counter() - t0)
+      ckpt.wait()
+    ckpt.close()
+  mean_step = statistics.mean(statistics.mean(v) for v in single.values())
+  save = statistics.median(saves)
+  say("cotrain", f"an async checkpoint save holds the training thread {save * 1e3:.0f} ms = "
+      f"{save / mean_step:.2f} mean steps (median of 5)", save_steps=save / mean_step)
+
+
+def bench_host(args):
+  cfg = config_lib.load(os.path.join(ROOT, "configs/demo.py"))
+  steps = 300
+  out = {}
+  for depth in (2, 0):
+    c = cfg.copy_and_resolve_references()
+    with c.unlocked():
+      c.prefetch, c.log_every = depth, steps
+    summary = loop.run(c, None, stop_at=steps)
+    out[depth] = summary
+  # The compiled steps alone, on placed batches, in the run's task mix.
+  exp = experiment.build(cfg)
+  counts = {}
+  for s in range(steps):
+    for n in exp.schedule.tasks_at(s):
+      counts[n] = counts.get(n, 0) + 1
+  rng = np.random.default_rng(0)
+  pure = 0.0
+  box = {"s": exp.state}  # one state through every task's steps (each donates its input)
+  with exp.layout():
+    for t in exp.tasks:
+      info = data_lib.dataset_info(t.dataset, cfg.get("data_dir"))
+      b = {k: rng.standard_normal((t.batch_size,) + tuple(s)).astype(np.float32)
+           for k, (s, _) in info.features.items() if k in t.input_keys}
+      for k, c in zip(t.head.labels, t.head.num_classes):
+        b[k] = rng.integers(0, c, t.batch_size).astype(np.int32)
+      b = sharding.shard_batch(b, exp.mesh)
+
+      def f(t=t, b=b):
+        box["s"], m = exp.train_steps[t.name](box["s"], b, jnp.int32(0))
+        return m["loss"]
+      pure += timed(f, 20) * counts.get(t.name, 0)
+  for depth, summary in out.items():
+    wall = summary["throughput"]["steps_per_s"]
+    timed_steps = steps - len(exp.tasks)  # each task's first step compiles and is excluded
+    share = 1 - pure * timed_steps / steps / (timed_steps / wall)
+    say("host", f"demo loop, prefetch={depth}: {wall:.2f} steps/s; share of the loop's time "
+        f"outside compiled steps {share:.1%}", **{f"share_prefetch_{depth}": share,
+                                                  f"steps_per_s_prefetch_{depth}": wall})
 
 
 def main():
   p = argparse.ArgumentParser()
-  p.add_argument("--config", default="configs/demo.py")
-  p.add_argument("--steps", type=int, default=30)
-  p.add_argument("--peak_gflops", type=float, default=150.0,
-                 help="the device's matmul peak (CPU here: about 150 GFLOP/s)")
+  p.add_argument("--only", default="mfu,ceiling,attention,remat,bf16,bf16_curves,scan,cotrain,"
+                 "host")
+  p.add_argument("--peer", default=None, help="a directory with peer_vit.py (big_vision)")
+  p.add_argument("--rounds", type=int, default=5)
+  p.add_argument("--out", default=None)
   args = p.parse_args()
-  try:
-    cfg = load_config(args.config)
-    exp = train.build(cfg)
-  except config_lib.ConfigError as e:
-    sys.exit(f"error: {e}")
-  rng = np.random.default_rng(0)
-  batches = {t.name: random_batch(exp, t, rng) for t in exp.tasks}
-  state = {"s": exp.state}
-  step_no = jnp.int32(0)
-
-  def step(name):
-    state["s"], m = exp.train_steps[name](state["s"], batches[name], step_no)
-    return m["loss"]
-
-  print(f"devices: {jax.device_count()} x {jax.devices()[0].platform}; config {args.config}")
-  with jax.set_mesh(exp.mesh):
-    per_task = {}
-    for t in exp.tasks:
-      step(t.name)  # compile
-      med, _ = timed(lambda n=t.name: step(n), args.steps)
-      lowered = exp.train_steps[t.name].lower(state["s"], batches[t.name], step_no)
-      cost = lowered.cost_analysis()
-      cost = cost[0] if isinstance(cost, list) else cost
-      gflops = float(cost["flops"]) / 1e9
-      per_task[t.name] = med
-      print(f"step {t.name:18s} {med * 1e3:8.1f} ms  {t.batch_size / med:8.0f} ex/s  "
-            f"{gflops / med:6.1f} GFLOP/s = {gflops / med / args.peak_gflops:5.1%} of peak")
-
-    names = [t.name for t in exp.tasks]
-    blocked = statistics.mean(per_task.values())
-    mixed, _ = timed(lambda it=iter(names * args.steps): step(next(it)), args.steps * len(names))
-    print(f"co-training overhead: switching task every step {mixed * 1e3:.1f} ms/step vs "
-          f"{blocked * 1e3:.1f} ms/step task by task: ratio {mixed / blocked:.3f}")
-
-    if exp.accumulated_step is None:
-      cfg_acc = load_config(args.config.split(":")[0] + ":accumulated")
-      acc_exp = train.build(cfg_acc)
-    else:
-      acc_exp = exp
-    acc_batches = {t.name: random_batch(acc_exp, t, rng) for t in acc_exp.tasks}
-    acc_state = {"s": acc_exp.state}
-
-    def acc_step():
-      acc_state["s"], m = acc_exp.accumulated_step(acc_state["s"], acc_batches, step_no)
-      return m["loss"]
-    acc_step()
-    acc, _ = timed(acc_step, args.steps)
-    print(f"accumulated step {acc * 1e3:.1f} ms vs sum of one step per task "
-          f"{sum(per_task.values()) * 1e3:.1f} ms: ratio {acc / sum(per_task.values()):.3f}")
-
-    with tempfile.TemporaryDirectory() as tmp:
-      ckpt = checkpointing.Checkpointer(tmp, keep=2)
-      its = {t.name: {"next_index": 0} for t in exp.tasks}
-      saves = []
-      for i in range(5):
-        step(names[0])
-        jax.block_until_ready(state["s"])
-        t0 = time.perf_counter()
-        ckpt.save(i + 1, state["s"], its, {"step": i + 1}, force=True)
-        saves.append(time.perf_counter() - t0)
-        ckpt.wait()
-      ckpt.close()
-    save = statistics.median(saves)
-    print(f"async checkpoint save blocks the training thread {save * 1e3:.1f} ms = "
-          f"{save / blocked:.2f} steps (median of 5)")
-    n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(exp.state["params"]))
-    print(f"parameters: {n_params:,}")
+  logging.basicConfig(level=logging.WARNING)
+  only = args.only.split(",")
+  print(f"devices: {jax.device_count()} x {jax.devices()[0].device_kind}", flush=True)
+  peak = bench_peak(args)
+  for name in ("mfu", "ceiling", "attention", "remat", "bf16", "bf16_curves", "scan", "cotrain",
+               "host"):
+    if name in only:
+      if name in ("mfu", "ceiling"):
+        globals()[f"bench_{name}"](args, peak)
+      else:
+        globals()[f"bench_{name}"](args)
+      if args.out:  # after every section: a later failure keeps what was measured
+        with open(args.out, "w") as f:
+          json.dump(OUT, f, indent=2)
 
 
 if __name__ == "__main__":
-  main()
+  with contextlib.suppress(KeyboardInterrupt):
+    main()
