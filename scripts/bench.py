@@ -49,9 +49,8 @@ import jax.numpy as jnp  # noqa: E402
 import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 
-from mmvit import (config as config_lib, data as data_lib, experiment, loop, sharding,  # noqa: E402
-                   throughput)
-from mmvit.data.synthetic import SyntheticData, make_batch  # noqa: E402
+from mmvit import config as config_lib, experiment, loop, sharding, throughput  # noqa: E402
+from mmvit.data.synthetic import make_batch  # noqa: E402
 
 OUT: dict = {}
 
@@ -84,10 +83,9 @@ class Stepper:
   """An experiment's compiled train step of one task on one random batch."""
 
   def __init__(self, cfg, task="image"):
-    data = SyntheticData(cfg.get("datasets"), data_lib)
-    self.exp = experiment.build(cfg, data=data)
+    self.exp = experiment.build(cfg)  # config.datasets: mmvit.data.synthetic
     self.task = self.exp.task_by_name[task]
-    spec = data.specs[self.task.dataset]
+    spec = self.exp.data.specs[self.task.dataset]
     with self.exp.layout():
       self.batch = sharding.shard_batch(make_batch(spec, self.task.batch_size, 0), self.exp.mesh)
     self.state = self.exp.state
@@ -105,6 +103,16 @@ class Stepper:
   def xla_flops(self) -> float:
     cost = self.compiled.cost_analysis()
     return float((cost[0] if isinstance(cost, list) else cost)["flops"])
+
+
+def random_batch(exp, task, rng) -> dict:
+  """A placed batch of random inputs of the task's dataset's shapes, and random labels."""
+  info = exp.data.dataset_info(task.dataset, exp.config.get("data_dir"))
+  b = {k: rng.standard_normal((task.batch_size,) + tuple(s)).astype(np.float32)
+       for k, (s, _) in info.features.items() if k in task.input_keys}
+  for k, c in zip(task.head.labels, task.head.num_classes):
+    b[k] = rng.integers(0, c, task.batch_size).astype(np.int32)
+  return sharding.shard_batch(b, exp.mesh)
 
 
 def timed(fn, n: int) -> float:
@@ -320,15 +328,8 @@ def bench_cotrain(args):
   cfg = config_lib.load(os.path.join(ROOT, "configs/demo.py"))
   exp = experiment.build(cfg)
   rng = np.random.default_rng(0)
-  batches = {}
   with exp.layout():
-    for t in exp.tasks:
-      info = data_lib.dataset_info(t.dataset, cfg.get("data_dir"))
-      b = {k: rng.standard_normal((t.batch_size,) + tuple(s)).astype(np.float32)
-           for k, (s, _) in info.features.items() if k in t.input_keys}
-      for k, c in zip(t.head.labels, t.head.num_classes):
-        b[k] = rng.integers(0, c, t.batch_size).astype(np.int32)
-      batches[t.name] = sharding.shard_batch(b, exp.mesh)
+    batches = {t.name: random_batch(exp, t, rng) for t in exp.tasks}
   state = {"s": exp.state}
   step_no = jnp.int32(0)
   names = [t.name for t in exp.tasks]
@@ -400,12 +401,7 @@ def bench_host(args):
   box = {"s": exp.state}  # one state through every task's steps (each donates its input)
   with exp.layout():
     for t in exp.tasks:
-      info = data_lib.dataset_info(t.dataset, cfg.get("data_dir"))
-      b = {k: rng.standard_normal((t.batch_size,) + tuple(s)).astype(np.float32)
-           for k, (s, _) in info.features.items() if k in t.input_keys}
-      for k, c in zip(t.head.labels, t.head.num_classes):
-        b[k] = rng.integers(0, c, t.batch_size).astype(np.int32)
-      b = sharding.shard_batch(b, exp.mesh)
+      b = random_batch(exp, t, rng)
 
       def f(t=t, b=b):
         box["s"], m = exp.train_steps[t.name](box["s"], b, jnp.int32(0))
