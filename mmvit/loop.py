@@ -196,8 +196,11 @@ def run(config: ml_collections.ConfigDict, workdir: str | None, *, devices=None,
 def data_shards(exp: Experiment) -> dict[str, int]:
   """Task -> into how many shares its batches are read (1: one process reads them whole): a
   process reads 1/share of every batch (several blocks of it where the mesh interleaves)."""
-  return {t.name: (lambda b, c: c // len(b))(*sharding.process_rows(exp.mesh, t.batch_size))
-          for t in exp.tasks}
+  out = {}
+  for t in exp.tasks:
+    blocks, count = sharding.process_rows(exp.mesh, t.batch_size)
+    out[t.name] = count // len(blocks)
+  return out
 
 
 def data_position(exp: Experiment, saved: dict, meta: dict) -> dict:
@@ -446,9 +449,6 @@ def _run(closing: contextlib.ExitStack, config, workdir, *, devices, stop_at, da
       lambda step: _read_step(exp, iters, step, shards), range(start, end), states,
       depth=int(cfg.prefetch)))
 
-  def data_states():
-    return states
-
   def meta(step):
     return {"step": step, "seed": cfg.seed, "schedule": schedule.kind,
             "config_digest": checkpointing.config_digest(cfg), "init_from": init_lines,
@@ -488,7 +488,7 @@ def _run(closing: contextlib.ExitStack, config, workdir, *, devices, stop_at, da
       # step agrees on 1), so it is asked about this run's steps, not the global step.
       if sigterm.signalled or ckpt.reached_preemption(done - start):
         _check_finite(exp, state, max_skips, ckpt)
-        ckpt.save(done, state, data_states(), meta(done), force=True)
+        ckpt.save(done, state, states, meta(done), force=True)
         ckpt.wait()
         log.warning("preempted: saved step %d to %s; rerun the same command to resume", done,
                     ckpt.directory)
@@ -500,7 +500,7 @@ def _run(closing: contextlib.ExitStack, config, workdir, *, devices, stop_at, da
           log.info("eval %s step %d %s", name, done, _fmt(res))
       if ckpt_every and done % ckpt_every == 0 and done != end:
         _check_finite(exp, state, max_skips, ckpt)
-        ckpt.save(done, state, data_states(), meta(done))
+        ckpt.save(done, state, states, meta(done))
       timer.exclude(t1)
 
     jax.block_until_ready(state["counts"])
@@ -510,7 +510,7 @@ def _run(closing: contextlib.ExitStack, config, workdir, *, devices, stop_at, da
     if preempted is None:
       _check_finite(exp, state, max_skips, ckpt)
       if end > start:
-        ckpt.save(final_step, state, data_states(), meta(final_step), force=True)
+        ckpt.save(final_step, state, states, meta(final_step), force=True)
       ckpt.wait()
       for split in dict.fromkeys([eval_split, test_split]):
         results[split] = evaluate_all(exp, state["params"], split)
