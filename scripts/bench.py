@@ -2,7 +2,7 @@ r"""Speed, memory and compile figures of issue 13, each measured in one run and 
 ratios (timings never live in tests):
 
   uv run python scripts/bench.py [--only=peak,mfu,attention,remat,bf16,cotrain,host]
-      [--peer=DIR] [--rounds=5] [--out=docs/bench_perf.json]
+      [--peer=DIR] [--rounds=5] [--out=FILE.json]
 
 * peak       this machine's float32 matmul throughput (the CPU's MFU denominator);
 * mfu        a ViT-S train step (width 384, depth 12, 6 heads, MLP 1536, 196 tokens, batch 32,
