@@ -538,68 +538,193 @@ def _step_dir(path: str, step: int | None, where: str) -> str:
   return os.path.join(ckpts, str(step))
 
 
-def load_params(sources, abstract_params: dict) -> tuple[dict, list[str]]:
-  """Parameter groups of earlier runs (seed: 'initialize the shared self-attention blocks from
-  a single-task network'; MBT: start from pretrained unimodal encoders).
+def read_meta(step_dir: str) -> dict:
+  """The `meta` item of a checkpoint step ({} where it does not read)."""
+  try:
+    with open(os.path.join(step_dir, "meta", "metadata")) as f:
+      meta = json.load(f)
+  except (OSError, ValueError):
+    return {}
+  return meta if isinstance(meta, dict) else {}
 
-  `sources` is config.init_from as a list of {workdir, step, groups}: every group of this
-  model whose name matches a pattern of `groups` (fnmatch, e.g. 'shared', 'tokenizers.*') is
-  read from that run's checkpoint, later sources overriding earlier ones. Only parameters are
-  read (Orbax partial restore), straight onto the shardings of `abstract_params`; optimizer
-  state starts fresh. Returns ({group: params}, log lines)."""
+
+def _tokenizer_infos(meta: dict) -> dict:
+  """What an mmvit run's tokenizers were, from its checkpoint's model description."""
+  from mmvit.convert import TokenizerInfo  # noqa: PLC0415
+  out = {}
+  for m, t in ((meta.get("model") or {}).get("tokenizers") or {}).items():
+    try:
+      dims = t["input_shape"] if t["kind"] == "waveform" else t["input_shape"][:-1]
+      grid = tuple(int(d) // int(p) for d, p in zip(dims, t["patch"]))
+      out[m] = TokenizerInfo(grid, bool(t["class_token"] and t["posemb_includes_cls"]))
+    except (KeyError, TypeError, ValueError):
+      continue
+  return out
+
+
+def _group_path(model_path: str) -> str:
+  """'encoder/encoderblock_0/...' -> 'shared/encoderblock_0/...'; 'tokenizers/image/kernel' ->
+  'tokenizers.image/kernel'."""
+  parts = model_path.split("/")
+  if parts[0] == "encoder":
+    return "/".join(["shared"] + parts[1:])
+  return "/".join([f"{parts[0]}.{parts[1]}"] + parts[2:])
+
+
+def load_params(sources, params: dict, tokenizer_specs: dict | None = None
+                ) -> tuple[dict, list[str], list]:
+  """Parameter groups of earlier runs or checkpoint files (seed: 'initialize the shared
+  self-attention blocks from a single-task network'; MBT: start every stream from a ViT
+  pretrained on ImageNet-21k).
+
+  `sources` is config.init_from as a list of {workdir | file, step, groups, group_map, inflate,
+  posemb_grid}: every group of this model whose name matches a pattern of `groups` (fnmatch,
+  e.g. 'shared', 'tokenizers.*') is read from the source's group of the same name, or the one
+  `group_map` names ('stream_encoders.*': 'shared', 'adapters.*': 'shared[0:2]'), adapted to
+  this model (mmvit.pretrained) and placed on the shardings of `params` (this model's freshly
+  initialised groups); later sources override earlier ones. Groups read whole with the same
+  names and shapes from a run are restored by Orbax straight onto their shardings.
+  Optimizer state starts fresh. Returns ({group: params}, log lines, report rows)."""
   import fnmatch  # noqa: PLC0415
 
+  from mmvit import convert, pretrained  # noqa: PLC0415
   from mmvit.config import ConfigError, names  # noqa: PLC0415
-  loaded, lines = {}, []
+  loaded, lines, rows = {}, [], {}
   for i, src in enumerate(sources):
     where = f"init_from[{i}]"
     patterns = names(src.get("groups"), f"{where}.groups")
     for p in patterns:
-      if not any(fnmatch.fnmatchcase(g, p) for g in abstract_params):
+      if not any(fnmatch.fnmatchcase(g, p) for g in params):
         raise ConfigError(f"{where}.groups: {p!r} matches no parameter group of this model "
-                          f"({', '.join(abstract_params)})")
-    chosen = [g for g in abstract_params if any(fnmatch.fnmatchcase(g, p) for p in patterns)]
-    step_dir = _step_dir(src.get("workdir"), src.get("step"), where)
-    item = os.path.join(step_dir, "state")
-    with ocp.PyTreeCheckpointer() as ckptr:
-      try:
-        meta = ckptr.metadata(item)
-      except Exception as e:  # noqa: BLE001
-        reason = " ".join(f"{type(e).__name__}: {e}".split())[:200]
-        raise CheckpointError(f"{where}: {item} is unreadable ({reason})") from None
-      meta = getattr(meta, "item_metadata", meta)  # StepMetadata -> TreeMetadata
-      tree = getattr(meta, "tree", meta)
-      have = tree.get("params") if isinstance(tree, Mapping) else None
-      if not isinstance(have, Mapping) or not have:
-        raise CheckpointError(f"{where}: {item} holds no parameter groups: expected the state of "
-                              "an mmvit run")
-      from mmvit.models.encoder import layout_of  # noqa: PLC0415
-      relaid = {}  # group -> this model's layout, where the checkpoint has the other
-      for g in chosen:
-        mine, theirs = layout_of(abstract_params[g]), layout_of(have.get(g))
-        if mine and theirs and mine != theirs:
-          relaid[g] = mine
-      for g in chosen:
-        if g not in have:
-          raise CheckpointError(f"{where}.groups: {item} has no parameter group {g}; it has "
-                                f"{', '.join(have)}")
-        if g not in relaid:
-          _check_group(abstract_params[g], have[g], g, where, item)
-      direct = [g for g in chosen if g not in relaid]
-      out = {"params": {}}
-      if direct:
-        target = {"params": {g: abstract_params[g] for g in direct}}
-        out = ckptr.restore(item, args=ocp.args.PyTreeRestore(
-            item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
-            partial_restore=True))
-      if relaid:  # saved in the other stack layout (model.scan): read as is, then convert
-        out["params"].update(_relaid(ckptr, item, {g: have[g] for g in relaid},
-                                     {g: abstract_params[g] for g in relaid}, where))
-    loaded.update(out["params"])
-    lines.append(f"{where}: {', '.join(chosen)} from {step_dir}" + (
-        f" ({', '.join(relaid)} converted to the {next(iter(relaid.values()))} layout)"
-        if relaid else ""))
-  return loaded, lines
+                          f"({', '.join(params)})")
+    chosen = [g for g in params if any(fnmatch.fnmatchcase(g, p) for p in patterns)]
+    spec_of = {g: pretrained.source_of(g, src.get("group_map")) for g in chosen}
+    grid = tuple(src["posemb_grid"]) if src.get("posemb_grid") else None
+    try:
+      if src.get("file"):
+        path = os.path.abspath(os.path.expanduser(src["file"]))
+        try:
+          ckpt = convert.read_checkpoint(path, grid)
+        except convert.ConversionError as e:
+          raise CheckpointError(f"{where}.file={e}") from None
+        origin = {_group_path(k): v for k, v in ckpt.origin.items()}
+        adapter = pretrained.Adapter(f"{where} ({os.path.basename(path)})", ckpt.tokenizers,
+                                     src.get("inflate") or "average", origin, grid)
+        out = _adapt_groups(adapter, chosen, spec_of, ckpt.groups, params, tokenizer_specs,
+                            where, path)
+        label = f"{path} ({ckpt.layout} layout)"
+      else:
+        out, label = _from_run(src, where, chosen, spec_of, params, tokenizer_specs, grid)
+    except pretrained.AdaptError as e:
+      raise CheckpointError(str(e)) from None
+    for g in chosen:
+      for r in out[g].rows:
+        rows[("skipped", r.param) if r.action == "skipped" else r.param] = r
+      loaded[g] = out[g].values
+    moved = [f"{g} <- {spec_of[g]}" for g in chosen if spec_of[g] != g]
+    lines.append(f"{where}: {', '.join(chosen)} from {label}"
+                 + (f" ({', '.join(moved)})" if moved else ""))
+  all_rows = list(rows.values())
+  all_rows += pretrained.fresh_rows(params, all_rows)
+  if sources:
+    lines.append(f"init_from: {pretrained.summary(all_rows)}")
+  return loaded, lines, all_rows
+
+
+def _adapt_groups(adapter, chosen, spec_of, have: dict, params, tokenizer_specs, where, item):
+  """Adapts each chosen group from the source groups `have` (numpy trees) and places the
+  result over this model's group (leaves the source lacks keep their initialisation)."""
+  from mmvit import pretrained  # noqa: PLC0415
+  out = {}
+  for g in chosen:
+    src_group = pretrained.parse_group(spec_of[g], f"{where}.group_map")[0]
+    if src_group not in have:
+      raise CheckpointError(f"{where}.groups: {item} has no parameter group {src_group}"
+                            + (f" (for {g})" if src_group != g else "")
+                            + f"; it has {', '.join(have)}")
+    tok = None
+    if g.startswith("tokenizers."):
+      tok = (tokenizer_specs or {}).get(g.split(".", 1)[1])
+    adapted = adapter.adapt(g, spec_of[g], have[src_group], _empty_like(params[g]), tok)
+    adapted.values = _placed(adapted.values, params[g])
+    out[g] = adapted
+  return out
+
+
+def _empty_like(tree):
+  """Arrays of the tree's shapes that take no memory (for the shape checks and layouts)."""
+  return jax.tree.map(lambda x: np.broadcast_to(np.zeros((), np.float32), x.shape), tree)
+
+
+def _placed(values, current):
+  """`current` (this model's group) with the leaves `values` has replaced, on their shardings."""
+  if not isinstance(current, Mapping):
+    return jax.device_put(np.asarray(values, current.dtype), current.sharding)
+  return {k: (_placed(values[k], v) if k in values else v) for k, v in current.items()}
+
+
+def _from_run(src, where, chosen, spec_of, params, tokenizer_specs, grid):
+  """Groups of an mmvit run: restored as they are where names and shapes agree, else read on
+  the host and adapted."""
+  from mmvit import pretrained  # noqa: PLC0415
+  from mmvit.models.encoder import layout_of  # noqa: PLC0415
+  step_dir = _step_dir(src.get("workdir"), src.get("step"), where)
+  item = os.path.join(step_dir, "state")
+  meta = read_meta(step_dir)
+  with ocp.PyTreeCheckpointer() as ckptr:
+    try:
+      md = ckptr.metadata(item)
+    except Exception as e:  # noqa: BLE001
+      reason = " ".join(f"{type(e).__name__}: {e}".split())[:200]
+      raise CheckpointError(f"{where}: {item} is unreadable ({reason})") from None
+    md = getattr(md, "item_metadata", md)  # StepMetadata -> TreeMetadata
+    tree = getattr(md, "tree", md)
+    have = tree.get("params") if isinstance(tree, Mapping) else None
+    if not isinstance(have, Mapping) or not have:
+      raise CheckpointError(f"{where}: {item} holds no parameter groups: expected the state of "
+                            "an mmvit run")
+    direct, adapt = [], []
+    for g in chosen:
+      src_group, lo, hi = pretrained.parse_group(spec_of[g], f"{where}.group_map")
+      if src_group not in have:
+        raise CheckpointError(f"{where}.groups: {item} has no parameter group {src_group}"
+                              + (f" (for {g})" if src_group != g else "")
+                              + f"; it has {', '.join(have)}")
+      plain = src_group == g and lo is None and hi is None
+      same_layout = layout_of(params[g]) == layout_of(have[g])
+      if plain and same_layout and _first_mismatch(params[g], have[g]) is None:
+        direct.append(g)
+      elif plain and same_layout and not g.startswith("tokenizers."):
+        _check_group(params[g], have[g], g, where, item)  # a plain mismatch: name the leaf
+      else:
+        adapt.append(g)
+    out = {}
+    if direct:
+      target = {"params": {g: params[g] for g in direct}}
+      restored = ckptr.restore(item, args=ocp.args.PyTreeRestore(
+          item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+          partial_restore=True))["params"]
+      for g in direct:
+        rows = [pretrained.Row(f"{g}/{'/'.join(p)}", "loaded", f"{where}: {g}/{'/'.join(p)}",
+                               tuple(v.shape))
+                for p, v in pretrained._flat(_loop_shapes(params[g])).items()]
+        out[g] = pretrained.Adapted(restored[g], rows)
+    if adapt:
+      needed = sorted({pretrained.parse_group(spec_of[g], "")[0] for g in adapt})
+      target = {"params": {g: have[g] for g in needed}}
+      args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), target)
+      raw = ckptr.restore(item, args=ocp.args.PyTreeRestore(item=target, restore_args=args,
+                                                           partial_restore=True))["params"]
+      adapter = pretrained.Adapter(where, _tokenizer_infos(meta), src.get("inflate") or "average",
+                                   posemb_grid=grid)
+      out.update(_adapt_groups(adapter, adapt, spec_of, raw, params, tokenizer_specs, where,
+                               item))
+  return out, step_dir
+
+
+def _loop_shapes(tree):
+  from mmvit.models.encoder import to_loop  # noqa: PLC0415
+  return to_loop(_empty_like(tree))
 
 
 def _check_group(want, have, g: str, where: str, item: str) -> None:
@@ -613,20 +738,3 @@ def _check_group(want, have, g: str, where: str, item: str) -> None:
         f"only: expected the same parameters in group {g} of both models")
   raise CheckpointError(f"{where}: parameter {g}/{k} has shape {tuple(got.shape)} "
                         f"in {item}, this model expects {tuple(want_leaf.shape)}")
-
-
-def _relaid(ckptr, item: str, have: dict, want: dict, where: str) -> dict:
-  """Groups saved in one stack layout (loop or scan) read whole on the host, converted
-  exactly to the layout of `want` and placed on its shardings."""
-  from mmvit.models.encoder import layout_of, to_loop, to_scan  # noqa: PLC0415
-  target = {"params": have}
-  args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), target)
-  raw = ckptr.restore(item, args=ocp.args.PyTreeRestore(item=target, restore_args=args,
-                                                       partial_restore=True))["params"]
-  out = {}
-  for g, tree in raw.items():
-    tree = to_scan(tree) if layout_of(want[g]) == "scan" else to_loop(tree)
-    _check_group(want[g], tree, g, where, item)
-    out[g] = jax.tree.map(lambda a, w: jax.device_put(np.asarray(a, w.dtype), w.sharding),
-                          tree, want[g])
-  return out

@@ -84,6 +84,9 @@ DEFAULTS = dict(
 MODEL_DEFAULTS = dict(
     width=REQUIRED, depth=REQUIRED, num_heads=REQUIRED, mlp_dim=REQUIRED, dropout=0.0,
     attention_dropout=0.0, stochastic_depth=0.0, pool="token", adapter_depth=0,
+    # width of a tanh representation layer before each head's outputs (big_vision rep_size;
+    # 0: none); a task's None pre_logits takes this
+    pre_logits=0,
     class_token=True, posemb_includes_cls=False, tokenizers=REQUIRED,
     # Precision: compute in `dtype`, store parameters (and the optimizer state) in
     # `param_dtype`; layer-norm statistics, softmax, logits and losses are float32 always.
@@ -104,6 +107,7 @@ TASK_DEFAULTS = dict(
     batch_size=REQUIRED, lr=None, lr_mult=1.0, warmup_steps=None, lr_schedule=None,
     loss_weight=1.0, label_smoothing=0.0, stochastic_depth=None, steps=None, epochs=None,
     augment={}, fusion=None, mixup=None, eval_views=1, pool=None, train_split="train", pp=None,
+    pre_logits=None,
 )
 OPTIMIZER_DEFAULTS = dict(
     name=REQUIRED, lr=REQUIRED, warmup_steps=0, lr_schedule="cosine", weight_decay=0.0,
@@ -115,7 +119,13 @@ MIXUP_DEFAULTS = dict(alpha=0.0, mixmod=False)
 # preset: data_parallel, fsdp or fsdp_tensor (sharding.PRESETS); rules: {logical name: mesh
 # axes} replacing single rules, e.g. dict(tokens=("tensor",)) for sequence parallelism.
 SHARDING_DEFAULTS = dict(preset="fsdp_tensor", rules=None)
-INIT_FROM_DEFAULTS = dict(workdir=REQUIRED, step=None, groups=REQUIRED)
+# One source of config.init_from (docs/pretrained.md): an mmvit run (`workdir`, `step`) or a
+# checkpoint file (`file`: big_vision, vit_jax/AugReg or Scenic .npz); `groups` of this model to
+# fill; `group_map` 'this=source' pairs (this model's group pattern = the source's group,
+# optionally a layer range: 'adapters.*=shared[0:2]'); `inflate` for 2D patch kernels into 3D
+# tubelets; `posemb_grid` the stored position grid where it is not square.
+INIT_FROM_DEFAULTS = dict(workdir=None, file=None, step=None, groups=REQUIRED, group_map=None,
+                          inflate="average", posemb_grid=None)
 FUSION_DEFAULTS = {f.name: f.default for f in dataclasses.fields(FusionSpec)}
 
 TOP_LEVEL = set(DEFAULTS)
@@ -293,6 +303,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   for f in ("dropout", "attention_dropout", "stochastic_depth"):
     _float(m.get(f, 0.0), f"model.{f}", 0.0, 1.0, hi_open=True)
   _choice(m.get("pool", MODEL_DEFAULTS["pool"]), "model.pool", POOLS)
+  _int(m.get("pre_logits", MODEL_DEFAULTS["pre_logits"]), "model.pre_logits", 0)
   for f in ("dtype", "param_dtype"):
     _choice(m.get(f, MODEL_DEFAULTS[f]), f"model.{f}", DTYPES)
   _choice(m.get("attention", MODEL_DEFAULTS["attention"]), "model.attention", ATTENTION_KERNELS)
@@ -360,6 +371,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
       _choice(t.pool, f"{where}.pool", POOLS)
       if t.pool == "token" and not m.get("class_token", MODEL_DEFAULTS["class_token"]):
         raise ConfigError(f"{where}.pool='token' needs model.class_token=True")
+    if t.get("pre_logits") is not None:
+      _int(t.pre_logits, f"{where}.pre_logits", 0)
     for f in ("lr", "lr_mult", "loss_weight", "label_smoothing", "stochastic_depth"):
       if t.get(f) is not None:
         hi = 1.0 if f in ("label_smoothing", "stochastic_depth") else None
@@ -432,11 +445,40 @@ def validate(config: ml_collections.ConfigDict) -> None:
   for i, src in enumerate(init_sources(config)):
     where = f"init_from[{i}]"
     _check_keys(src, INIT_FROM_KEYS, where)
-    if not isinstance(src.get("workdir"), str) or not src.get("workdir"):
+    if src.get("file") is not None:
+      if src.get("workdir") is not None:
+        raise ConfigError(f"{where}: give workdir (an mmvit run) or file (a checkpoint file), "
+                          "not both")
+      if not isinstance(src.file, str) or not src.file:
+        raise ConfigError(f"{where}.file={show(src.file)}: expected the path of a .npz "
+                          "checkpoint (big_vision, vit_jax/AugReg or Scenic layout)")
+      if src.get("step") is not None:
+        raise ConfigError(f"{where}.step: a checkpoint file has no steps (step is for workdir)")
+    elif not isinstance(src.get("workdir"), str) or not src.get("workdir"):
       raise ConfigError(f"{where}.workdir={show(src.get('workdir'))}: expected the workdir (or "
-                        "checkpoints directory) of an earlier run")
+                        "checkpoints directory) of an earlier run, or file=<checkpoint .npz>")
     if src.get("step") is not None:
       _int(src.get("step"), f"{where}.step", 0)
+    gm = src.get("group_map")
+    if gm is not None:
+      pairs = gm.split(",") if isinstance(gm, str) else gm
+      if hasattr(pairs, "items"):
+        pairs = [f"{k}={v}" for k, v in pairs.items()]
+      if not isinstance(pairs, (list, tuple)) or not all(isinstance(p, str) for p in pairs):
+        raise ConfigError(f"{where}.group_map={show(gm)}: expected 'this=source' pairs, e.g. "
+                          "('stream_encoders.*=shared', 'tokenizers.*=tokenizers.image')")
+      for p in pairs:
+        if not re.fullmatch(r"[A-Za-z0-9_.*?\[\]\-]+=[A-Za-z0-9_.\-]+(\[\d*:\d*\])?", p.strip()):
+          raise ConfigError(f"{where}.group_map: {p!r}: expected 'this model's group pattern="
+                            "source group', the source group optionally with a layer range, "
+                            "e.g. 'adapters.*=shared[0:2]'")
+    _choice(src.get("inflate", INIT_FROM_DEFAULTS["inflate"]), f"{where}.inflate",
+            ("average", "central", "repeat"))
+    pg = src.get("posemb_grid")
+    if pg is not None and (not isinstance(pg, (list, tuple)) or not pg or any(
+        isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in pg)):
+      raise ConfigError(f"{where}.posemb_grid={show(pg)}: expected the stored grid of patches "
+                        "as a tuple of positive integers, e.g. (8, 100)")
     if not names(src.get("groups", ()), f"{where}.groups"):
       raise ConfigError(f"{where}.groups: expected one or more parameter-group patterns, e.g. "
                         "('shared', 'tokenizers.*')")

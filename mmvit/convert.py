@@ -13,8 +13,8 @@ A reference tree is flat: {"Transformer/encoder_norm/scale": array, ...}. The co
 mmvit's parameter tree as a pure dict, keyed as `nnx.to_pure_dict(nnx.state(model, nnx.Param))`.
 Import is strict: every reference parameter is used exactly once, and (given `target`, the model
 or its pure dict) every model parameter is filled with an array of its shape. Any violation is a
-one-line `ConversionError` naming the reference parameter; parameters of features that mmvit's
-model lacks (a tanh representation layer, an attention-pooling head) raise `Unsupported`.
+one-line `ConversionError` naming the reference parameter; settings that mmvit's model lacks
+raise `Unsupported`.
 
 The encoder block layout is the same in both references and in mmvit (big_vision names), so
 blocks map leaf for leaf; what differs is only where each stream's blocks, position embeddings
@@ -36,14 +36,17 @@ BLOCK_LEAVES = tuple(
     + [f"MultiHeadDotProductAttention_0/{n}/{p}" for n in ("query", "key", "value", "out")
        for p in ("kernel", "bias")])
 
+# The leaves of big_vision's MAPHead (pool_type='map'), relative to `MAPHead_0`; mmvit's
+# MAPHead (models/heads.py) has the same names under `heads/<task>/map`.
+MAP_LEAVES = ("probe",) + tuple(
+    [f"LayerNorm_0/{p}" for p in ("scale", "bias")]
+    + [f"MlpBlock_0/Dense_{i}/{p}" for i in (0, 1) for p in ("kernel", "bias")]
+    + [f"MultiHeadDotProductAttention_0/{n}/{p}" for n in ("query", "key", "value", "out")
+       for p in ("kernel", "bias")])
+
 # Reference parameters (by prefix) that belong to features mmvit's model does not have.
-_VIT_UNSUPPORTED = {
-    "pre_logits/": "tanh representation layer, rep_size",
-    "MAPHead_0/": "attention-pooling head, pool_type='map'",
-}
-_MBT_UNSUPPORTED = {
-    "pre_logits/": "tanh representation layer, representation_size",
-}
+_VIT_UNSUPPORTED: dict[str, str] = {}
+_MBT_UNSUPPORTED: dict[str, str] = {}
 
 # Scenic MBT names per modality (its temporal_encode knows only these two).
 _MBT_EMBEDDING = {"rgb": "embedding", "spectrogram": "embedding_spectrogram"}
@@ -170,6 +173,10 @@ class _Import:
         self.put(dest + (f"encoderblock_{l}",) + tuple(leaf.split("/")), arr[l],
                  f"{name}[{l}]")
     return depth
+
+  def origin_paths(self) -> dict[str, str]:
+    """mmvit path ('tokenizers/image/kernel') -> the reference name it came from."""
+    return {_path(p): src for p, src in self.origin.items()}
 
   def finish(self, target=None) -> dict:
     unused = sorted(set(self.flat) - set(self.used))
@@ -308,10 +315,20 @@ def from_big_vision_vit(flat: Mapping[str, np.ndarray], *, target=None, task: st
     raise ConversionError("no reference parameter under 'Transformer/encoderblock*'")
   imp.move("Transformer/encoder_norm/scale", ("encoder", "encoder_norm", "scale"))
   imp.move("Transformer/encoder_norm/bias", ("encoder", "encoder_norm", "bias"))
-  head = ("heads", task, "outputs", label)
-  imp.move("head/kernel", head + ("kernel",))
-  imp.move("head/bias", head + ("bias",))
+  _vit_head(imp, ("heads", task), label)
   return imp.finish(target)
+
+
+def _vit_head(imp: _Import, dest: tuple[str, ...], label: str, name: str = "head"):
+  """The head of a ViT: an optional MAPHead, an optional pre_logits layer, the outputs."""
+  if imp.has("MAPHead_0/probe"):
+    for leaf in MAP_LEAVES:
+      imp.move(f"MAPHead_0/{leaf}", dest + ("map",) + tuple(leaf.split("/")))
+  if imp.has("pre_logits/kernel"):
+    imp.move("pre_logits/kernel", dest + ("pre_logits", "kernel"))
+    imp.move("pre_logits/bias", dest + ("pre_logits", "bias"))
+  imp.move(f"{name}/kernel", dest + ("outputs", label, "kernel"))
+  imp.move(f"{name}/bias", dest + ("outputs", label, "bias"))
 
 
 # --------------------------------------------------------------------------- Scenic MBT
@@ -320,9 +337,6 @@ def _mbt_check(config: Mapping):
   classifier = config.get("classifier", "gap")
   if classifier not in ("token", "gap"):
     raise Unsupported(f"MBT classifier={classifier!r}: mmvit pools with 'token' or 'gap' only")
-  if config.get("representation_size") is not None:
-    raise Unsupported("MBT representation_size (tanh pre_logits layer) has no counterpart in "
-                      "mmvit's model")
   if config.get("use_bottleneck", False) and not config.get("test_with_bottlenecks", True):
     raise Unsupported("MBT test_with_bottlenecks=False: mmvit always runs the bottleneck")
   for m in config["modality_fusion"]:
@@ -394,11 +408,16 @@ def from_scenic_mbt(flat: Mapping[str, np.ndarray], config: Mapping, *, target=N
   The first modality's blocks go to `encoder`, the others' (share_encoder=False) to
   `stream_encoders/<modality>`; `bottleneck` (1, B(+1), D) goes to `bottlenecks/<task>/tokens`
   and the mmvit bottleneck position embedding, which the reference does not have, is zero."""
+  imp = _Import(flat, _MBT_UNSUPPORTED)
+  _mbt_import(imp, config, task, label)
+  return imp.finish(target)
+
+
+def _mbt_import(imp: _Import, config: Mapping, task: str, label: str = "label"):
   _mbt_check(config)
   mods = tuple(config["modality_fusion"])
   share = bool(config.get("share_encoder", False))
   token = config.get("classifier", "gap") == "token"
-  imp = _Import(flat, _MBT_UNSUPPORTED)
   for m in mods:
     tok = ("tokenizers", m)
     imp.move(f"{_MBT_EMBEDDING[m]}/kernel", tok + ("kernel",))
@@ -425,7 +444,266 @@ def from_scenic_mbt(flat: Mapping[str, np.ndarray], config: Mapping, *, target=N
             "position embedding)")
   imp.move("Transformer/encoder_norm/scale", ("encoder", "encoder_norm", "scale"))
   imp.move("Transformer/encoder_norm/bias", ("encoder", "encoder_norm", "bias"))
-  head = ("heads", task, "outputs", label)
-  imp.move("output_projection/kernel", head + ("kernel",))
-  imp.move("output_projection/bias", head + ("bias",))
-  return imp.finish(target)
+  _vit_head(imp, ("heads", task), label, name="output_projection")
+
+
+# --------------------------------------------------------------------------- checkpoint files
+# A checkpoint file is read as mmvit parameter groups (model.split_groups) plus what its
+# tokenizers were (TokenizerInfo), whatever its layout; mmvit.pretrained adapts those groups
+# to the model being trained. Group names of a file's parameters:
+#   big_vision / vit_jax ViT: tokenizers.image, shared, heads.image
+#   Scenic ViT / MBT:         tokenizers.rgb, tokenizers.spectrogram, shared,
+#                             stream_encoders.spectrogram, bottlenecks.mbt, heads.mbt
+
+LAYOUTS = ("big_vision", "vit_jax", "scenic")
+
+# vit_jax (and AugReg) name the parts of a block by their creation order.
+_VIT_JAX_BLOCK = {"LayerNorm_0": "LayerNorm_0", "MultiHeadDotProductAttention_1":
+                  "MultiHeadDotProductAttention_0", "LayerNorm_2": "LayerNorm_1",
+                  "MlpBlock_3": "MlpBlock_0"}
+_VIT_JAX_POSEMB = "Transformer/posembed_input/pos_embedding"
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenizerInfo:
+  """What a stored tokenizer was: the patch grid of its position embedding (None: unknown,
+  read from a perfect square) and whether its first position belongs to the class token."""
+  grid: tuple[int, ...] | None
+  cls_in_posemb: bool
+  posemb_name: str = "posemb"  # the stored name of the position embedding, for messages
+
+
+@dataclasses.dataclass
+class Checkpoint:
+  """A checkpoint read as mmvit groups: {group: pure-dict subtree of numpy arrays}, loop layout."""
+  path: str
+  layout: str
+  groups: dict[str, dict]
+  tokenizers: dict[str, TokenizerInfo]
+  origin: dict[str, str]  # "<group>/<leaf path>" -> the array's name in the file
+
+
+def _square(n: int) -> int | None:
+  r = int(round(n ** 0.5))
+  return r if r * r == n else None
+
+
+def _stored_grid(path: str, name: str, n: int, cls_in: bool) -> tuple[int, ...] | None:
+  """The square grid of `n` stored positions (one of them the class token's if `cls_in`)."""
+  side = _square(n - int(cls_in))
+  return None if side is None else (side, side)
+
+
+def read_npz(path: str) -> dict[str, np.ndarray]:
+  """A .npz of parameters as a flat {name: array}: parity files' `param:` prefix and big_vision
+  train-state checkpoints' `params/` prefix are removed, optimizer state (`opt/`) left out."""
+  import zipfile  # noqa: PLC0415
+  try:
+    with np.load(path, allow_pickle=False) as z:
+      flat = {k: z[k] for k in z.files}
+  except FileNotFoundError:
+    raise ConversionError(f"{path}: no such file") from None
+  except (OSError, ValueError, zipfile.BadZipFile) as e:
+    raise ConversionError(f"{path}: not a checkpoint (expected a .npz of parameter arrays: "
+                          f"{' '.join(str(e).split())[:120]})") from None
+  if not isinstance(flat, dict) or not flat:
+    raise ConversionError(f"{path}: not a checkpoint (expected a .npz of parameter arrays)")
+  for prefix in ("param:", "params/"):
+    if any(k.startswith(prefix) for k in flat):
+      flat = {k[len(prefix):]: v for k, v in flat.items() if k.startswith(prefix)}
+  return {k: v for k, v in flat.items() if not k.startswith("opt/")}
+
+
+def detect_layout(flat: Mapping[str, np.ndarray], path: str = "checkpoint") -> str:
+  keys = set(flat)
+  if "output_projection/kernel" in keys or "embedding_spectrogram/kernel" in keys:
+    return "scenic"
+  if _VIT_JAX_POSEMB in keys or any("/MlpBlock_3/" in k for k in keys):
+    return "vit_jax"
+  if "embedding/kernel" in keys and any(k.startswith("Transformer/encoderblock") for k in keys):
+    return "big_vision"
+  shown = ", ".join(repr(k) for k in sorted(keys)[:3])
+  raise ConversionError(f"{path}: its parameters ({shown}, ...) match none of the known layouts "
+                        f"({', '.join(LAYOUTS)}: a ViT's 'embedding/kernel' and "
+                        "'Transformer/encoderblock*')")
+
+
+def vit_jax_to_big_vision(flat: Mapping[str, np.ndarray]) -> tuple[dict, dict]:
+  """vit_jax names -> big_vision names (and back, as the second dict) for the same arrays.
+  The class-token position stays inside `pos_embedding`; the reader sets cls_in_posemb."""
+  out, back = {}, {}
+  for k, v in flat.items():
+    new = k
+    m = re.match(r"(Transformer/encoderblock_\d+)/([^/]+)/(.*)", k)
+    if m and m.group(2) in _VIT_JAX_BLOCK:
+      new = f"{m.group(1)}/{_VIT_JAX_BLOCK[m.group(2)]}/{m.group(3)}"
+    elif k == _VIT_JAX_POSEMB:
+      new = "pos_embedding"
+    out[new], back[new] = v, k
+  return out, back
+
+
+def _mbt_config_of(flat: Mapping[str, np.ndarray]) -> dict:
+  """The Scenic settings a parameter tree implies (enough to name its parameters)."""
+  mods = [m for m, e in _MBT_EMBEDDING.items() if f"{e}/kernel" in flat]
+  layers = {int(m.group(1)) for k in flat if (m := re.match(r"Transformer/encoderblock_(\d+)", k))}
+  token = any(k.startswith("cls") for k in flat)
+  cfg = dict(modality_fusion=mods, num_layers=max(layers) + 1 if layers else 0,
+             classifier="token" if token else "gap",
+             share_encoder=not any(re.match(r"Transformer/encoderblock_\d+_", k) for k in flat),
+             use_bottleneck="bottleneck" in flat)
+  if cfg["use_bottleneck"]:
+    cfg["n_bottlenecks"] = int(flat["bottleneck"].shape[1]) - int(token)
+  return cfg
+
+
+def read_checkpoint(path: str, posemb_grid: tuple[int, ...] | None = None) -> Checkpoint:
+  """Reads a .npz checkpoint of any known layout as mmvit groups. `posemb_grid` gives the
+  stored patch grid where it is not square (a spectrogram's, a video's)."""
+  from mmvit.models.model import split_groups  # noqa: PLC0415
+  flat = read_npz(path)
+  layout = detect_layout(flat, path)
+  back = {k: k for k in flat}
+  if layout == "scenic":
+    cfg = _mbt_config_of(flat)
+    if not cfg["modality_fusion"]:
+      raise ConversionError(f"{path}: a Scenic checkpoint without 'embedding/kernel' or "
+                            "'embedding_spectrogram/kernel'")
+    imp_tree, origin = _scenic_tree(flat, cfg, path)
+    token = cfg["classifier"] == "token"
+    infos = {}
+    for m in cfg["modality_fusion"]:
+      name = f"Transformer/posembed_input{'' if m == 'rgb' else '_' + m}/pos_embedding"
+      n = int(flat[name].shape[1])
+      grid = tuple(posemb_grid) if posemb_grid else (
+          _stored_grid(path, name, n, token) if m == "rgb" else None)
+      infos[m] = TokenizerInfo(grid, token, name)
+  else:
+    if layout == "vit_jax":
+      flat, back = vit_jax_to_big_vision(flat)
+    cls_in = layout == "vit_jax" and "cls" in flat
+    imp = _Import(flat, _VIT_UNSUPPORTED)
+    try:
+      tree = _vit_tree(imp)
+    except ConversionError as e:
+      raise ConversionError(f"{path}: {_renamed(str(e), back)}") from None
+    origin = {k: back.get(v, v) for k, v in imp.origin_paths().items()}
+    imp_tree = tree
+    name = "pos_embedding" if layout == "big_vision" else _VIT_JAX_POSEMB
+    if "pos_embedding" in flat:
+      n = int(flat["pos_embedding"].shape[1])
+      grid = tuple(posemb_grid) if posemb_grid else _stored_grid(path, name, n, cls_in)
+    else:
+      grid = None
+    infos = {"image": TokenizerInfo(grid, cls_in, name)}
+  groups = split_groups({"encoder": {}, **imp_tree})
+  if not groups["shared"]:
+    del groups["shared"]
+  return Checkpoint(path, layout, groups, infos, origin)
+
+
+def _renamed(msg: str, back: Mapping[str, str]) -> str:
+  for new, old in back.items():
+    if new != old:
+      msg = msg.replace(repr(new), repr(old))
+  return msg
+
+
+def _vit_tree(imp: _Import) -> dict:
+  """A big_vision-named ViT (no target: its own shapes) -> mmvit pure dict of one image
+  tokenizer, the shared encoder and heads/image; a sin-cos model has no position parameter."""
+  tok = ("tokenizers", "image")
+  imp.move("embedding/kernel", tok + ("kernel",))
+  imp.move("embedding/bias", tok + ("bias",))
+  if imp.has("pos_embedding"):
+    imp.move("pos_embedding", tok + ("posemb",))
+  if imp.has("cls"):
+    imp.move("cls", tok + ("cls",))
+  scanned = [k for k in imp.flat if k.startswith("Transformer/encoderblock/")]
+  layers = sorted({int(m.group(1)) for k in imp.flat
+                   if (m := re.match(r"Transformer/encoderblock_(\d+)/", k))})
+  if scanned:
+    imp.stacked_block("Transformer/encoderblock", ("encoder",), None)
+  for l in range(layers[-1] + 1 if layers else 0):
+    imp.block(f"Transformer/encoderblock_{l}", ("encoder", f"encoderblock_{l}"))
+  imp.move("Transformer/encoder_norm/scale", ("encoder", "encoder_norm", "scale"))
+  imp.move("Transformer/encoder_norm/bias", ("encoder", "encoder_norm", "bias"))
+  if imp.has("head/kernel"):
+    _vit_head(imp, ("heads", "image"), "label")
+  return imp.finish()
+
+
+def _scenic_tree(flat, cfg, path) -> tuple[dict, dict]:
+  """A Scenic ViT/MBT tree -> (mmvit pure dict with task 'mbt', origins). The first stream's
+  blocks (rgb, or every stream's with share_encoder) are `encoder`, the others'
+  `stream_encoders/spectrogram`."""
+  imp = _Import(flat, _MBT_UNSUPPORTED)
+  try:
+    _mbt_import(imp, cfg, "mbt")
+    tree = imp.finish()
+  except ConversionError as e:
+    raise ConversionError(f"{path}: {e}") from None
+  return tree, imp.origin_paths()
+
+
+# --------------------------------------------------------------------------- writing npz
+
+def to_vit(params: Mapping, *, task: str, modality: str, label: str | None = None,
+           tokenizer=None, layout: str = "big_vision") -> dict[str, np.ndarray]:
+  """One image task of an mmvit model -> a ViT checkpoint in the big_vision layout (position
+  embedding beside the class token) or the vit_jax layout (class-token position inside it).
+  `params`: the model's pure dict; `tokenizer`: the modality's TokenizerSpec (posemb_includes_cls
+  is folded exactly: a class-token position moves into the class token for big_vision)."""
+  if layout not in ("big_vision", "vit_jax"):
+    raise ConversionError(f"layout={layout!r}: expected 'big_vision' or 'vit_jax'")
+  params = _to_loop(dict(params))
+  tok = {k: np.asarray(v) for k, v in params["tokenizers"][modality].items()}
+  head = params["heads"][task]
+  labels = sorted(head["outputs"])
+  label = label or labels[0]
+  if label not in head["outputs"]:
+    raise ConversionError(f"task {task!r} has no output {label!r}; it has {', '.join(labels)}")
+  if tok["kernel"].ndim != 4:
+    raise ConversionError(f"tokenizers/{modality}/kernel has shape {tok['kernel'].shape}: a ViT "
+                          "checkpoint holds a 2D patch kernel (ph, pw, C, D)")
+  pe, cls = tok["posemb"], tok.get("cls")
+  cls_in = bool(tokenizer is not None and tokenizer.posemb_includes_cls and cls is not None)
+  if cls_in:  # mmvit: token 0 = cls + pe[0]
+    pe0, pe = pe[:, :1], pe[:, 1:]
+  else:
+    pe0 = None if cls is None else np.zeros_like(cls)
+  out = {"embedding/kernel": tok["kernel"], "embedding/bias": tok["bias"]}
+  if layout == "big_vision":
+    out["pos_embedding"] = pe
+    if cls is not None:
+      out["cls"] = cls + pe0
+  else:
+    out[_VIT_JAX_POSEMB] = pe if cls is None else np.concatenate([pe0, pe], axis=1)
+    if cls is not None:
+      out["cls"] = cls
+  enc = params["encoder"]
+  n = sum(1 for k in enc if k.startswith("encoderblock_"))
+  inverse = {v: k for k, v in _VIT_JAX_BLOCK.items()}
+  for l in range(n):
+    for path, v in _flatten(enc[f"encoderblock_{l}"]).items():
+      first = path[0] if layout == "big_vision" else inverse[path[0]]
+      out["/".join((f"Transformer/encoderblock_{l}", first) + path[1:])] = np.asarray(v)
+  out["Transformer/encoder_norm/scale"] = np.asarray(enc["encoder_norm"]["scale"])
+  out["Transformer/encoder_norm/bias"] = np.asarray(enc["encoder_norm"]["bias"])
+  if "map" in head:
+    for path, v in _flatten(head["map"]).items():
+      out["MAPHead_0/" + "/".join(path)] = np.asarray(v)
+  if "pre_logits" in head:
+    out["pre_logits/kernel"] = np.asarray(head["pre_logits"]["kernel"])
+    out["pre_logits/bias"] = np.asarray(head["pre_logits"]["bias"])
+  out["head/kernel"] = np.asarray(head["outputs"][label]["kernel"])
+  out["head/bias"] = np.asarray(head["outputs"][label]["bias"])
+  return {k: np.asarray(v, np.float32) for k, v in out.items()}
+
+
+def save_npz(path: str, flat: Mapping[str, np.ndarray]) -> None:
+  """Writes a flat checkpoint atomically (a temporary file renamed into place)."""
+  import os  # noqa: PLC0415
+  tmp = f"{path}.tmp-{os.getpid()}.npz"
+  np.savez(tmp, **flat)
+  os.replace(tmp, path)

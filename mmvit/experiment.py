@@ -99,6 +99,7 @@ class Experiment:
   make_eval_step: Callable  # (task, views, drop) -> jitted eval step, for variants
   data: object  # the data module (mmvit.data, or a stand-in with the same functions)
   rules: tuple = sharding.RULES  # the logical-axis rules of config.sharding
+  init_report: list | None = None  # per-parameter rows of config.init_from (a fresh run)
 
   @contextlib.contextmanager
   def layout(self):

@@ -277,11 +277,12 @@ def _restore(exp: Experiment, ckpt, iters: dict, cfg):
   init_lines = []
   if sources := config_lib.init_sources(cfg):
     # Only a fresh run is initialised from other runs; a resumed one continues its own params.
-    abstract = checkpointing.abstract(state["params"], exp.state_shardings["params"])
-    loaded, init_lines = checkpointing.load_params(sources, abstract)
+    loaded, init_lines, rows = checkpointing.load_params(sources, state["params"],
+                                                         exp.tokenizer_specs)
     state = {**state, "params": {**state["params"], **loaded}}
     for line in init_lines:
       log.info("initialised %s", line)
+    exp.init_report = [r.as_dict() for r in rows]
   return 0, state, init_lines
 
 
@@ -431,6 +432,9 @@ def _run(closing: contextlib.ExitStack, config, workdir, *, devices, stop_at, da
     writer.drop_after(start)  # the steps after the restored one are trained (and logged) again
     with open(os.path.join(workdir, "params.json"), "w") as f:
       json.dump(report, f, indent=2)
+    if exp.init_report is not None:  # what each parameter was started from (a fresh run only)
+      with open(os.path.join(workdir, "init_from.json"), "w") as f:
+        json.dump({"sources": init_lines, "parameters": exp.init_report}, f, indent=1)
 
   schedule = exp.schedule
   end = schedule.num_steps if stop_at is None else min(stop_at, schedule.num_steps)

@@ -182,7 +182,8 @@ def resolve(config: ml_collections.ConfigDict, data=data_lib
     tasks.append(Task(
         name=tname, index=i, dataset=t.dataset, modalities=as_tuple(t.modalities),
         head=HeadSpec(kind, labels, tuple(info.num_classes[k] for k in labels),
-                      pool=t.pool),
+                      pool=t.pool,
+                      pre_logits=int(inherit(t.pre_logits, config.model.pre_logits))),
         batch_size=int(t.batch_size),
         lr=float(inherit(t.lr, o.lr)) * float(inherit(t.lr_mult, 1.0)),
         warmup_steps=int(inherit(t.warmup_steps, o.warmup_steps)),

@@ -55,7 +55,10 @@ def forward_flops(spec, tokenizers: list, fusion, head, pool: str) -> int:
     else:  # joint
       total += block_flops(sum(sizes), sum(sizes), d, m)
   heads = len(sizes) if pool == "token" else 1
-  total += heads * 2 * d * sum(head.num_classes)
+  if pool == "map":  # one probe query over every stream's patch tokens
+    total += block_flops(1, sum(t.num_patches for t in tokenizers), d, m)
+  rep = getattr(head, "pre_logits", 0)
+  total += heads * 2 * ((rep or d) * sum(head.num_classes) + d * rep)
   return total
 
 

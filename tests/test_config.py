@@ -70,7 +70,7 @@ def test_sharding_rules_and_dcn_mesh_are_checked_at_the_door(edit, msg):
 
 def test_unknown_task_pool():
   msg = error_of(lambda c: setattr(c.tasks.image, "pool", "max"))
-  assert msg == "tasks.image.pool='max': expected one of token, gap"
+  assert msg == "tasks.image.pool='max': expected one of token, gap, map"
 
 
 def test_input_size_not_divisible_by_patch_size():

@@ -34,14 +34,6 @@ VIT_CASES = ["tok", "tok_scan", "gap_sincos", "gap_rep", "map"]
 MBT_CASES = ["bottleneck_token_lf1", "bottleneck_token_lf2_b1", "bottleneck_token_lf0_shared",
              "full_pairwise_token_lf1", "late_token", "joint_shared_gap_lf0"]
 
-# Reference features mmvit's model cannot express: case -> (reference prefix, skip reason).
-VIT_UNSUPPORTED = {
-    "gap_rep": ("pre_logits", "mmvit Head has no tanh representation layer (big_vision "
-                "rep_size: pre_logits Dense + tanh before the head)"),
-    "map": ("MAPHead_0", "mmvit has no attention-pooling head (big_vision pool_type='map': "
-            "MAPHead_0 probe + MHA + LayerNorm + MLP)"),
-}
-
 needs_files = pytest.mark.skipif(not os.path.isdir(PARITY),
                                  reason=f"no reference files in {PARITY}")
 
@@ -61,12 +53,14 @@ def _close(got, want, what):
 # ----------------------------------------------------------------------------------- ViT
 
 def vit_model(cfg):
-  pool = {"tok": "token", "gap": "gap"}[cfg["pool_type"]]
+  pool = {"tok": "token", "gap": "gap", "map": "map"}[cfg["pool_type"]]
   spec = ModelSpec(width=cfg["width"], depth=cfg["depth"], num_heads=cfg["num_heads"],
                    mlp_dim=cfg["mlp_dim"], pool=pool)
   tok = TokenizerSpec("image", "image", VIT_IMAGE, tuple(cfg["patch_size"]),
                       class_token=pool == "token", posemb_includes_cls=False)
-  head = HeadSpec("multiclass", ("label",), (cfg["num_classes"],))
+  # big_vision's rep_size=True: a representation layer as wide as the model.
+  rep = cfg["width"] if cfg.get("rep_size") is True else int(cfg.get("rep_size") or 0)
+  head = HeadSpec("multiclass", ("label",), (cfg["num_classes"],), pre_logits=rep)
   return Model(spec, {"image": tok}, {"image": (("image",), head, None)}, rngs=nnx.Rngs(0))
 
 
@@ -91,14 +85,8 @@ def run_vit(case):
 @needs_files
 @pytest.mark.parametrize("case", VIT_CASES)
 def test_big_vision_vit(case):
-  if case in VIT_UNSUPPORTED:
-    prefix, reason = VIT_UNSUPPORTED[case]
-    cfg = _configs("vit_configs.json")[case]
-    ref = convert.load_npz(os.path.join(PARITY, f"vit_{case}.npz"))
-    # The importer refuses rather than silently dropping the feature's parameters.
-    with pytest.raises(convert.Unsupported, match=prefix):
-      convert.from_big_vision_vit(ref.params)
-    pytest.skip(reason)
+  """Every big_vision pooling (token, gap, MAP), the representation layer, the scan layout and
+  fixed sin-cos position embeddings reproduce the reference logits."""
   got, want = run_vit(case)
   _close(got, want, f"vit_{case} logits")
 

@@ -102,10 +102,11 @@ def test_init_from_reads_a_run_saved_in_the_other_layout_exactly(tmp_path, data_
   cfg = tiny_config(steps=2, data_dir=data_dir)
   cfg.model.scan = not saved_scan
   exp = train.build(cfg)
-  abstract = checkpointing.abstract(exp.state["params"], exp.state_shardings["params"])
   sources = [dict(workdir=str(tmp_path / "saved"), step=None, groups=("shared", "heads.*"))]
-  loaded, lines = checkpointing.load_params(sources, abstract)
-  assert "converted to the" in lines[0]
+  loaded, lines, rows = checkpointing.load_params(sources, exp.state["params"],
+                                                  exp.tokenizer_specs)
+  assert "shared, heads.image" in lines[0]
+  assert {r.action for r in rows if r.param.startswith(("shared/", "heads."))} == {"loaded"}
   convert_back = to_scan if saved_scan else to_loop
   for g in ("shared", "heads.image"):
     got = convert_back(jax.tree.map(np.asarray, loaded[g]))

@@ -1,5 +1,13 @@
 """Pooling and task heads, with their losses.
 
+pools (over the encoder's output tokens):
+  token  the class token of each stream (MBT: one prediction per stream, logits averaged).
+  gap    the mean of every patch token of every stream.
+  map    multi-head attention pooling (big_vision's MAPHead): a learned probe attends over the
+         patch tokens of every stream, then LayerNorm + MLP with a residual.
+A head may put a tanh representation layer (`pre_logits`, big_vision's rep_size, vit_jax's
+representation_size) between the pooled features and its outputs.
+
 kinds:
   multiclass  softmax cross-entropy (optional label smoothing); metrics top-1 / top-5.
   multilabel  sigmoid binary cross-entropy over a multi-hot target; metric mAP.
@@ -15,10 +23,10 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from mmvit.models.layers import Dense
+from mmvit.models.layers import Dense, LayerNorm, param
 
 HEAD_KINDS = ("multiclass", "multilabel", "multihead")
-POOLS = ("token", "gap")
+POOLS = ("token", "gap", "map")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,19 +34,59 @@ class HeadSpec:
   kind: str
   labels: tuple[str, ...]       # label keys in the batch, one per output
   num_classes: tuple[int, ...]  # classes per label key
-  pool: str | None = None       # "token" or "gap"; None: the model's (ModelSpec.pool)
+  pool: str | None = None       # POOLS; None: the model's (ModelSpec.pool)
+  pre_logits: int = 0           # width of a tanh representation layer before the outputs; 0: none
+
+
+class MAPHead(nnx.Module):
+  """Multi-head attention pooling, parameter for parameter big_vision's MAPHead: a probe
+  (1, 1, D) attends over the tokens, y = LN(z), z + MLP(y), the probe's output returned."""
+
+  def __init__(self, width: int, num_heads: int, mlp_dim: int, *, rngs: nnx.Rngs,
+               param_dtype=jnp.float32):
+    from mmvit.models.encoder import Attention  # noqa: PLC0415  (encoder imports layers only)
+    self.probe = param(rngs, nnx.initializers.xavier_uniform(), (1, 1, width),
+                       (None, None, "embed"), param_dtype)
+    self.MultiHeadDotProductAttention_0 = Attention(width, num_heads, rngs=rngs,
+                                                    param_dtype=param_dtype)
+    self.LayerNorm_0 = LayerNorm(width, rngs=rngs, param_dtype=param_dtype)
+    self.MlpBlock_0 = nnx.Dict(
+        Dense_0=Dense(width, mlp_dim, ("embed", "mlp"), rngs=rngs, param_dtype=param_dtype),
+        Dense_1=Dense(mlp_dim, width, ("mlp", "embed"), rngs=rngs, param_dtype=param_dtype))
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    probe = jnp.broadcast_to(self.probe[...].astype(x.dtype), (x.shape[0], 1, x.shape[-1]))
+    z = self.MultiHeadDotProductAttention_0(probe, x)
+    mlp = self.MlpBlock_0
+    z = z + mlp["Dense_1"](jax.nn.gelu(mlp["Dense_0"](self.LayerNorm_0(z))))
+    return z[:, 0]
 
 
 class Head(nnx.Module):
-  def __init__(self, spec: HeadSpec, width: int, *, rngs: nnx.Rngs, param_dtype=jnp.float32):
-    self.spec = spec
+  """Pooling (for `map`: its own parameters), the optional representation layer and one
+  output layer per label key. Computes in float32."""
+
+  def __init__(self, spec: HeadSpec, width: int, *, rngs: nnx.Rngs, param_dtype=jnp.float32,
+               pool: str = "token", num_heads: int = 1, mlp_dim: int = 0):
+    self.spec, self.pool = spec, pool
+    if pool == "map":
+      self.map = MAPHead(width, num_heads, mlp_dim, rngs=rngs, param_dtype=param_dtype)
+    if spec.pre_logits:
+      self.pre_logits = Dense(width, spec.pre_logits, ("embed", "mlp"), rngs=rngs,
+                              param_dtype=param_dtype)
     # Zero-initialised, as in big_vision: a new head starts from uniform predictions.
     self.outputs = nnx.Dict({
-        k: Dense(width, c, ("embed", "classes"), rngs=rngs, kernel_init=nnx.initializers.zeros,
-                 param_dtype=param_dtype)
+        k: Dense(spec.pre_logits or width, c, ("embed", "classes"), rngs=rngs,
+                 kernel_init=nnx.initializers.zeros, param_dtype=param_dtype)
         for k, c in zip(spec.labels, spec.num_classes)})
 
+  def pooled(self, tokens: jax.Array) -> jax.Array:
+    """(B, N, D) patch tokens of every stream -> (B, D) for `gap` and `map`."""
+    return self.map(tokens) if self.pool == "map" else tokens.mean(axis=1)
+
   def __call__(self, pooled: jax.Array) -> dict[str, jax.Array]:
+    if self.spec.pre_logits:
+      pooled = jnp.tanh(self.pre_logits(pooled))
     return {k: self.outputs[k](pooled) for k in self.spec.labels}
 
 

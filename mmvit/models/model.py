@@ -76,7 +76,9 @@ class Model(nnx.Module):
     self.bottlenecks = nnx.Dict({t: Bottleneck(f.tokens, spec.width, rngs=rngs, **dt)
                                  for t, f in self.fusion.items() if f.kind == "bottleneck"})
     # Heads compute in float32 (logits and losses in float32 whatever the compute dtype).
-    self.heads = nnx.Dict({t: Head(h, spec.width, rngs=rngs, param_dtype=spec.param_dtype)
+    self.heads = nnx.Dict({t: Head(h, spec.width, rngs=rngs, param_dtype=spec.param_dtype,
+                                   pool=h.pool or spec.pool, num_heads=spec.num_heads,
+                                   mlp_dim=spec.mlp_dim)
                            for t, (_, h, _) in tasks.items()})
 
   def __call__(self, task: str, batch: dict[str, jax.Array], *, key: jax.Array | None = None,
@@ -108,10 +110,10 @@ class Model(nnx.Module):
     outs = [self.encoder.encoder_norm(x).astype(jnp.float32) for x in outs]
     has_cls = self.tokenizers[mods[0]].spec.class_token
     head = self.heads[task]
-    if (head.spec.pool or spec.pool) == "token":
+    if head.pool == "token":
       return [head(x[:, 0]) for x in outs]
-    pooled = jnp.concatenate([x[:, 1:] if has_cls else x for x in outs], axis=1).mean(axis=1)
-    return [head(pooled)]
+    return [head(head.pooled(jnp.concatenate([x[:, 1:] if has_cls else x for x in outs],
+                                             axis=1)))]
 
 
 def average_logits(preds: list[dict[str, jax.Array]]) -> dict[str, jax.Array]:
