@@ -548,6 +548,27 @@ def read_meta(step_dir: str) -> dict:
   return meta if isinstance(meta, dict) else {}
 
 
+def read_params(workdir: str, step: int | None = None, where: str = "workdir"
+                ) -> tuple[dict, dict]:
+  """(meta, {group: numpy parameters}) of a run's checkpoint (the newest step by default),
+  read on the host without building anything."""
+  step_dir = _step_dir(workdir, step, where)
+  item = os.path.join(step_dir, "state")
+  with ocp.PyTreeCheckpointer() as ckptr:
+    try:
+      md = ckptr.metadata(item)
+      md = getattr(md, "item_metadata", md)
+      tree = getattr(md, "tree", md)
+      target = {"params": tree["params"]}
+      args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), target)
+      params = ckptr.restore(item, args=ocp.args.PyTreeRestore(
+          item=target, restore_args=args, partial_restore=True))["params"]
+    except Exception as e:  # noqa: BLE001
+      reason = " ".join(f"{type(e).__name__}: {e}".split())[:200]
+      raise CheckpointError(f"{where}: {item} is unreadable ({reason})") from None
+  return read_meta(step_dir), params
+
+
 def _tokenizer_infos(meta: dict) -> dict:
   """What an mmvit run's tokenizers were, from its checkpoint's model description."""
   from mmvit.convert import TokenizerInfo  # noqa: PLC0415

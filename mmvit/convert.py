@@ -24,6 +24,7 @@ and class tokens live.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from collections.abc import Mapping
 
@@ -471,6 +472,7 @@ class TokenizerInfo:
   grid: tuple[int, ...] | None
   cls_in_posemb: bool
   posemb_name: str = "posemb"  # the stored name of the position embedding, for messages
+  fixed: str | None = None     # 'sincos2d': no stored position embedding, a fixed 2D table
 
 
 @dataclasses.dataclass
@@ -486,6 +488,26 @@ class Checkpoint:
 def _square(n: int) -> int | None:
   r = int(round(n ** 0.5))
   return r if r * r == n else None
+
+
+def _vit_grid(path: str, name: str, n: int, has_cls: bool, given) -> tuple[tuple, bool]:
+  """(patch grid, class-token position inside) of a ViT's `n` stored positions: vit_jax keeps
+  the class token's position first (n = g*g + 1), big_vision none (n = g*g). Decided by the
+  given grid, else by which of n, n - 1 is a perfect square; neither is an error."""
+  if given:
+    grid = tuple(int(d) for d in given)
+    inside = has_cls and math.prod(grid) + 1 == n
+    if math.prod(grid) + int(inside) != n:
+      raise ConversionError(f"{path}: {name!r} has {n} positions, which the posemb_grid "
+                            f"{grid} does not fill")
+    return grid, inside
+  if has_cls and (side := _square(n - 1)) is not None:
+    return (side, side), True
+  if (side := _square(n)) is not None:
+    return (side, side), False
+  raise ConversionError(f"{path}: {name!r} has {n} positions: neither {n} nor {n - 1} (with a "
+                        "class token) is a perfect square, so the patch grid is unknown; give "
+                        "init_from.posemb_grid")
 
 
 def _stored_grid(path: str, name: str, n: int, cls_in: bool) -> tuple[int, ...] | None:
@@ -581,7 +603,6 @@ def read_checkpoint(path: str, posemb_grid: tuple[int, ...] | None = None) -> Ch
   else:
     if layout == "vit_jax":
       flat, back = vit_jax_to_big_vision(flat)
-    cls_in = layout == "vit_jax" and "cls" in flat
     imp = _Import(flat, _VIT_UNSUPPORTED)
     try:
       tree = _vit_tree(imp)
@@ -590,12 +611,13 @@ def read_checkpoint(path: str, posemb_grid: tuple[int, ...] | None = None) -> Ch
     origin = {k: back.get(v, v) for k, v in imp.origin_paths().items()}
     imp_tree = tree
     name = "pos_embedding" if layout == "big_vision" else _VIT_JAX_POSEMB
+    grid, cls_in = None, False
     if "pos_embedding" in flat:
       n = int(flat["pos_embedding"].shape[1])
-      grid = tuple(posemb_grid) if posemb_grid else _stored_grid(path, name, n, cls_in)
-    else:
-      grid = None
-    infos = {"image": TokenizerInfo(grid, cls_in, name)}
+      grid, cls_in = _vit_grid(path, name, n, "cls" in flat, posemb_grid)
+    # big_vision's posemb='sincos2d' stores no position parameter: the table is rebuilt.
+    infos = {"image": TokenizerInfo(grid, cls_in, name,
+                                    None if "pos_embedding" in flat else "sincos2d")}
   groups = split_groups({"encoder": {}, **imp_tree})
   if not groups["shared"]:
     del groups["shared"]
@@ -707,3 +729,64 @@ def save_npz(path: str, flat: Mapping[str, np.ndarray]) -> None:
   tmp = f"{path}.tmp-{os.getpid()}.npz"
   np.savez(tmp, **flat)
   os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------------- command line
+
+def main_export(workdir: str, task: str, out: str, layout: str = "big_vision",
+                step: int | None = None, label: str | None = None) -> str:
+  """One image task of an mmvit run written as a ViT checkpoint file; returns a summary line.
+  Nothing in the workdir is changed; `out` is written whole or not at all."""
+  import os  # noqa: PLC0415
+
+  from mmvit import checkpointing  # noqa: PLC0415
+  from mmvit.models.model import join_groups  # noqa: PLC0415
+  from mmvit.models.tokenizers import TokenizerSpec  # noqa: PLC0415
+  meta, groups = checkpointing.read_params(workdir, step, "--workdir")
+  desc = meta.get("model")
+  if not desc:
+    raise ConversionError(f"--workdir={workdir}: its checkpoint does not describe its model "
+                          "(written before checkpoints did): nothing to export")
+  if task not in desc["tasks"]:
+    raise ConversionError(f"--task={task!r}: the run has tasks {', '.join(desc['tasks'])}")
+  mods = desc["tasks"][task]["modalities"]
+  if len(mods) != 1:
+    raise ConversionError(f"--task={task!r} reads {len(mods)} modalities: a ViT checkpoint "
+                          "holds one image stream")
+  t = desc["tokenizers"][mods[0]]
+  spec = TokenizerSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in t.items()})
+  flat = to_vit(join_groups(groups), task=task, modality=mods[0], label=label,
+                tokenizer=spec, layout=layout)
+  if os.path.exists(out):
+    raise ConversionError(f"--out={out} exists: choose a new file")
+  save_npz(out, flat)
+  n = sum(int(np.prod(v.shape)) for v in flat.values())
+  return f"wrote {out}: task {task} of {workdir} as a {layout} ViT ({len(flat)} arrays, {n:_} parameters)"
+
+
+def main(argv=None) -> int:
+  """python -m mmvit.convert --workdir=RUN --task=T --out=FILE.npz [--layout=big_vision|vit_jax]
+  [--step=N] [--label=KEY]"""
+  import argparse  # noqa: PLC0415
+  import sys  # noqa: PLC0415
+  p = argparse.ArgumentParser(prog="python -m mmvit.convert", description=(
+      "Writes one image task of an mmvit run as a ViT .npz checkpoint (big_vision or vit_jax "
+      "layout), which any run's init_from.file reads."))
+  p.add_argument("--workdir", required=True)
+  p.add_argument("--task", required=True)
+  p.add_argument("--out", required=True)
+  p.add_argument("--layout", default="big_vision", choices=("big_vision", "vit_jax"))
+  p.add_argument("--step", type=int, default=None)
+  p.add_argument("--label", default=None)
+  a = p.parse_args(argv)
+  from mmvit.checkpointing import CheckpointError  # noqa: PLC0415
+  try:
+    print(main_export(a.workdir, a.task, a.out, a.layout, a.step, a.label))
+  except (ConversionError, CheckpointError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 1
+  return 0
+
+
+if __name__ == "__main__":
+  raise SystemExit(main())

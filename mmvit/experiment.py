@@ -333,6 +333,24 @@ def build(config: ml_collections.ConfigDict, *, devices=None, data=None,
                     tokenizer_specs=tok_specs, rules=rules)
 
 
+def describe(exp: Experiment) -> dict:
+  """What a checkpoint needs to rebuild its model without any dataset (JSON): the model,
+  tokenizer, head and fusion specs, label names, and each task's inputs and eval preprocessing.
+  `models.model.from_description` builds the model back."""
+  asdict = dataclasses.asdict
+  return {
+      "model": asdict(exp.model_spec),
+      "tokenizers": {m: asdict(s) for m, s in exp.tokenizer_specs.items()},
+      "tasks": {t.name: {
+          "modalities": list(t.modalities), "head": asdict(t.head),
+          "fusion": asdict(t.fusion) if t.fusion else None, "dataset": t.dataset,
+          "input_keys": list(t.input_keys), "label_names": dict(t.label_names),
+          "eval_views": t.eval_views, "pp_eval": dict(t.pp).get("eval"),
+          "eval_affine": [list(dataclasses.astuple(a)) for a in t.affine("eval")]}
+          for t in exp.tasks},
+  }
+
+
 def task_seed(seed: int, task_index: int) -> int:
   return int(np.random.default_rng([seed, task_index, 0xDA7A]).integers(2**31 - 1))
 

@@ -21,8 +21,8 @@ import ml_collections
 
 from mmvit import (checkpointing, config as config_lib, distributed, evaluate, prefetch,
                    sharding, throughput)
-from mmvit.experiment import (Experiment, build, check_batch, parameter_report, shard_kwargs,
-                              train_iterators)
+from mmvit.experiment import (Experiment, build, check_batch, describe, parameter_report,
+                              shard_kwargs, train_iterators)
 from mmvit.writers import MetricWriter
 
 log = logging.getLogger("mmvit")
@@ -453,11 +453,13 @@ def _run(closing: contextlib.ExitStack, config, workdir, *, devices, stop_at, da
       lambda step: _read_step(exp, iters, step, shards), range(start, end), states,
       depth=int(cfg.prefetch)))
 
+  description = describe(exp)  # the checkpoint rebuilds its model without any dataset
+
   def meta(step):
     return {"step": step, "seed": cfg.seed, "schedule": schedule.kind,
             "config_digest": checkpointing.config_digest(cfg), "init_from": init_lines,
             "processes": jax.process_count(), "devices": jax.device_count(),
-            "data_shards": shards}
+            "data_shards": shards, "model": description}
 
   preempted = None
   with Preempted() as sigterm:

@@ -47,6 +47,7 @@ class Task:
   # (mode, tuple of data.ops.Affine) pairs: the pp strings' trailing value_range / normalize
   # ops, which the pipelines leave out and the steps apply (config.data_affine_on_device).
   affines: tuple = ()
+  label_names: tuple = ()    # (label key, class names) pairs where the dataset names its classes
 
   def data_kwargs(self) -> dict:
     """What the data functions take beside the dataset name (pp only where a task has one)."""
@@ -198,5 +199,7 @@ def resolve(config: ml_collections.ConfigDict, data=data_lib
         mixup_alpha=float(t.mixup.alpha) if t.mixup else 0.0,
         mixmod=bool(t.mixup.mixmod) if t.mixup else False,
         eval_views=views,
-        pp=tuple(sorted((t.pp or {}).items())), affines=affines))
+        pp=tuple(sorted((t.pp or {}).items())), affines=affines,
+        label_names=tuple((k, tuple(info.label_names[k])) for k in labels
+                          if k in getattr(info, "label_names", {}))))
   return tasks, specs

@@ -105,7 +105,7 @@ def test_init_from_reads_a_run_saved_in_the_other_layout_exactly(tmp_path, data_
   sources = [dict(workdir=str(tmp_path / "saved"), step=None, groups=("shared", "heads.*"))]
   loaded, lines, rows = checkpointing.load_params(sources, exp.state["params"],
                                                   exp.tokenizer_specs)
-  assert "shared, heads.image" in lines[0]
+  assert "heads.image, heads.video_digit, shared from" in lines[0]
   assert {r.action for r in rows if r.param.startswith(("shared/", "heads."))} == {"loaded"}
   convert_back = to_scan if saved_scan else to_loop
   for g in ("shared", "heads.image"):

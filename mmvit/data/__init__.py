@@ -303,6 +303,8 @@ def dataset_info(name: str, data_dir: str | None = None, pp: dict | None = None,
       features={k: (tuple(np.shape(v)), np.asarray(v).dtype)
                 for k, v in element.items()},
       num_classes={k: source.num_classes(builder, k) for k in source.label_keys(builder)},
+      label_names={k: n for k in source.label_keys(builder)
+                   if (n := source.label_names(builder, k))},
   )
   with _LOCK:
     _INFOS[key] = result

@@ -25,12 +25,14 @@ class DatasetInfo:
     features: key -> (shape, dtype) of one preprocessed element (no batch dim;
       eval batches add a boolean 'mask').
     num_classes: label key -> number of classes (from the built data).
+    label_names: label key -> class names, where the data names them (tfds ClassLabel).
   """
 
   name: str
   splits: dict[str, int]
   features: dict[str, tuple[tuple[int, ...], np.dtype]]
   num_classes: dict[str, int]
+  label_names: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
 
 
 class Source:
@@ -70,6 +72,10 @@ class Source:
     if hasattr(feature, 'num_classes'):  # ClassLabel
       return int(feature.num_classes)
     return int(feature.shape[-1])  # a multi-hot Tensor (num_classes,)
+
+  def label_names(self, builder, key: str) -> tuple[str, ...] | None:
+    names = getattr(builder.info.features[key], 'names', None)  # ClassLabel
+    return tuple(str(n) for n in names) if names else None
 
   def validate(self, augment: dict | None, pp: dict | None) -> tuple[dict, dict]:
     """Checked copies of a task's `augment` and `pp` (ValueError: one line)."""

@@ -116,6 +116,22 @@ class Model(nnx.Module):
                                              axis=1)))]
 
 
+def from_description(desc: dict, *, seed: int = 0, **overrides) -> Model:
+  """The model a checkpoint's description (experiment.describe) holds, freshly initialised:
+  no dataset needed. `overrides` replace ModelSpec fields (e.g. scan, dtype)."""
+  spec = ModelSpec(**{**desc["model"], **overrides})
+  toks = {m: TokenizerSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in t.items()})
+          for m, t in desc["tokenizers"].items()}
+  tasks = {}
+  for name, t in desc["tasks"].items():
+    h = t["head"]
+    head = HeadSpec(h["kind"], tuple(h["labels"]), tuple(h["num_classes"]), h.get("pool"),
+                    h.get("pre_logits", 0))
+    fusion = FusionSpec(**t["fusion"]) if t.get("fusion") else None
+    tasks[name] = (tuple(t["modalities"]), head, fusion)
+  return Model(spec, toks, tasks, rngs=nnx.Rngs(params=seed))
+
+
 def average_logits(preds: list[dict[str, jax.Array]]) -> dict[str, jax.Array]:
   return {k: sum(p[k] for p in preds) / len(preds) for k in preds[0]}
 
