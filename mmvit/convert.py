@@ -704,10 +704,16 @@ def to_vit(params: Mapping, *, task: str, modality: str, label: str | None = Non
     if cls is not None:
       out["cls"] = cls
   enc = params["encoder"]
-  n = sum(1 for k in enc if k.startswith("encoderblock_"))
+  # The modality's path through the model: its adapter blocks (PolyViT's modality-specific
+  # layers), then the shared ones; a reader maps them back with layer ranges.
+  adapters = params.get("adapters", {}).get(modality, {})
+  blocks = [adapters[f"encoderblock_{i}"] for i in range(
+      sum(1 for k in adapters if k.startswith("encoderblock_")))]
+  blocks += [enc[f"encoderblock_{i}"] for i in range(
+      sum(1 for k in enc if k.startswith("encoderblock_")))]
   inverse = {v: k for k, v in _VIT_JAX_BLOCK.items()}
-  for l in range(n):
-    for path, v in _flatten(enc[f"encoderblock_{l}"]).items():
+  for l, block in enumerate(blocks):
+    for path, v in _flatten(block).items():
       first = path[0] if layout == "big_vision" else inverse[path[0]]
       out["/".join((f"Transformer/encoderblock_{l}", first) + path[1:])] = np.asarray(v)
   out["Transformer/encoder_norm/scale"] = np.asarray(enc["encoder_norm"]["scale"])

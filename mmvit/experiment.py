@@ -339,6 +339,7 @@ def describe(exp: Experiment) -> dict:
   `models.model.from_description` builds the model back."""
   asdict = dataclasses.asdict
   return {
+      "task_order": [t.name for t in exp.tasks],  # JSON writers may sort the dicts' keys
       "model": asdict(exp.model_spec),
       "tokenizers": {m: asdict(s) for m, s in exp.tokenizer_specs.items()},
       "tasks": {t.name: {

@@ -247,6 +247,37 @@ def test_central_frame_inflation_ignores_every_other_frame(tmp_path):
   assert max_diff(a, want) <= ATOL
 
 
+@pytest.mark.parametrize("layout", ["big_vision", "vit_jax"])
+def test_the_writer_round_trips_whichever_side_holds_the_class_token_position(tmp_path, layout):
+  """An mmvit model whose position embedding covers the class token, written by mmvit's
+  writer and read into models that place it either way, computes the same logits."""
+  def model(cls_in, seed):
+    spec = ModelSpec(width=32, depth=2, num_heads=2, mlp_dim=64, adapter_depth=1)
+    m = Model(spec, {"image": TokenizerSpec("image", "image", (16, 16, 3), (4, 4),
+                                            posemb_includes_cls=cls_in)},
+              {"image": (("image",), HeadSpec("multiclass", ("label",), (5,), pre_logits=8),
+                         None)}, rngs=nnx.Rngs(seed))
+    leaves, tdef = jax.tree.flatten(nnx.state(m, nnx.Param))
+    keys = jax.random.split(jax.random.key(seed), len(leaves))
+    nnx.update(m, jax.tree.unflatten(tdef, [x + 0.1 * jax.random.normal(k, x.shape)
+                                            for x, k in zip(leaves, keys)]))
+    return m
+  src = model(True, 0)
+  flat = convert.to_vit(nnx.to_pure_dict(nnx.state(src, nnx.Param)), task="image",
+                        modality="image", tokenizer=src.tokenizers["image"].spec, layout=layout)
+  assert convert.detect_layout(flat) == layout
+  path = str(tmp_path / "w.npz")
+  convert.save_npz(path, flat)
+  x = np.random.default_rng(0).normal(size=(2, 16, 16, 3)).astype(np.float32)
+  want = src("image", {"image": x})[0]["label"]
+  for cls_in in (True, False):
+    dst = model(cls_in, 1)
+    # The writer put the adapter block first: it maps back by layer range.
+    pretrained.init_model(dst, dict(file=path, groups="*", group_map=(
+        "adapters.*=shared[0:1]", "shared=shared[1:3]")))
+    assert max_diff(dst("image", {"image": x})[0]["label"], want) <= ATOL, cls_in
+
+
 # ---------------------------------------------------------------- groups across names
 
 def test_an_image_vit_initialises_every_stream_and_adapters_by_layer_range(tmp_path):
