@@ -347,6 +347,7 @@ def describe(exp: Experiment) -> dict:
           "fusion": asdict(t.fusion) if t.fusion else None, "dataset": t.dataset,
           "input_keys": list(t.input_keys), "label_names": dict(t.label_names),
           "eval_views": t.eval_views, "pp_eval": dict(t.pp).get("eval"),
+          "media": dict(t.media),
           "eval_affine": [list(dataclasses.astuple(a)) for a in t.affine("eval")]}
           for t in exp.tasks},
   }

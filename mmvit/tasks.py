@@ -48,6 +48,7 @@ class Task:
   # ops, which the pipelines leave out and the steps apply (config.data_affine_on_device).
   affines: tuple = ()
   label_names: tuple = ()    # (label key, class names) pairs where the dataset names its classes
+  media: tuple = ()          # sorted (option, value) pairs: how the dataset decoded its files
 
   def data_kwargs(self) -> dict:
     """What the data functions take beside the dataset name (pp only where a task has one)."""
@@ -201,5 +202,7 @@ def resolve(config: ml_collections.ConfigDict, data=data_lib
         eval_views=views,
         pp=tuple(sorted((t.pp or {}).items())), affines=affines,
         label_names=tuple((k, tuple(info.label_names[k])) for k in labels
-                          if k in getattr(info, "label_names", {}))))
+                          if k in getattr(info, "label_names", {})),
+        media=tuple(sorted((k, tuple(v) if isinstance(v, list) else v)
+                           for k, v in getattr(info, "media", {}).items()))))
   return tasks, specs

@@ -133,3 +133,41 @@ def test_export_errors_are_one_line(run, tmp_path, capsys):
   assert export.main([f"--workdir={run}", "--task=image", f"--out={tmp_path / 'a'}",
                       "--platforms=metal"]) == 1
   assert "--platforms=metal" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------ predict
+
+def test_predict_on_the_test_files_gives_the_runs_own_test_accuracy(media, tmp_path):
+  """The test split's files, decoded and preprocessed by predict, are classified exactly as
+  the run's own test evaluation classified their records."""
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  from configs import own_data
+  from mmvit import data, predict
+  folder = media.make("photos", n=120)
+  name = media.build("own_photos", f"--images={folder}", "--ratios=0.6,0.1,0.3")
+  c = own_data.get_config(f"image,{name},steps=30")
+  c.data_dir = media.data_dir
+  c.log_every = 0
+  wd = str(tmp_path / "w")
+  test_top1 = train.run(c, wd)["test"]["main"]["top1"]
+  records = data.data_source(name, "test", media.data_dir)
+  files, labels = [], []
+  for i in range(len(records)):
+    r = records[i]
+    rel = r["path"].decode() if isinstance(r["path"], bytes) else str(r["path"])
+    files.append(os.path.join(folder, rel))
+    labels.append(int(r["label"]))
+  lines = []
+  loaded = inference.load(wd)
+  ok, failed = predict.run(loaded, files + [str(tmp_path / "missing.png")], task="main",
+                           k=2, batch_size=8, emit=lines.append)
+  assert (ok, failed) == (len(files), 1)
+  out = [json.loads(line) for line in lines]
+  (bad,) = [o for o in out if "error" in o]
+  assert bad["file"].endswith("missing.png") and "cannot read" in bad["error"]
+  preds = [o for o in out if "error" not in o]
+  assert [o["file"] for o in preds] == files
+  top1 = [o["top_k"]["label"][0]["class"] for o in preds]
+  assert np.mean(np.array(top1) == np.array(labels)) == pytest.approx(test_top1, abs=1e-9)
+  names = loaded.task("main")["label_names"]["label"]
+  assert preds[0]["top_k"]["label"][0]["name"] == names[top1[0]]

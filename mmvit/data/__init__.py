@@ -305,10 +305,20 @@ def dataset_info(name: str, data_dir: str | None = None, pp: dict | None = None,
       num_classes={k: source.num_classes(builder, k) for k in source.label_keys(builder)},
       label_names={k: n for k in source.label_keys(builder)
                    if (n := source.label_names(builder, k))},
+      media=_media_of(info),
   )
   with _LOCK:
     _INFOS[key] = result
   return result
+
+
+def _media_of(info) -> dict:
+  """The decoding options `python -m mmvit.data build` stored with the dataset."""
+  meta = getattr(info, 'metadata', None) or {}
+  out = {k: meta[k] for k in ('rate', 'fps', 'short_side', 'quality', 'audio_track',
+                              'modalities')
+         if k in meta and meta[k] is not None}
+  return {k: list(v) if isinstance(v, (list, tuple)) else v for k, v in out.items()}
 
 
 def max_views(name: str, pp: dict | None = None, device_affine: bool = False) -> int:

@@ -33,6 +33,9 @@ class DatasetInfo:
   features: dict[str, tuple[tuple[int, ...], np.dtype]]
   num_classes: dict[str, int]
   label_names: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
+  # How a dataset built from files decoded them (rate, fps, short_side, quality): predict
+  # decodes a user's file the same way. Empty for datasets without a file form.
+  media: dict = dataclasses.field(default_factory=dict)
 
 
 class Source:

@@ -582,6 +582,7 @@ def build(items: list[Item], opts: Options, multi: set[str] = frozenset(),
           'files', features=features,
           metadata=tfds.core.MetadataDict(
               class_names=names, rate=opts.rate, fps=opts.fps, short_side=opts.short_side,
+              quality=opts.quality, audio_track=opts.audio_track,
               modalities=sorted(modalities), multilabel=sorted(multi)))
 
     def _split_generators(self, dl_manager):

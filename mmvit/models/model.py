@@ -108,12 +108,27 @@ class Model(nnx.Module):
     z = self.bottlenecks[task](streams[0].shape[0]) if task in self.bottlenecks else None
     outs = fusion_lib.encode(streams, stacks, fusion_spec, z, key=keys[1], **kw)
     outs = [self.encoder.encoder_norm(x).astype(jnp.float32) for x in outs]
-    has_cls = self.tokenizers[mods[0]].spec.class_token
+    return self.predict_head(task, outs, self.tokenizers[mods[0]].spec.class_token)
+
+  def predict_head(self, task: str, outs: list[jax.Array], has_cls: bool
+                   ) -> list[dict[str, jax.Array]]:
+    """The task's head on the encoder's (normed, float32) output streams."""
     head = self.heads[task]
     if head.pool == "token":
       return [head(x[:, 0]) for x in outs]
     return [head(head.pooled(jnp.concatenate([x[:, 1:] if has_cls else x for x in outs],
                                              axis=1)))]
+
+  def encode_modality(self, modality: str, batch: dict[str, jax.Array]) -> jax.Array:
+    """One modality through its tokenizer, adapters and the shared encoder, evaluation mode:
+    what every unfused task of that modality reads (seed claim 23: run it once, then every
+    head)."""
+    tok = self.tokenizers[modality]
+    x = tok(batch[tok.spec.input_key])
+    if self.spec.adapter_depth:
+      (x,) = fusion_lib.encode([x], [self.adapters[modality]], None, key=None)
+    (x,) = fusion_lib.encode([x], [self.encoder], None, None, key=None)
+    return self.encoder.encoder_norm(x).astype(jnp.float32)
 
 
 def from_description(desc: dict, *, seed: int = 0, **overrides) -> Model:
