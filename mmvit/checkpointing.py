@@ -619,9 +619,9 @@ def load_params(sources, params: dict, tokenizer_specs: dict | None = None
         raise ConfigError(f"{where}.groups: {p!r} matches no parameter group of this model "
                           f"({', '.join(params)})")
     chosen = [g for g in params if any(fnmatch.fnmatchcase(g, p) for p in patterns)]
-    spec_of = {g: pretrained.source_of(g, src.get("group_map")) for g in chosen}
     grid = tuple(src["posemb_grid"]) if src.get("posemb_grid") else None
     try:
+      spec_of = {g: pretrained.source_of(g, src.get("group_map")) for g in chosen}
       if src.get("file"):
         path = os.path.abspath(os.path.expanduser(src["file"]))
         try:
@@ -711,11 +711,13 @@ def _from_run(src, where, chosen, spec_of, params, tokenizer_specs, grid):
         raise CheckpointError(f"{where}.groups: {item} has no parameter group {src_group}"
                               + (f" (for {g})" if src_group != g else "")
                               + f"; it has {', '.join(have)}")
-      plain = src_group == g and lo is None and hi is None
-      same_layout = layout_of(params[g]) == layout_of(have[g])
-      if plain and same_layout and _first_mismatch(params[g], have[g]) is None:
+      plain = (src_group == g and lo is None and hi is None
+               and layout_of(params[g]) == layout_of(have[g]))
+      bad = _first_mismatch(params[g], have[g]) if plain else None
+      if plain and bad is None:
         direct.append(g)
-      elif plain and same_layout and not g.startswith("tokenizers."):
+      elif (plain and not g.startswith("tokenizers.")
+            and not set(bad[0].split("/")) & set(pretrained.OPTIONAL)):
         _check_group(params[g], have[g], g, where, item)  # a plain mismatch: name the leaf
       else:
         adapt.append(g)

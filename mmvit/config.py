@@ -449,8 +449,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
       if src.get("workdir") is not None:
         raise ConfigError(f"{where}: give workdir (an mmvit run) or file (a checkpoint file), "
                           "not both")
-      if not isinstance(src.file, str) or not src.file:
-        raise ConfigError(f"{where}.file={show(src.file)}: expected the path of a .npz "
+      if not isinstance(src.get("file"), str) or not src.get("file"):
+        raise ConfigError(f"{where}.file={show(src.get('file'))}: expected the path of a .npz "
                           "checkpoint (big_vision, vit_jax/AugReg or Scenic layout)")
       if src.get("step") is not None:
         raise ConfigError(f"{where}.step: a checkpoint file has no steps (step is for workdir)")

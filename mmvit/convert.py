@@ -525,7 +525,7 @@ def read_npz(path: str) -> dict[str, np.ndarray]:
       flat = {k: z[k] for k in z.files}
   except FileNotFoundError:
     raise ConversionError(f"{path}: no such file") from None
-  except (OSError, ValueError, zipfile.BadZipFile) as e:
+  except (OSError, ValueError, TypeError, zipfile.BadZipFile) as e:  # TypeError: a .npy
     raise ConversionError(f"{path}: not a checkpoint (expected a .npz of parameter arrays: "
                           f"{' '.join(str(e).split())[:120]})") from None
   if not isinstance(flat, dict) or not flat:
@@ -597,8 +597,10 @@ def read_checkpoint(path: str, posemb_grid: tuple[int, ...] | None = None) -> Ch
     for m in cfg["modality_fusion"]:
       name = f"Transformer/posembed_input{'' if m == 'rgb' else '_' + m}/pos_embedding"
       n = int(flat[name].shape[1])
+      # A square count is a 2D grid only for 2D patches; a tubelet grid is never guessed.
+      flat_kernel = flat[f"{_MBT_EMBEDDING[m]}/kernel"].ndim == 4
       grid = tuple(posemb_grid) if posemb_grid else (
-          _stored_grid(path, name, n, token) if m == "rgb" else None)
+          _stored_grid(path, name, n, token) if m == "rgb" and flat_kernel else None)
       infos[m] = TokenizerInfo(grid, token, name)
   else:
     if layout == "vit_jax":
@@ -765,6 +767,8 @@ def main_export(workdir: str, task: str, out: str, layout: str = "big_vision",
                 tokenizer=spec, layout=layout)
   if os.path.exists(out):
     raise ConversionError(f"--out={out} exists: choose a new file")
+  if not os.path.isdir(os.path.dirname(os.path.abspath(out))):
+    raise ConversionError(f"--out={out}: its directory does not exist")
   save_npz(out, flat)
   n = sum(int(np.prod(v.shape)) for v in flat.values())
   return f"wrote {out}: task {task} of {workdir} as a {layout} ViT ({len(flat)} arrays, {n:_} parameters)"

@@ -51,18 +51,17 @@ def export_task(loaded: inference.Loaded, task: str, platforms=PLATFORMS):
   except Exception as e:  # noqa: BLE001
     raise ExportError(f"jax.export symbolic shapes unavailable: {e}") from None
   args = [jax.ShapeDtypeStruct((b,) + tuple(shapes[k]), jnp.float32) for k in keys]
-  skipped, exported = {}, None
-  wanted = list(platforms)
-  while wanted:
+  skipped, lowers = {}, []
+  for p in platforms:  # each alone first: a failure is recorded under its own name
     try:
-      exported = jax.export.export(jax.jit(serve), platforms=tuple(wanted))(*args)
-      break
+      jax.export.export(jax.jit(serve), platforms=(p,))(*args)
+      lowers.append(p)
     except Exception as e:  # noqa: BLE001  (a backend's lowering rules missing here)
-      if len(wanted) == 1:
-        raise ExportError(f"task {task!r} does not export for {wanted[0]}: "
-                          f"{' '.join(str(e).split())[:200]}") from None
-      skipped[wanted[-1]] = " ".join(str(e).split())[:200]
-      wanted = wanted[:-1]
+      skipped[p] = " ".join(str(e).split())[:200]
+  if not lowers:
+    p, why = next(iter(skipped.items()))
+    raise ExportError(f"task {task!r} exports for none of {', '.join(platforms)} ({p}: {why})")
+  exported = jax.export.export(jax.jit(serve), platforms=tuple(lowers))(*args)
   names = loaded.task(task).get("label_names") or {}
   signature = {
       "task": task, "workdir": os.path.abspath(loaded.workdir), "step": loaded.step,
@@ -70,6 +69,8 @@ def export_task(loaded: inference.Loaded, task: str, platforms=PLATFORMS):
       "outputs": [{"label": k, "shape": ["b", c], "names": names.get(k)}
                   for k, c in zip(labels, loaded.task(task)["head"]["num_classes"])],
       "head": loaded.task(task)["head"]["kind"],
+      # The run's test averaged the logits of this many views of each input (one call each).
+      "eval_views": int(loaded.task(task).get("eval_views") or 1),
       "platforms": list(exported.platforms), "not_exported_for": skipped,
       "eval_pp": loaded.task(task).get("pp_eval"),
       "eval_affine": loaded.task(task).get("eval_affine"),
@@ -105,6 +106,8 @@ def main(argv=None) -> int:
       raise ExportError(f"--platforms={a.platforms}: expected some of {', '.join(PLATFORMS)}")
     if os.path.exists(a.out):
       raise ExportError(f"--out={a.out} exists: choose a new file")
+    if not os.path.isdir(os.path.dirname(os.path.abspath(a.out))):
+      raise ExportError(f"--out={a.out}: its directory does not exist")
     loaded = inference.load(a.workdir, a.step)
     exported, sig = export_task(loaded, a.task, platforms)
     size = write(a.out, exported, sig)

@@ -54,9 +54,13 @@ def load(workdir: str, step: int | None = None) -> Loaded:
     raise InferenceError(f"--workdir={workdir}: its checkpoint does not describe its model "
                          "(written before checkpoints did): retrain, or resume it for one step "
                          "to write a checkpoint that does")
-  model = from_description(desc)
   from mmvit import convert  # noqa: PLC0415
-  convert.load_into(model, join_groups(groups))
+  try:
+    model = from_description(desc)
+    convert.load_into(model, join_groups(groups))
+  except (convert.ConversionError, TypeError, KeyError) as e:
+    raise InferenceError(f"--workdir={workdir}: its parameters do not fit the model its "
+                         f"checkpoint describes ({' '.join(str(e).split())[:200]})") from None
   return Loaded(model, desc, groups, int(meta.get("step", step or 0)), workdir)
 
 

@@ -175,9 +175,14 @@ def run(loaded: inference.Loaded, files: list[str], *, task: str | None = None,
         ) -> tuple[int, int]:
   """Predicts every file; emits one JSON line per file (and task). Returns (ok, failed)."""
   tasks = (task,) if task else tasks_of_modality(loaded, modality)
+  if batch_size < 1:
+    raise PredictError(f"--batch_size={batch_size}: expected an integer >= 1")
   for t in tasks:
-    loaded.task(t)
     media_kinds(loaded, t)
+    for field in ("pp_eval", "eval_affine", "eval_views", "media"):
+      if loaded.task(t).get(field) != loaded.task(tasks[0]).get(field):
+        raise PredictError(f"--modality={modality}: tasks {tasks[0]} and {t} preprocess "
+                           f"differently ({field}): predict them with --task one by one")
   kinds = media_kinds(loaded, tasks[0])
   media = loaded.task(tasks[0]).get("media") or {}
   keys = list(loaded.input_shapes(tasks[0]))
@@ -248,13 +253,16 @@ def main(argv=None) -> int:
   p.add_argument("files", nargs="+")
   a = p.parse_args(argv)
   t0 = time.perf_counter()
-  out = open(a.out, "w") if a.out else None  # noqa: SIM115
+  out = None
   try:
+    if a.out and not os.path.isdir(os.path.dirname(os.path.abspath(a.out))):
+      raise PredictError(f"--out={a.out}: its directory does not exist")
     loaded = inference.load(a.workdir, a.step)
     tasks = (a.task,) if a.task else tasks_of_modality(loaded, a.modality)
     files = list_files(a.files, media_kinds(loaded, tasks[0]))
     if not files:
       raise PredictError(f"no media files in {', '.join(a.files)}")
+    out = open(a.out + ".tmp", "w") if a.out else None  # noqa: SIM115  (renamed when done)
     emit = (lambda line: out.write(line + "\n")) if out else print
     ok, failed = run(loaded, files, task=a.task, modality=a.modality, k=a.top_k,
                      batch_size=a.batch_size, emit=emit)
@@ -264,6 +272,7 @@ def main(argv=None) -> int:
   finally:
     if out:
       out.close()
+      os.replace(a.out + ".tmp", a.out)
   print(f"predicted {ok} file(s), {failed} failed, {time.perf_counter() - t0:.1f} s",
         file=sys.stderr)
   return 1 if failed else 0

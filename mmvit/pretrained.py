@@ -35,7 +35,8 @@ from mmvit.convert import ConversionError, TokenizerInfo
 INFLATIONS = ("average", "central", "repeat")
 _STACKS = ("shared", "stream_encoders", "adapters")
 # Parts of a group that one side may have and the other not (fresh or skipped, reported).
-_OPTIONAL = ("encoder_norm", "pre_logits", "map")
+OPTIONAL = ("encoder_norm", "pre_logits", "map")
+_OPTIONAL = OPTIONAL
 
 
 class AdaptError(ValueError):
@@ -75,7 +76,13 @@ def group_pairs(group_map) -> list[tuple[str, str]]:
     group_map = group_map.split(",")
   if hasattr(group_map, "items"):
     return [(str(k), str(v)) for k, v in group_map.items()]
-  return [tuple(p.strip().split("=", 1)) for p in group_map]
+  out = []
+  for p in group_map:
+    this, eq, src = str(p).partition("=")
+    if not eq or not this.strip() or not src.strip():
+      raise AdaptError(f"group_map: {p!r}: expected 'this model's group pattern=source group'")
+    out.append((this.strip(), src.strip()))
+  return out
 
 
 def source_of(group: str, group_map) -> str:
@@ -367,7 +374,10 @@ class Adapter:
       known = spec.grid  # as many positions as this model's patches: taken as they are
     grid = posemb_grid(where, n, cls_in, known)
     pe0, table = (pe[0, :1], pe[0, 1:]) if cls_in else (None, pe[0])
-    new = resize_grid(table, grid, spec.grid)
+    try:
+      new = resize_grid(table, grid, spec.grid)
+    except AdaptError as e:
+      raise AdaptError(f"{where}: {e}") from None
     resized = tuple(grid) != tuple(spec.grid)
     want_cls_pos = spec.class_token and spec.posemb_includes_cls
     notes = [f"grid {tuple(grid)} -> {tuple(spec.grid)}"] if resized else []

@@ -59,23 +59,30 @@ def kept_tasks(description: dict, keep: str) -> list[str]:
 
 def cut(loaded: inference.Loaded, keep: str) -> tuple[dict, dict]:
   """(description, {group: params}) of the smaller model."""
+  from flax import nnx  # noqa: PLC0415
+
+  from mmvit.models.model import from_description, split_groups  # noqa: PLC0415
   desc = loaded.description
   tasks = kept_tasks(desc, keep)
-  groups = set()
-  for t in tasks:
-    groups |= set(task_groups(loaded.groups, tuple(desc["tasks"][t]["modalities"]), t))
   mods = sorted({m for t in tasks for m in desc["tasks"][t]["modalities"]})
   new = {**desc, "tokenizers": {m: desc["tokenizers"][m] for m in mods},
          "tasks": {t: desc["tasks"][t] for t in tasks}, "task_order": tasks}
-  kept = {g: p for g, p in loaded.groups.items() if g in groups}
+  # Exactly the groups the smaller model has (a stream encoder only where a kept fused task
+  # runs one), each of them one the kept tasks read.
+  small = nnx.eval_shape(lambda: from_description(new))
+  groups = set(split_groups(nnx.to_pure_dict(nnx.state(small, nnx.Param))))
+  read = set()
+  for t in tasks:
+    read |= set(task_groups(loaded.groups, tuple(desc["tasks"][t]["modalities"]), t))
+  kept = {g: p for g, p in loaded.groups.items() if g in groups & read}
   return new, kept
 
 
 def write(out: str, step: int, description: dict, groups: dict, extra: dict) -> str:
   """A checkpoint of parameters only: <out>/checkpoints/<step>/{state, meta}."""
   import orbax.checkpoint as ocp  # noqa: PLC0415
-  if os.path.exists(out) and os.listdir(out):
-    raise SurgeryError(f"--out={out} exists and is not empty: choose a new directory")
+  if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
+    raise SurgeryError(f"--out={out} exists and is not an empty directory: choose a new one")
   step_dir = os.path.join(os.path.abspath(out), "checkpoints", str(step))
   os.makedirs(step_dir)
   with ocp.PyTreeCheckpointer() as ckptr:

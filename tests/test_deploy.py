@@ -93,7 +93,7 @@ def test_surgery_errors_are_one_line(run, tmp_path, capsys):
   os.makedirs(tmp_path / "full")
   (tmp_path / "full" / "f").write_text("x")
   assert surgery.main([f"--workdir={run}", "--keep=task:image", f"--out={tmp_path / 'full'}"]) == 1
-  assert "exists and is not empty" in capsys.readouterr().err
+  assert "exists and is not an empty directory" in capsys.readouterr().err
 
 
 def test_an_exported_task_runs_in_a_process_without_mmvit(run, tmp_path):

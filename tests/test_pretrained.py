@@ -333,8 +333,11 @@ def exported(tmp_path_factory, data_dir):
 def test_a_run_starts_from_a_file_and_reports_every_parameter(exported, tmp_path, data_dir):
   wd, path, params = exported
   c = tiny_config(steps=2, data_dir=data_dir)
-  c.init_from = dict(file=path, groups=("shared", "tokenizers.*"),
-                     group_map="tokenizers.*=tokenizers.image")
+  c.init_from = [dict(file=path, groups=("shared", "tokenizers.*"),
+                      group_map="tokenizers.*=tokenizers.image"),
+                 # The same from the run itself: a run's group into a differently named one.
+                 dict(workdir=wd, groups="tokenizers.video",
+                      group_map="tokenizers.video=tokenizers.image")]
   run_wd = str(tmp_path / "ft")
   start = train.run(c, run_wd, stop_at=0)
   got = jax.tree.map(np.asarray, start["state"]["params"])
@@ -350,6 +353,7 @@ def test_a_run_starts_from_a_file_and_reports_every_parameter(exported, tmp_path
   assert actions["tokenizers.audio/posemb"] == "resized"       # (4, 4) -> (4, 2)
   assert actions["heads.video_digit/outputs/digit/kernel"] == "fresh"
   assert "big_vision layout" in report["sources"][0]
+  assert "tokenizers.video <- tokenizers.image" in report["sources"][1]
 
 
 def test_a_checkpoint_describes_its_model(exported, data_dir):
