@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 
-import jax
-import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 from mmvit import checkpointing
@@ -74,17 +71,3 @@ def logits_fn(loaded: Loaded, task: str):
     model = nnx.merge(graphdef, state)
     return average_logits(model(task, inputs))
   return fn, state
-
-
-def affine(loaded: Loaded, task: str, inputs: dict) -> dict:
-  """Applies the eval pp's trailing value_range / normalize (which the run applied on device)
-  to stored-form inputs."""
-  out = dict(inputs)
-  for key, scale, offset in loaded.task(task).get("eval_affine") or []:
-    out[key] = (jnp.asarray(out[key], jnp.float32) * jnp.asarray(scale, jnp.float32)
-                + jnp.asarray(offset, jnp.float32))
-  return out
-
-
-def numpy_tree(tree):
-  return jax.tree.map(np.asarray, tree)
