@@ -113,6 +113,17 @@ def _flatten(tree, prefix=()) -> dict[tuple[str, ...], object]:
   return out
 
 
+def _unflatten(flat: Mapping[tuple[str, ...], object]) -> dict:
+  """The inverse of `_flatten`: {path tuple: leaf} -> nested dicts."""
+  tree: dict = {}
+  for path, v in flat.items():
+    node = tree
+    for k in path[:-1]:
+      node = node.setdefault(k, {})
+    node[path[-1]] = v
+  return tree
+
+
 def target_tree(target) -> dict:
   """`target` as a pure dict: a model (its nnx.Param state) or already a pure dict."""
   if isinstance(target, Mapping):
@@ -193,12 +204,7 @@ class _Import:
     scan = want is not None and _layout(want) == "scan"
     if want is not None:
       self._check(_flatten(_to_loop(want) if scan else want))
-    tree: dict = {}
-    for path, v in self.values.items():
-      node = tree
-      for k in path[:-1]:
-        node = node.setdefault(k, {})
-      node[path[-1]] = v
+    tree = _unflatten(self.values)
     return _to_scan(tree) if scan else tree
 
   def _check(self, want: dict[tuple[str, ...], object]):
@@ -259,13 +265,7 @@ def load_into(model, params: dict) -> None:
   check_tree(params, nnx.to_pure_dict(state))
   want = _flatten(nnx.to_pure_dict(state))
   cast = {p: jnp.asarray(v, dtype=jnp.result_type(want[p])) for p, v in _flatten(params).items()}
-  tree: dict = {}
-  for path, v in cast.items():
-    node = tree
-    for k in path[:-1]:
-      node = node.setdefault(k, {})
-    node[path[-1]] = v
-  nnx.replace_by_pure_dict(state, tree)
+  nnx.replace_by_pure_dict(state, _unflatten(cast))
   nnx.update(model, state)
 
 
@@ -510,12 +510,6 @@ def _vit_grid(path: str, name: str, n: int, has_cls: bool, given) -> tuple[tuple
                         "init_from.posemb_grid")
 
 
-def _stored_grid(path: str, name: str, n: int, cls_in: bool) -> tuple[int, ...] | None:
-  """The square grid of `n` stored positions (one of them the class token's if `cls_in`)."""
-  side = _square(n - int(cls_in))
-  return None if side is None else (side, side)
-
-
 def read_npz(path: str) -> dict[str, np.ndarray]:
   """A .npz of parameters as a flat {name: array}: parity files' `param:` prefix and big_vision
   train-state checkpoints' `params/` prefix are removed, optimizer state (`opt/`) left out."""
@@ -599,8 +593,8 @@ def read_checkpoint(path: str, posemb_grid: tuple[int, ...] | None = None) -> Ch
       n = int(flat[name].shape[1])
       # A square count is a 2D grid only for 2D patches; a tubelet grid is never guessed.
       flat_kernel = flat[f"{_MBT_EMBEDDING[m]}/kernel"].ndim == 4
-      grid = tuple(posemb_grid) if posemb_grid else (
-          _stored_grid(path, name, n, token) if m == "rgb" and flat_kernel else None)
+      side = _square(n - int(token)) if m == "rgb" and flat_kernel else None
+      grid = tuple(posemb_grid) if posemb_grid else ((side, side) if side else None)
       infos[m] = TokenizerInfo(grid, token, name)
   else:
     if layout == "vit_jax":

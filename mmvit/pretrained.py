@@ -31,6 +31,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from mmvit.convert import ConversionError, TokenizerInfo
+from mmvit.convert import _flatten as _flat, _unflatten as _tree
 
 INFLATIONS = ("average", "central", "repeat")
 _STACKS = ("shared", "stream_encoders", "adapters")
@@ -214,26 +215,6 @@ def adapt_kernel(kernel: np.ndarray, want: tuple[int, ...], inflate: str, name: 
 
 
 # ---------------------------------------------------------------------------- adapting groups
-
-def _flat(tree, prefix=()) -> dict[tuple[str, ...], object]:
-  out = {}
-  for k, v in tree.items():
-    if isinstance(v, Mapping):
-      out.update(_flat(v, prefix + (k,)))
-    else:
-      out[prefix + (k,)] = v
-  return out
-
-
-def _tree(flat: Mapping[tuple[str, ...], object]) -> dict:
-  out: dict = {}
-  for path, v in flat.items():
-    node = out
-    for k in path[:-1]:
-      node = node.setdefault(k, {})
-    node[path[-1]] = v
-  return out
-
 
 @dataclasses.dataclass
 class Adapted:
@@ -449,13 +430,8 @@ def init_model(model, sources, tokenizer_specs: dict | None = None) -> tuple[lis
   if tokenizer_specs is None:
     tokenizer_specs = {m: t.spec for m, t in model.tokenizers.items()}
   loaded, lines, rows = checkpointing.load_params(sources, params, tokenizer_specs)
-  convert.load_into(model, jax_tree_numpy(join_groups({**params, **loaded})))
+  convert.load_into(model, join_groups({**params, **loaded}))
   return lines, rows
-
-
-def jax_tree_numpy(tree):
-  import jax  # noqa: PLC0415
-  return jax.tree.map(np.asarray, tree)
 
 
 __all__ = ["INFLATIONS", "AdaptError", "Adapter", "ConversionError", "Row", "adapt_kernel",
