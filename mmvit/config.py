@@ -108,7 +108,12 @@ TASK_DEFAULTS = dict(
     loss_weight=1.0, label_smoothing=0.0, stochastic_depth=None, steps=None, epochs=None,
     augment={}, fusion=None, mixup=None, eval_views=1, pool=None, train_split="train", pp=None,
     pre_logits=None,
+    # The optimizer's settings for the groups only this task reads (its head, bottleneck
+    # tokens, and tokenizer/adapters of a modality no other task reads); None: optimizer's.
+    momentum=None, b1=None, b2=None, weight_decay=None,
 )
+# Task fields that override `optimizer` fields for the task's own groups (optim.group_settings).
+TASK_OPTIMIZER_FIELDS = ("momentum", "b1", "b2", "weight_decay")
 OPTIMIZER_DEFAULTS = dict(
     name=REQUIRED, lr=REQUIRED, warmup_steps=0, lr_schedule="cosine", weight_decay=0.0,
     momentum=0.9, b1=0.9, b2=0.999, grad_clip_norm=None, nesterov=False,
@@ -148,6 +153,15 @@ def _filled(given, defaults: dict) -> dict:
   out = {k: v for k, v in defaults.items() if v is not REQUIRED}
   out.update({k: v for k, v in dict(given or {}).items()})
   return out
+
+
+def _check_optimizer_fields(d, where: str, defaults: dict) -> None:
+  """weight_decay >= 0; momentum, b1, b2 in [0, 1) (None in a task: the optimizer's)."""
+  for f in TASK_OPTIMIZER_FIELDS:
+    v = d.get(f, defaults.get(f))
+    if v is not None:
+      _float(v, f"{where}.{f}", 0.0, None if f == "weight_decay" else 1.0,
+             hi_open=f != "weight_decay")
 
 
 def complete(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -335,8 +349,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _choice(o.get("lr_schedule", OPTIMIZER_DEFAULTS["lr_schedule"]), "optimizer.lr_schedule",
           LR_SCHEDULES)
   _float(o.get("weight_decay", OPTIMIZER_DEFAULTS["weight_decay"]), "optimizer.weight_decay", 0.0)
-  _float(o.get("momentum", OPTIMIZER_DEFAULTS["momentum"]), "optimizer.momentum", 0.0, 1.0,
-         hi_open=True)
+  _check_optimizer_fields(o, "optimizer", OPTIMIZER_DEFAULTS)
   if o.get("grad_clip_norm") is not None:
     _float(o.grad_clip_norm, "optimizer.grad_clip_norm", 0.0)
 
@@ -377,6 +390,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
       if t.get(f) is not None:
         hi = 1.0 if f in ("label_smoothing", "stochastic_depth") else None
         _float(t[f], f"{where}.{f}", 0.0, hi, hi_open=f == "stochastic_depth")
+    _check_optimizer_fields(t, where, {})
     if t.get("warmup_steps") is not None:
       _int(t.warmup_steps, f"{where}.warmup_steps", 0)
     if t.get("lr_schedule") is not None:

@@ -279,18 +279,24 @@ def build(config: ml_collections.ConfigDict, *, devices=None, data=None,
   params = split_groups(nnx.to_pure_dict(params_state))
   del model
 
-  tx = optim.group_transform(o)
   groups = {t.name: task_groups(params, t.modalities, t.name) for t in tasks}
+  owners = {g: tuple(t.name for t in tasks if g in groups[t.name]) for g in params}
+  settings = optim.group_settings(o, config.tasks, owners)
+  for g, s in settings.items():
+    if s is not o:
+      log.info("optimizer of group %s: task %s's %s", g, owners[g][0], ", ".join(
+          f"{f}={s[f]}" for f in config_lib.TASK_OPTIMIZER_FIELDS if s[f] != o[f]))
+  tx = {g: optim.group_transform(s) for g, s in settings.items()}  # per group
 
   if abstract:
-    opt = {g: jax.eval_shape(tx.init, p) for g, p in params.items()}
+    opt = {g: jax.eval_shape(tx[g].init, p) for g, p in params.items()}
   else:
     with jax.set_mesh(mesh):
       params = jax.device_put(params, param_sh)
-      opt = {g: tx.init(p) for g, p in params.items()}
+      opt = {g: tx[g].init(p) for g, p in params.items()}
   rep = sharding.replicated(mesh)
   # Optimizer moments take the sharding of their parameters; counters are replicated.
-  opt_sh = {g: optax.tree_map_params(tx, lambda _, s: s, opt[g], param_sh[g],
+  opt_sh = {g: optax.tree_map_params(tx[g], lambda _, s: s, opt[g], param_sh[g],
                                      transform_non_params=lambda _: rep)
             for g in params}
   # guard: how many updates were skipped as non-finite, and the first such (step, task).

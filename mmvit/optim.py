@@ -1,7 +1,8 @@
 """Optimizers per parameter group, and learning rates per task.
 
 Each parameter group ("shared", "tokenizers.<m>", "adapters.<m>", "heads.<t>") has its own
-optimizer state. The group transform is lr-free (momentum or Adam moments, then decoupled weight
+optimizer state and transform: a group only one task reads takes that task's momentum, Adam
+betas and weight decay where the task sets them (`group_settings`). The group transform is lr-free (momentum or Adam moments, then decoupled weight
 decay); the step multiplies its output by the learning rate of the task being trained, evaluated
 at that task's own step count. Hence:
   * a step of task A touches only A's groups: B's head gets no momentum, decay or count;
@@ -16,7 +17,22 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import optax
+
+from mmvit.config import TASK_OPTIMIZER_FIELDS
+
+
+def group_settings(o, tasks_cfg, owners: dict[str, tuple[str, ...]]
+                   ) -> dict[str, ml_collections.ConfigDict]:
+  """Group -> its optimizer settings (`o` with the task's overrides where exactly one task,
+  `owners[group]`, reads the group); groups several tasks read keep `o`."""
+  out = {}
+  for g, ts in owners.items():
+    over = {f: tasks_cfg[ts[0]][f] for f in TASK_OPTIMIZER_FIELDS
+            if len(ts) == 1 and tasks_cfg[ts[0]].get(f) is not None}
+    out[g] = ml_collections.ConfigDict({**o.to_dict(), **over}) if over else o
+  return out
 
 
 def group_transform(o) -> optax.GradientTransformation:

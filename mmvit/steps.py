@@ -31,7 +31,7 @@ def derive_key(seed: int, step, task_index: int) -> jax.Array:
 class StepContext:
   """What the steps of one run share. Hashable by identity, so jit may close over it."""
   graphdef: nnx.GraphDef
-  tx: optax.GradientTransformation
+  tx: dict[str, optax.GradientTransformation]  # group -> its transform (optim.group_settings)
   tasks: tuple[tasks_lib.Task, ...]
   groups: dict[str, tuple[str, ...]]  # task -> the groups its step updates
   horizon: dict[str, int]             # task -> the batches its lr schedule spans
@@ -129,7 +129,7 @@ def apply_updates(tx, state, grads, lrs):
   """Each group's lr-free update from its own optimizer state, times -lr of that group."""
   new_params, new_opt = dict(state["params"]), dict(state["opt"])
   for g, grad in grads.items():
-    update, new_opt[g] = tx.update(grad, state["opt"][g], state["params"][g])
+    update, new_opt[g] = tx[g].update(grad, state["opt"][g], state["params"][g])
     new_params[g] = jax.tree.map(lambda p, u, lr=lrs[g]: p - lr * u, state["params"][g], update)
   return new_params, new_opt
 

@@ -1,8 +1,12 @@
 r"""Transfer from a checkpoint file: does starting from a pretrained ViT npz pay off?
 
-  python scripts/transfer.py --out=/tmp/mmvit_transfer [--steps=800] [--eval_every=50]
+  python scripts/transfer.py --out=/tmp/mmvit_transfer [--source=frames] [--steps=800]
 
-1. trains the demo's model on image digits alone (configs/single_task.py:image);
+1. trains the demo's model on images alone (configs/single_task.py:image): with
+   --source=digits_image on the suite's image digits (32 px, filling the frame); with
+   --source=frames on still frames of the video digits' train clips (the digit at the clips'
+   scale and noise, no motion), written as PNG class folders and built with
+   `python -m mmvit.data build --images` like any user's folder;
 2. writes its image task as a big_vision ViT npz with mmvit's own writer
    (python -m mmvit.convert), the file any run's init_from.file reads;
 3. trains video digits (configs/single_task.py:video_digit, optionally on --train_split and at
@@ -28,6 +32,40 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from configs import single_task  # noqa: E402
 from mmvit import train  # noqa: E402
+from mmvit.data import default_data_dir  # noqa: E402
+from mmvit.data.digits import synth  # noqa: E402
+
+FRAMES = (0, 5)  # of each train clip: two positions along its path
+FRAMES_DATASET = "transfer_digit_frames"
+
+
+def write_frames(root: str) -> int:
+  """ROOT/<split>/<digit>/<clip>_<frame>.png from the video digits' train and validation clips
+  (the generator the suite's builder calls, so the same clips)."""
+  from PIL import Image  # noqa: PLC0415
+
+  n = 0
+  for split in ("train", "validation"):
+    for key, ex in synth.video_examples(split):
+      d = os.path.join(root, split, str(ex["digit"]))
+      os.makedirs(d, exist_ok=True)
+      for f in FRAMES if split == "train" else FRAMES[:1]:
+        Image.fromarray(ex["video"][f, :, :, 0]).save(os.path.join(d, f"{key}_{f}.png"))
+        n += 1
+  return n
+
+
+def frames_config(steps):
+  c = single_task.get_config("image")
+  t = c.tasks.image
+  t.dataset = FRAMES_DATASET
+  del t["augment"]  # the suite's augmentations; a folder dataset takes pp ops
+  t.pp = dict(train="decode(channels=1)|value_range(-1, 1)",
+              eval="decode(channels=1)|value_range(-1, 1)")
+  c.test_split = "validation"  # the frames hold no test split; the target's is the figure
+  if steps:
+    t.steps = steps
+  return c
 
 
 def curve(workdir: str, task: str, split: str = "validation") -> list[tuple[int, float]]:
@@ -47,6 +85,7 @@ def first_step_at(points, level):
 def main(argv=None):
   p = argparse.ArgumentParser()
   p.add_argument("--out", required=True)
+  p.add_argument("--source", default="digits_image", choices=("digits_image", "frames"))
   p.add_argument("--steps", type=int, default=800)
   p.add_argument("--pretrain_steps", type=int, default=None, help="default: the demo's")
   p.add_argument("--eval_every", type=int, default=50)
@@ -60,13 +99,24 @@ def main(argv=None):
   pre = os.path.join(a.out, "pretrain_image")
   npz = os.path.join(a.out, "image_vit.npz")
   if not os.path.exists(npz):  # a rerun with other targets reuses the pretrained file
-    c = single_task.get_config("image")
-    if a.pretrain_steps:
-      c.tasks.image.steps = a.pretrain_steps
+    if a.source == "frames":
+      if not os.path.isdir(os.path.join(default_data_dir(), FRAMES_DATASET)):
+        t0 = time.perf_counter()
+        root = os.path.join(a.out, "frames")
+        print(f"wrote {write_frames(root)} frames to {root}", flush=True)
+        subprocess.run([sys.executable, "-m", "mmvit.data", "build", f"--images={root}",
+                        f"--name={FRAMES_DATASET}", "--quiet"], check=True)
+        timings["frames_s"] = time.perf_counter() - t0
+      c = frames_config(a.pretrain_steps)
+    else:
+      c = single_task.get_config("image")
+      if a.pretrain_steps:
+        c.tasks.image.steps = a.pretrain_steps
     t0 = time.perf_counter()
     res = train.run(c, pre)
     timings["pretrain_s"] = time.perf_counter() - t0
-    print(f"pretrain image: test {res['test']['image']['top1']:.4f}", flush=True)
+    print(f"pretrain image ({a.source}): {c.test_split} "
+          f"{res['test']['image']['top1']:.4f}", flush=True)
     subprocess.run([sys.executable, "-m", "mmvit.convert", f"--workdir={pre}", "--task=image",
                     f"--out={npz}"], check=True)
 
@@ -105,7 +155,7 @@ def main(argv=None):
         f"{n} at step {s}" for n, s in levels[str(level)].items()))
   with open(os.path.join(a.out, "transfer.json"), "w") as f:
     json.dump({"runs": runs, "first_step_at": levels, "timings_s": timings,
-               "steps": a.steps}, f, indent=1)
+               "steps": a.steps, "source": a.source}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -158,3 +158,16 @@ def test_a_config_that_spells_out_a_default_is_the_same_run(tmp_path):
   assert checkpointing.guard_workdir(str(tmp_path), config_lib.complete(spelt)) is False
   with pytest.raises(checkpointing.WorkdirError, match="eval_split was 'validation', now 'test'"):
     checkpointing.guard_workdir(str(tmp_path), config_lib.complete(tiny_config(eval_split="test")))
+
+
+@pytest.mark.parametrize("edit,msg", [
+    (lambda c: setattr(c.tasks.image, "b1", 1.0),
+     "tasks.image.b1=1.0: expected a number >= 0.0 and < 1.0"),
+    (lambda c: setattr(c.tasks.audio, "weight_decay", -0.1),
+     "tasks.audio.weight_decay=-0.1: expected a number >= 0.0"),
+    (lambda c: setattr(c.tasks.image, "momentum", "high"),
+     "tasks.image.momentum='high': expected a number"),
+    (lambda c: c.optimizer.update(b2=1.5), "optimizer.b2=1.5: expected a number >= 0.0 and < 1.0"),
+])
+def test_per_task_optimizer_settings_are_checked_like_the_optimizer_own(edit, msg):
+  assert error_of(edit) == msg

@@ -137,3 +137,31 @@ def test_sgd_with_momentum_as_in_the_seed_trains_too():
   assert out["skipped_updates"] == 0
   exp = train.build(c, data=FakeData())
   assert not leaves_equal(exp.state["params"], out["state"]["params"])
+
+
+def test_a_task_optimizer_settings_apply_to_the_groups_it_alone_reads():
+  """tasks.image.b1 / weight_decay reach the image head and tokenizer (only the image task
+  reads them) and nothing else: after one identical image step, the head's first Adam moment
+  is (1 - b1) g, 0.5 g against the optimizer's 0.1 g, the tokenizer kernel decayed by
+  lr * (0.5 - 0.01) of itself more, and the shared encoder is bit-identical either way."""
+  data = FakeData()
+  runs = {}
+  for name, over in (("base", {}), ("own", dict(b1=0.5, weight_decay=0.5))):
+    cfg = tiny_config()
+    cfg.tasks.image.update(over)
+    exp = train.build(cfg, data=data)
+    batch = next(data.train_iterator("digits_image", batch_size=8, seed=1))
+    start = copy(exp.state)  # the step donates its input state
+    with jax.set_mesh(exp.mesh):
+      state, m = exp.train_steps["image"](exp.state, batch, jnp.int32(5))
+    runs[name] = (start, copy(state), float(m["lr"]))
+  (b0, base, lr), (o0, own, _) = runs["base"], runs["own"]
+  assert leaves_equal(b0["params"], o0["params"])  # same start
+  assert leaves_equal(base["params"]["shared"], own["params"]["shared"])
+  assert leaves_equal(base["opt"]["shared"], own["opt"]["shared"])
+  mu = lambda s: s["opt"]["heads.image"][0].mu  # chain(scale_by_adam, decay): adam's state
+  for a, b in zip(jax.tree.leaves(mu(base)), jax.tree.leaves(mu(own))):
+    np.testing.assert_allclose(b, 5.0 * a, rtol=1e-6, atol=1e-12)
+  k0 = b0["params"]["tokenizers.image"]["kernel"]
+  extra = own["params"]["tokenizers.image"]["kernel"] - base["params"]["tokenizers.image"]["kernel"]
+  np.testing.assert_allclose(extra, -lr * (0.5 - 0.01) * k0, atol=1e-7)
