@@ -80,7 +80,17 @@ DEFAULTS = dict(
     # splits, multilabel)}; their tasks read random batches (mmvit.data.synthetic): planning
     # and benchmarking paper-sized configs.
     datasets={},
+    # Seconds of training after which the run saves a checkpoint, evaluates and ends, as at
+    # its last step (None: no budget). A rerun continues from that checkpoint with a new budget.
+    max_wall_time=None,
+    # Stop when a validation metric stops improving (EARLY_STOPPING_DEFAULTS; None: off).
+    early_stopping=None,
 )
+# metric 'task/name' of the eval_every evaluations (name as logged: top1, mAP, mse...);
+# stop after `patience` evaluations without an improvement of more than min_delta; mode
+# 'auto' maximises accuracies and mAP and minimises errors (mse, mae).
+EARLY_STOPPING_DEFAULTS = dict(metric=REQUIRED, patience=REQUIRED, min_delta=0.0, mode="auto")
+EARLY_STOPPING_MODES = ("auto", "max", "min")
 MODEL_DEFAULTS = dict(
     width=REQUIRED, depth=REQUIRED, num_heads=REQUIRED, mlp_dim=REQUIRED, dropout=0.0,
     attention_dropout=0.0, stochastic_depth=0.0, pool="token", adapter_depth=0,
@@ -144,6 +154,7 @@ SCHEDULE_KEYS = set(SCHEDULE_DEFAULTS)
 NONFINITE_KEYS = set(NONFINITE_DEFAULTS)
 MIXUP_KEYS = set(MIXUP_DEFAULTS)
 SHARDING_KEYS = set(SHARDING_DEFAULTS)
+EARLY_STOPPING_KEYS = set(EARLY_STOPPING_DEFAULTS)
 SHARDING_PRESETS = tuple(PRESETS)
 LOGICAL_AXES = LOGICAL_NAMES
 FUSION_KEYS = set(FUSION_DEFAULTS)
@@ -180,6 +191,8 @@ def complete(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   out["model"]["tokenizers"] = {n: _filled(t, TOKENIZER_DEFAULTS)
                                 for n, t in c["model"]["tokenizers"].items()}
   out["optimizer"] = _filled(c["optimizer"], OPTIMIZER_DEFAULTS)
+  out["early_stopping"] = (_filled(out["early_stopping"], EARLY_STOPPING_DEFAULTS)
+                           if out["early_stopping"] else None)
   out["schedule"] = _filled(c["schedule"], SCHEDULE_DEFAULTS)
   tasks = {}
   for name, t in c["tasks"].items():
@@ -505,6 +518,34 @@ def validate(config: ml_collections.ConfigDict) -> None:
       _int(config[f], f"config.{f}", 0)
   if config.get("keep_checkpoints") is not None:
     _int(config.keep_checkpoints, "config.keep_checkpoints", 1)
+  if config.get("max_wall_time") is not None:
+    _float(config.max_wall_time, "config.max_wall_time", 0.0)
+    if config.max_wall_time <= 0:
+      raise ConfigError(f"config.max_wall_time={show(config.max_wall_time)}: expected seconds "
+                        "> 0 (None: no budget)")
+  if es := config.get("early_stopping"):
+    _check_early_stopping(es, config)
+
+
+def _check_early_stopping(es, config) -> None:
+  """The fields; the metric's name is checked against the task's head in tasks.resolve."""
+  if not hasattr(es, "items"):
+    raise ConfigError(f"config.early_stopping={show(es)}: expected dict(metric='task/top1', "
+                      "patience=evaluations) or None")
+  _check_keys(es, EARLY_STOPPING_KEYS, "early_stopping")
+  metric = es.get("metric")
+  task, sep, name = metric.partition("/") if isinstance(metric, str) else ("", "", "")
+  if not sep or task not in config.tasks or not name:
+    raise ConfigError(f"early_stopping.metric={show(metric)}: expected 'task/metric' with task "
+                      f"one of {', '.join(config.tasks.keys())}, e.g. "
+                      f"'{next(iter(config.tasks.keys()))}/top1'")
+  _int(es.get("patience"), "early_stopping.patience", 1)
+  _float(es.get("min_delta", EARLY_STOPPING_DEFAULTS["min_delta"]), "early_stopping.min_delta")
+  _choice(es.get("mode", EARLY_STOPPING_DEFAULTS["mode"]), "early_stopping.mode",
+          EARLY_STOPPING_MODES)
+  if not config.get("eval_every"):
+    raise ConfigError("early_stopping: needs config.eval_every > 0 (it reads the validation "
+                      "evaluations made every eval_every steps)")
 
 
 # ---------------------------------------------------------------- the command line's door ----

@@ -53,6 +53,17 @@ def metrics(head: HeadSpec, logits: dict[str, np.ndarray], labels: dict[str, np.
   return out
 
 
+def metric_names(head: HeadSpec) -> tuple[str, ...]:
+  """The names `metrics` gives for this head (what early_stopping.metric may name)."""
+  if head.kind == "multilabel":
+    return ("mAP",)
+  out = []
+  for k, c in zip(head.labels, head.num_classes):
+    prefix = "" if head.kind == "multiclass" else f"{k}/"
+    out += [f"{prefix}top1"] + ([f"{prefix}top5"] if c > 5 else [])
+  return tuple(out) + (("joint_top1",) if head.kind == "multihead" else ())
+
+
 def collect(head: HeadSpec, outputs) -> tuple[dict, dict]:
   """({label: logits}, {label: targets}) of the real rows of `outputs`, pairs (logits, batch)
   of padded batches with a 'mask' key, in batch order."""

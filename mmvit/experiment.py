@@ -20,7 +20,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from mmvit import config as config_lib, data as data_lib, optim, schedules, sharding
+from mmvit import config as config_lib, data as data_lib, evaluate, optim, schedules, sharding
 from mmvit import steps as steps_lib, tasks as tasks_lib
 from mmvit.data.synthetic import SyntheticData
 from mmvit.models.model import Model, ModelSpec, count, split_groups, task_groups
@@ -155,6 +155,12 @@ def prepare(config: ml_collections.ConfigDict, *, devices=None, data=None):
     raise config_lib.ConfigError(str(e)) from None
   with sharding.using_rules(rules_of(config)):
     _check_batches(tasks, mesh)
+  if es := config.early_stopping:
+    task, _, name = es.metric.partition("/")
+    known = evaluate.metric_names(next(t.head for t in tasks if t.name == task))
+    if name not in known:
+      raise config_lib.ConfigError(f"early_stopping.metric={es.metric!r}: task {task} reports "
+                                   f"{', '.join(known)}")
   _check_attention(config.model, mesh)
   return tasks, tok_specs, schedule, mesh
 

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from mmvit import (checkpointing, config as config_lib, distributed, evaluate, prefetch,
-                   sharding, throughput)
+                   sharding, stopping, throughput)
 from mmvit.experiment import (Experiment, build, check_batch, describe, parameter_report,
                               shard_kwargs, train_iterators)
 from mmvit.writers import MetricWriter
@@ -237,8 +237,9 @@ def data_position(exp: Experiment, saved: dict, meta: dict) -> dict:
 
 
 def _restore(exp: Experiment, ckpt, iters: dict, cfg):
-  """(start step, state, init_from lines): the newest checkpoint that restores (its data
-  positions into `iters`), else, for a fresh run, the parameters of config.init_from."""
+  """(start step, state, init_from lines, checkpoint metadata): the newest checkpoint that
+  restores (its data positions into `iters`), else, for a fresh run, the parameters of
+  config.init_from (and metadata {})."""
   state, fresh = exp.state, {name: it.get_state() for name, it in iters.items()}
 
   def set_data(saved, meta):
@@ -273,7 +274,7 @@ def _restore(exp: Experiment, ckpt, iters: dict, cfg):
   if restored is not None:
     start, state, _, meta = restored
     log.info("resumed from %s at step %d", ckpt.directory, start)
-    return start, state, list(meta.get("init_from", []))  # what the run was started from
+    return start, state, list(meta.get("init_from", [])), meta  # init: what it started from
   init_lines = []
   if sources := config_lib.init_sources(cfg):
     # Only a fresh run is initialised from other runs; a resumed one continues its own params.
@@ -283,7 +284,7 @@ def _restore(exp: Experiment, ckpt, iters: dict, cfg):
     for line in init_lines:
       log.info("initialised %s", line)
     exp.init_report = [r.as_dict() for r in rows]
-  return 0, state, init_lines
+  return 0, state, init_lines, {}
 
 
 class StepTimer:
@@ -426,7 +427,7 @@ def _run(closing: contextlib.ExitStack, config, workdir, *, devices, stop_at, da
   for it in iters.values():  # worker processes (data_workers) end with the run
     if hasattr(it, "close"):
       closing.callback(it.close)
-  start, state, init_lines = _restore(exp, ckpt, iters, cfg)
+  start, state, init_lines, saved = _restore(exp, ckpt, iters, cfg)
   if workdir and primary:  # only now the checkpoints fit: a refused run leaves the workdir as is
     checkpointing.write_config(workdir, cfg, keep_previous=changed)
     writer.drop_after(start)  # the steps after the restored one are trained (and logged) again
@@ -440,6 +441,21 @@ def _run(closing: contextlib.ExitStack, config, workdir, *, devices, stop_at, da
   end = schedule.num_steps if stop_at is None else min(stop_at, schedule.num_steps)
   eval_every, log_every, ckpt_every = cfg.eval_every, cfg.log_every, cfg.checkpoint_every
   eval_split, test_split = cfg.eval_split, cfg.test_split
+  wall = stopping.WallClock(cfg.max_wall_time)
+  stopper = (stopping.EarlyStopping.from_config(cfg.early_stopping, saved.get("early_stopping"))
+             if cfg.early_stopping else None)
+  stop = None  # why the run ends before `end`: 'early_stopping' or 'max_wall_time'
+  if stopper is not None and saved.get("stopped") == "early_stopping":
+    log.info("the run stopped early at step %d (%s best at step %s); nothing more to train",
+             start, stopper.metric, stopper.best_step)
+    end, stop = start, "early_stopping"
+  elif stopper is not None and eval_every and 0 < start < end and start % eval_every == 0 and (
+      stopper.last_step < start):  # saved on preemption before its evaluation: make it now
+    res = evaluate_all(exp, state["params"], eval_split)
+    for name, r in res.items():
+      writer.write(start, name, eval_split, r)
+    if stopper.update(start, res):
+      end, stop = start, "early_stopping"
   max_skips = int(cfg.nonfinite.max_skips) if cfg.nonfinite.policy == "skip" else 0
   compiled: set[str] = set()
   timer = StepTimer()
@@ -459,7 +475,8 @@ def _run(closing: contextlib.ExitStack, config, workdir, *, devices, stop_at, da
     return {"step": step, "seed": cfg.seed, "schedule": schedule.kind,
             "config_digest": checkpointing.config_digest(cfg), "init_from": init_lines,
             "processes": jax.process_count(), "devices": jax.device_count(),
-            "data_shards": shards, "model": description}
+            "data_shards": shards, "model": description, "stopped": stop,
+            "early_stopping": stopper.state() if stopper is not None else None}
 
   preempted = None
   with Preempted() as sigterm:
@@ -501,13 +518,23 @@ def _run(closing: contextlib.ExitStack, config, workdir, *, devices, stop_at, da
         preempted = done
         break
       if eval_every and done % eval_every == 0 and done != end:
-        for name, res in evaluate_all(exp, state["params"], eval_split).items():
+        evals = evaluate_all(exp, state["params"], eval_split)
+        for name, res in evals.items():
           writer.write(done, name, eval_split, res)
           log.info("eval %s step %d %s", name, done, _fmt(res))
-      if ckpt_every and done % ckpt_every == 0 and done != end:
+        if stopper is not None and stopper.update(done, evals):
+          stop = "early_stopping"
+      if stop is None and done != end and wall.reached(done - start):
+        log.info("config.max_wall_time=%ss reached at step %d: saving and evaluating; rerun the "
+                 "same command to continue", cfg.max_wall_time, done)
+        stop = "max_wall_time"
+      if ckpt_every and done % ckpt_every == 0 and done != end and stop is None:
         _check_finite(exp, state, max_skips, ckpt)
         ckpt.save(done, state, states, meta(done))
       timer.exclude(t1)
+      if stop is not None:  # ends as the last step does: saved below, then evaluated
+        end = done
+        break
 
     jax.block_until_ready(state["counts"])
     timer.close_segment()  # the steps since the last progress line count too
@@ -528,7 +555,8 @@ def _run(closing: contextlib.ExitStack, config, workdir, *, devices, stop_at, da
   steps_per_s = timer.rate if timer.train_time else float("nan")
   summary = {"test": results.get(test_split), eval_split: results.get(eval_split),
              "params": report, "steps": final_step, "steps_per_s": steps_per_s,
-             "traces": dict(exp.traces), "preempted": preempted,
+             "traces": dict(exp.traces), "preempted": preempted, "stopped": stop,
+             "early_stopping": stopper.state() if stopper is not None else None,
              "skipped_updates": int(jax.device_get(state["guard"]["skipped"])),
              "init_from": init_lines, "memory": memory,
              "throughput": {**timer.summary(jax.device_count(), peak), "peak_tflops": peak,
