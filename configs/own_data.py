@@ -7,6 +7,8 @@ KIND is what the dataset holds and what is learnt from it:
   av          video clips with their audio track (`--video=... --audio_track`), the two
               streams fused through bottleneck tokens (MBT)
   multilabel  images with several classes each (a manifest with `--multilabel=labels`), mAP
+  regression  images with a number each (a manifest with `--targets=COLUMN`; give
+              labels=COLUMN), squared error; metrics MSE and MAE in the column's units
   verb_noun   video clips with two label columns (`--labels=verb,noun`), one head each
 DATASET is a dataset built with `python -m mmvit.data build --name=DATASET` in data_dir, or
 `tfds:NAME[:VERSION]` for a TFDS dataset prepared there. Options (defaults below): size (image
@@ -22,7 +24,7 @@ import ml_collections
 
 DEFAULTS = dict(size=32, frames=8, stride=1, seconds=1.0, rate=16000, bins=32, fps=8.0, sync=1,
                 steps=300, batch=16, width=64, depth=2, lr=1e-3, labels="")
-KINDS = ("image", "audio", "video", "av", "multilabel", "verb_noun")
+KINDS = ("image", "audio", "video", "av", "multilabel", "verb_noun", "regression")
 
 
 def _options(parts):
@@ -72,10 +74,12 @@ def get_config(arg: str = "image,photos"):
              video=dict(kind="tubelet", patch=(2, 8, 8)),
              audio=dict(kind="spectrogram", patch=(4, o["bins"])))
   task = dict(dataset=dataset, batch_size=o["batch"], steps=o["steps"], labels="label")
-  if kind in ("image", "multilabel"):
+  if kind in ("image", "multilabel", "regression"):
     task.update(modalities="image", pp=image_pp(o))
     if kind == "multilabel":
       task.update(head="multilabel", labels="labels")
+    if kind == "regression":  # no flips or crops: they may change what the number measures
+      task.update(head="regression", pp=dict(train=image_pp(o)["eval"], eval=image_pp(o)["eval"]))
   elif kind == "audio":
     task.update(modalities="audio", pp=audio_pp(o))
   elif kind in ("video", "verb_noun"):

@@ -399,6 +399,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(f"{where}.pool='token' needs model.class_token=True")
     if t.get("pre_logits") is not None:
       _int(t.pre_logits, f"{where}.pre_logits", 0)
+    if t.get("label_smoothing") and t.get("head") in ("multilabel", "regression"):
+      raise ConfigError(f"{where}.label_smoothing={show(t.label_smoothing)}: only for softmax "
+                        f"heads (multiclass, multihead), not head={t.head!r}")
     for f in ("lr", "lr_mult", "loss_weight", "label_smoothing", "stochastic_depth"):
       if t.get(f) is not None:
         hi = 1.0 if f in ("label_smoothing", "stochastic_depth") else None

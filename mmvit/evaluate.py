@@ -36,6 +36,12 @@ def metrics(head: HeadSpec, logits: dict[str, np.ndarray], labels: dict[str, np.
             ) -> dict[str, float]:
   """Metrics over a whole split (arrays already stripped of padding)."""
   out: dict[str, float] = {}
+  if head.kind == "regression":  # in the target's units
+    (k,) = head.labels
+    err = logits[k].reshape(len(labels[k]), -1) - labels[k].reshape(len(labels[k]), -1)
+    out["mse"] = float(np.mean(np.square(err, dtype=np.float64)))
+    out["mae"] = float(np.mean(np.abs(err, dtype=np.float64)))
+    return out
   if head.kind == "multilabel":
     (k,) = head.labels
     out["mAP"] = mean_average_precision(logits[k], labels[k])
@@ -57,6 +63,8 @@ def metric_names(head: HeadSpec) -> tuple[str, ...]:
   """The names `metrics` gives for this head (what early_stopping.metric may name)."""
   if head.kind == "multilabel":
     return ("mAP",)
+  if head.kind == "regression":
+    return ("mse", "mae")
   out = []
   for k, c in zip(head.labels, head.num_classes):
     prefix = "" if head.kind == "multiclass" else f"{k}/"

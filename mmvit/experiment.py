@@ -222,7 +222,13 @@ def check_batch(task: tasks_lib.Task, batch: dict, specs: dict, step: int,
     if y is None:
       raise data_lib.DataError(f"{where}: batch has no label {key!r}")
     y = np.asarray(y)
-    if task.head.kind == "multilabel":
+    if task.head.kind == "regression":
+      ok_shape = y.reshape(rows, -1).shape == (rows, classes) if y.size == rows * classes and (
+          y.ndim and y.shape[0] == rows) else False
+      ok_shape = ok_shape and np.issubdtype(y.dtype, np.floating)
+      bad = ~np.isfinite(y.reshape(rows, -1)).all(-1) if ok_shape else None
+      want = f"finite floats, {classes} per record"
+    elif task.head.kind == "multilabel":
       ok_shape, bad = y.shape == (rows, classes), ~((y == 0) | (y == 1)).all(-1)
       want = f"multi-hot of shape {(rows, classes)}"
     else:

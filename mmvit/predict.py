@@ -115,7 +115,11 @@ def scores(head: dict, logits: np.ndarray) -> np.ndarray:
 
 
 def top_k(head: dict, names: dict, logits: dict, k: int) -> dict:
+  """Per label: the k best classes with their scores; a regression head's values."""
   out = {}
+  if head["kind"] == "regression":
+    return {label: [round(float(v), 6) for v in np.ravel(logits[label])]
+            for label in head["labels"]}
   for label in head["labels"]:
     s = scores(head, np.asarray(logits[label], np.float64))
     order = np.argsort(-s, kind="stable")[:k]

@@ -97,7 +97,7 @@ def forward_loss(ctx: StepContext, task: tasks_lib.Task, params_all, batch, key)
     per_pred.append(loss_p.mean())
   loss = sum(per_pred) / len(per_pred)
   first = task.head.labels[0]
-  if task.head.kind == "multilabel":
+  if task.head.kind in ("multilabel", "regression"):  # no accuracy (their metrics: evaluate)
     acc = jnp.float32(0)
   else:
     acc = (average_logits(preds)[first].argmax(-1) == batch[first]).mean()

@@ -149,6 +149,14 @@ def resolve(config: ml_collections.ConfigDict, data=data_lib
       if k not in info.num_classes:
         raise ConfigError(f"tasks.{tname}.labels: dataset {t.dataset!r} has no label {k!r}; it "
                           f"has {', '.join(sorted(info.num_classes))}")
+      targets = getattr(info, "targets", {})
+      if (kind == "regression") != (k in targets):
+        raise ConfigError(
+            f"tasks.{tname}.head={kind!r}: label {k!r} of {t.dataset!r} is " + (
+                "a class label; a regression head reads a numeric target (a build's --targets)"
+                if kind == "regression" else
+                "a numeric target; it needs head='regression'"))
+    stats = getattr(info, "targets", {}).get(labels[0], {}) if kind == "regression" else {}
     train_split = t.train_split
     n_train = info.splits["train"]
     if train_split != "train":
@@ -185,7 +193,9 @@ def resolve(config: ml_collections.ConfigDict, data=data_lib
         name=tname, index=i, dataset=t.dataset, modalities=as_tuple(t.modalities),
         head=HeadSpec(kind, labels, tuple(info.num_classes[k] for k in labels),
                       pool=t.pool,
-                      pre_logits=int(inherit(t.pre_logits, config.model.pre_logits))),
+                      pre_logits=int(inherit(t.pre_logits, config.model.pre_logits)),
+                      target_mean=tuple(float(v) for v in stats.get("mean", ())),
+                      target_std=tuple(float(v) for v in stats.get("std", ()))),
         batch_size=int(t.batch_size),
         lr=float(inherit(t.lr, o.lr)) * float(inherit(t.lr_mult, 1.0)),
         warmup_steps=int(inherit(t.warmup_steps, o.warmup_steps)),

@@ -337,3 +337,22 @@ def test_fuzz_the_manifest_reader_accepts_or_fails_in_one_line_naming_the_file(
     assert "\n" not in str(e) and str(path) in str(e), str(e)
   else:
     assert all(set(it.paths.values()) <= {str(d / "a.png"), str(d / "b.png")} for it in items)
+
+
+def test_a_target_column_must_hold_finite_numbers_and_only_a_manifest_has_one(
+    photos, tmp_path, capsys):
+  import make_media
+  rows = [dict(r, size="1.5") for r in manifest_rows(photos)]
+  for value in ("big", "nan", ""):
+    path = make_media.write_manifest(os.path.join(photos, "t.csv"),
+                                     [dict(rows[0], size=value)] + rows[1:])
+    assert build(str(tmp_path), "x", f"--manifest={path}", "--targets=size") == 2
+    assert error_line(capsys) == (f"{path} row 2: target column 'size' is {value!r}, expected "
+                                  "a finite number")
+  path = make_media.write_manifest(os.path.join(photos, "t.csv"), rows)
+  assert build(str(tmp_path), "x", f"--manifest={path}", "--labels=label",
+               "--targets=label") == 2
+  assert error_line(capsys) == "--targets: column 'label' is also a class label column"
+  assert build(str(tmp_path), "x", f"--images={photos}", "--targets=size") == 2
+  assert error_line(capsys) == "--targets: numeric columns come from a --manifest"
+  assert not (tmp_path / "x").exists()

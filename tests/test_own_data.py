@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from mmvit import data, train
+from mmvit.config import ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -160,3 +161,69 @@ def test_a_verb_noun_manifest_trains_one_head_per_label_column(media, tmp_path):
   reached("verb/noun manifest", test)
   assert test["verb/top1"] >= 0.75 and test["noun/top1"] >= 0.75, test
   assert json.dumps(test)  # plain numbers
+
+
+
+def disks(media, root, n=300):
+  """(dataset name, radii): images of one disk on grey noise each, the target its radius in
+  pixels (3..12), built from a manifest with --targets=radius."""
+  import make_media
+  from PIL import Image
+  rng = np.random.default_rng(0)
+  os.makedirs(root, exist_ok=True)
+  rows = []
+  yy, xx = np.mgrid[:36, :36]
+  for i in range(n):
+    r = float(rng.uniform(3.0, 12.0))
+    cy, cx = rng.uniform(14.0, 22.0, 2)
+    img = rng.integers(60, 120, (36, 36, 3)).astype(np.float64)
+    img[(yy - cy) ** 2 + (xx - cx) ** 2 <= r * r] = rng.uniform(180, 255)
+    Image.fromarray(img.astype(np.uint8)).save(os.path.join(root, f"{i:03d}.png"))
+    rows.append(dict(image=f"{i:03d}.png", radius=f"{r:.3f}"))
+  manifest = make_media.write_manifest(os.path.join(root, "disks.csv"), rows)
+  name = media.build("own_disks", f"--manifest={manifest}", "--targets=radius", SPLIT)
+  return name, np.asarray([float(r["radius"]) for r in rows])
+
+
+def test_a_numeric_manifest_column_trains_a_regression_head(media, tmp_path):
+  """The target is stored float32 with the train split's mean and std, and the head predicts
+  pixels: test MSE at most 0.2 of the radii's variance (R^2 >= 0.8; the mean alone gives 1)."""
+  name, radii = disks(media, str(tmp_path / "disks"))
+  c = config(f"regression,{name},steps=300,labels=radius", media)
+  info = data.dataset_info(name, media.data_dir, pp=dict(c.tasks.main.pp))
+  assert info.num_classes == {"radius": 1} and set(info.targets) == {"radius"}
+  assert 6.5 < info.targets["radius"]["mean"][0] < 8.5
+  out = train.run(c, str(tmp_path / "w"))
+  test = out["test"]["main"]
+  reached("regression manifest", test)
+  assert test["mse"] <= 0.2 * radii.var(), (test, radii.var())
+  assert test["mae"] ** 2 <= test["mse"]
+  # predict on the test split's files: values in pixels, the run's own test MSE
+  from mmvit import inference, predict
+  records = data.data_source(name, "test", media.data_dir)
+  rels = [r["path"].decode() if isinstance(r["path"], bytes) else str(r["path"])
+          for r in (records[i] for i in range(len(records)))]
+  truth = {str(tmp_path / "disks" / rel): radii[int(rel[:3])] for rel in rels}
+  lines = []
+  ok, failed = predict.run(inference.load(str(tmp_path / "w")), list(truth), task="main",
+                           batch_size=16, emit=lines.append)
+  assert (ok, failed) == (len(truth), 0)
+  preds = [json.loads(line) for line in lines]
+  err = [p["top_k"]["radius"][0] - truth[p["file"]] for p in preds]
+  # the stored targets are the manifest's 3-decimal text, so 1e-5 relative
+  assert np.mean(np.square(err)) == pytest.approx(test["mse"], rel=1e-4)
+
+
+def test_a_head_that_does_not_match_its_label_is_refused_at_the_door(media, tmp_path):
+  """A softmax head on a numeric target, or a regression head on a class label: one line."""
+  name, _ = disks(media, str(tmp_path / "disks"))
+  with pytest.raises(ConfigError) as e:
+    train.build(config(f"image,{name},labels=radius", media))
+  assert str(e.value) == (f"tasks.main.head='multiclass': label 'radius' of '{name}' is a "
+                          "numeric target; it needs head='regression'")
+  photos = media.build("own_photos_regression", f"--images={media.make('photos')}")
+  with pytest.raises(ConfigError) as e:
+    train.build(config(f"regression,{photos},labels=label", media))
+  assert str(e.value) == (f"tasks.main.head='regression': label 'label' of '{photos}' is a "
+                          "class label; a regression head reads a numeric target (a build's "
+                          "--targets)")

@@ -306,6 +306,7 @@ def dataset_info(name: str, data_dir: str | None = None, pp: dict | None = None,
       label_names={k: n for k in source.label_keys(builder)
                    if (n := source.label_names(builder, k))},
       media=_media_of(info),
+      targets=source.target_stats(builder),
   )
   with _LOCK:
     _INFOS[key] = result

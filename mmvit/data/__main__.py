@@ -59,6 +59,8 @@ def build_parser(sub) -> None:
   p.add_argument('--labels', default='', help='manifest: label column(s), one head each')
   p.add_argument('--multilabel', default='',
                  help='manifest: ;-separated multi-label column(s), stored multi-hot')
+  p.add_argument('--targets', default='',
+                 help='manifest: numeric column(s), stored float32 for a regression head')
   p.add_argument('--classes', default=None,
                  help='the allowed classes: KEY=a;b;c,... or a file of lines; others are errors')
   p.add_argument('--rate', type=int, default=16000, help='audio sample rate (Hz)')
@@ -87,14 +89,16 @@ def run_build(args) -> int:
   multi = set(_csv(args.multilabel))
   if args.manifest:
     items = build.read_manifest(os.path.expanduser(args.manifest), _csv(args.labels),
-                                tuple(sorted(multi)))
+                                tuple(sorted(multi)), _csv(args.targets))
   else:
+    if args.targets:
+      raise build.BuildError('--targets: numeric columns come from a --manifest')
     modality = 'image' if args.images else 'audio' if args.audio else 'video'
     root = os.path.expanduser(args.images or args.audio or args.video)
     items = build.scan_folder(root, modality)
   classes = _classes(args.classes)
   if classes and '*' in classes:
-    keys = {k for it in items for k in it.labels}
+    keys = {k for it in items for k, v in it.labels.items() if not isinstance(v, float)}
     if len(keys) != 1:
       raise build.BuildError(f'--classes={args.classes}: a file of classes needs exactly one '
                              f'label column, there are {", ".join(sorted(keys))}')
@@ -103,10 +107,12 @@ def run_build(args) -> int:
       name=args.name, data_dir=data_dir, rate=args.rate, fps=args.fps,
       short_side=args.short_side, audio_track=args.audio_track, max_seconds=args.max_seconds,
       ratios=args.ratios, seed=args.seed, workers=args.workers, skip_bad=args.skip_bad,
-      version=args.version, progress=not args.quiet)
+      version=args.version, progress=not args.quiet, targets=_csv(args.targets))
   report = build.build(items, opts, multi, classes)
   counts = ', '.join(f'{s} {n}' for s, n in report['splits'].items())
-  classes_txt = '; '.join(f'{k}: {len(v)} classes' for k, v in report['classes'].items())
+  classes_txt = '; '.join([f'{k}: {len(v)} classes' for k, v in report['classes'].items()] + [
+      f'{k}: target, train mean {s["mean"][0]:.4g}, std {s["std"][0]:.4g}'
+      for k, s in report['targets'].items()])
   print(f'built {args.name} {args.version} in {data_dir}: {counts} ({classes_txt}); '
         f'{report["files_per_s"]:.1f} files/s')
   if report['skipped']:

@@ -36,6 +36,9 @@ class DatasetInfo:
   # How a dataset built from files decoded them (rate, fps, short_side, quality): predict
   # decodes a user's file the same way. Empty for datasets without a file form.
   media: dict = dataclasses.field(default_factory=dict)
+  # Label keys that are regression targets -> {'mean': [...], 'std': [...]} per output, of
+  # the train split: what a regression head predicts in units of.
+  targets: dict = dataclasses.field(default_factory=dict)
 
 
 class Source:
@@ -71,10 +74,16 @@ class Source:
     raise NotImplementedError
 
   def num_classes(self, builder, key: str) -> int:
+    """Classes of a label; outputs of a regression target (1 for a scalar)."""
     feature = builder.info.features[key]
     if hasattr(feature, 'num_classes'):  # ClassLabel
       return int(feature.num_classes)
-    return int(feature.shape[-1])  # a multi-hot Tensor (num_classes,)
+    return int(feature.shape[-1]) if feature.shape else 1  # multi-hot (C,); target () or (n,)
+
+  def target_stats(self, builder) -> dict[str, dict[str, list[float]]]:
+    """Label keys that are regression targets -> their train mean and std per output."""
+    del builder
+    return {}
 
   def label_names(self, builder, key: str) -> tuple[str, ...] | None:
     names = getattr(builder.info.features[key], 'names', None)  # ClassLabel

@@ -31,6 +31,7 @@ import dataclasses
 import hashlib
 import io
 import json
+import math
 import multiprocessing
 import os
 import shutil
@@ -80,12 +81,14 @@ class Options:
   version: str = '1.0.0'
   quality: int = 90
   progress: bool = True
+  targets: tuple[str, ...] = ()  # manifest columns stored as float32 regression targets
 
 
 @dataclasses.dataclass
 class Item:
   paths: dict[str, str]           # modality -> absolute path
-  labels: dict[str, object]       # label key -> class name, or a list of names (multi-label)
+  labels: dict[str, object]       # label key -> class name, a list of names (multi-label),
+                                  # or a float (a regression target)
   split: str | None
   group: str
   where: str                      # the file, or 'manifest.csv row 7'
@@ -164,12 +167,16 @@ def _rows(path: str) -> Iterator[tuple[int, dict]]:
       raise BuildError(f'{path} row {reader.line_num}: not CSV ({e})') from None
 
 
-def read_manifest(path: str, labels: tuple[str, ...], multilabel: tuple[str, ...]
-                  ) -> list[Item]:
+def read_manifest(path: str, labels: tuple[str, ...], multilabel: tuple[str, ...],
+                  targets: tuple[str, ...] = ()) -> list[Item]:
   if not os.path.isfile(path):
     raise BuildError(f'--manifest={path}: no such file')
-  if not labels and not multilabel:
-    raise BuildError('--labels or --multilabel: name the manifest\'s label column(s)')
+  if not labels and not multilabel and not targets:
+    raise BuildError('--labels, --multilabel or --targets: name the manifest\'s label '
+                     'column(s)')
+  both = sorted(set(targets) & (set(labels) | set(multilabel)))
+  if both:
+    raise BuildError(f'--targets: column {both[0]!r} is also a class label column')
   base = os.path.dirname(os.path.abspath(path))
   items = []
   for i, row in _rows(path):
@@ -199,6 +206,14 @@ def read_manifest(path: str, labels: tuple[str, ...], multilabel: tuple[str, ...
       if not names:
         raise BuildError(f'{where}: multi-label column {k!r} is empty or missing')
       lab[k] = names
+    for k in targets:
+      v = row.get(k)
+      try:
+        lab[k] = float(str(v).strip())
+      except ValueError:
+        lab[k] = float('nan')
+      if not math.isfinite(lab[k]):
+        raise BuildError(f'{where}: target column {k!r} is {v!r}, expected a finite number')
     split = row.get('split') or None
     if split is not None:
       if str(split).lower() not in SPLIT_ALIASES:
@@ -218,7 +233,8 @@ def class_names(items: list[Item], classes: dict[str, list[str]] | None = None
   found: dict[str, set] = {}
   for it in items:
     for k, v in it.labels.items():
-      found.setdefault(k, set()).update(v if isinstance(v, list) else [v])
+      if not isinstance(v, float):  # regression targets have no classes
+        found.setdefault(k, set()).update(v if isinstance(v, list) else [v])
   out = {}
   for k, names in found.items():
     if classes and k in classes:
@@ -452,7 +468,9 @@ def _decode(job):
   except OSError as e:
     return index, None, f'{current}: cannot read it ({e.strerror or e})', None
   for k, v in item.labels.items():
-    if isinstance(v, list):
+    if k in opts.targets:
+      ex[k] = np.float32(v)
+    elif isinstance(v, list):
       hot = np.zeros((len(names[k]),), np.float32)
       hot[[names[k].index(n) for n in v]] = 1.0
       ex[k] = hot
@@ -464,6 +482,19 @@ def _decode(job):
 
 
 # ------------------------------------------------------------ building -----
+
+TARGET_DOC = 'regression target'  # the doc of a build's float target feature (tfds_dir reads it)
+
+
+def target_stats(train: list[Item], targets) -> dict[str, dict[str, list[float]]]:
+  """Target -> mean and std over the train split's rows (the regression head predicts in
+  these units, so a target in metres or in milliseconds trains alike)."""
+  out = {}
+  for k in targets:
+    v = np.asarray([it.labels[k] for it in train], np.float64)
+    std = float(v.std()) if len(v) else 1.0
+    out[k] = {'mean': [float(v.mean()) if len(v) else 0.0], 'std': [std if std > 0 else 1.0]}
+  return out
 
 def _features(modalities: set[str], names: dict, multi: set[str], opts: Options):
   import tensorflow_datasets as tfds  # noqa: PLC0415
@@ -477,6 +508,8 @@ def _features(modalities: set[str], names: dict, multi: set[str], opts: Options)
     f['video'] = tfds.features.Tensor(shape=(None,), dtype=np.object_,
                                       doc='JPEG-encoded frames' + (
                                           f' at {opts.fps:g} fps' if opts.fps else ''))
+  for k in opts.targets:
+    f[k] = tfds.features.Tensor(shape=(), dtype=np.float32, doc=f'{TARGET_DOC} {k}')
   for k, n in names.items():
     if k in multi:
       f[k] = tfds.features.Tensor(shape=(len(n),), dtype=np.float32,
@@ -528,8 +561,9 @@ def build(items: list[Item], opts: Options, multi: set[str] = frozenset(),
   names = class_names(items, classes)
   modalities = {m for it in items for m in it.paths}
   features = _features(modalities, names, multi, opts)
+  stats = target_stats(splits['train'], opts.targets)
   report = {'name': opts.name, 'version': opts.version, 'splits': {}, 'skipped': [],
-            'classes': names}
+            'classes': names, 'targets': stats}
   seen: dict[str, str] = {}  # content digest -> 'split: file', across splits
 
   def generate(split):
@@ -583,7 +617,7 @@ def build(items: list[Item], opts: Options, multi: set[str] = frozenset(),
           metadata=tfds.core.MetadataDict(
               class_names=names, rate=opts.rate, fps=opts.fps, short_side=opts.short_side,
               quality=opts.quality, audio_track=opts.audio_track,
-              modalities=sorted(modalities), multilabel=sorted(multi)))
+              modalities=sorted(modalities), multilabel=sorted(multi), targets=stats))
 
     def _split_generators(self, dl_manager):
       del dl_manager

@@ -22,6 +22,7 @@ _SPEC = re.compile(r'^tfds:(?P<name>[a-z][a-z0-9_]*)(?:/(?P<config>[\w.-]+))?'
                    r'(?::(?P<version>\d+\.\d+\.\d+))?$')
 _VERSION = re.compile(r'^\d+\.\d+\.\d+$')
 MULTI_HOT_DOC = 'multi-hot'  # the doc of a build's multi-label feature
+TARGET_DOC = 'regression target'  # the doc of a build's float target (build.TARGET_DOC)
 
 
 def valid_name(name: str) -> bool:
@@ -99,9 +100,17 @@ class TfdsSource(base.Source):
     for key, f in builder.info.features.items():
       if isinstance(f, tfds.features.ClassLabel):
         out.append(key)
-      elif isinstance(f, tfds.features.Tensor) and (f.doc.desc or '').startswith(MULTI_HOT_DOC):
+      elif isinstance(f, tfds.features.Tensor) and (f.doc.desc or '').startswith(
+          (MULTI_HOT_DOC, TARGET_DOC)):
         out.append(key)
     return tuple(out)
+
+  def target_stats(self, builder):
+    import tensorflow_datasets as tfds  # noqa: PLC0415
+    stored = dict((getattr(builder.info, 'metadata', None) or {}).get('targets') or {})
+    return {key: stored.get(key, {'mean': [0.0], 'std': [1.0]})
+            for key, f in builder.info.features.items()
+            if isinstance(f, tfds.features.Tensor) and (f.doc.desc or '').startswith(TARGET_DOC)}
 
   def validate(self, augment, pp):
     if augment:

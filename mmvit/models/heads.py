@@ -12,6 +12,9 @@ kinds:
   multiclass  softmax cross-entropy (optional label smoothing); metrics top-1 / top-5.
   multilabel  sigmoid binary cross-entropy over a multi-hot target; metric mAP.
   multihead   one softmax head per label set (e.g. verb + noun); the losses are averaged.
+  regression  real-valued outputs (a scalar or a vector target), predicted in the target's
+              units: the layer's output times the train split's std plus its mean, so the
+              squared error it minimises is in units of that std; metrics MSE and MAE.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from flax import nnx
 
 from mmvit.models.layers import Dense, LayerNorm, param
 
-HEAD_KINDS = ("multiclass", "multilabel", "multihead")
+HEAD_KINDS = ("multiclass", "multilabel", "multihead", "regression")
 POOLS = ("token", "gap", "map")
 
 
@@ -36,6 +39,9 @@ class HeadSpec:
   num_classes: tuple[int, ...]  # classes per label key
   pool: str | None = None       # POOLS; None: the model's (ModelSpec.pool)
   pre_logits: int = 0           # width of a tanh representation layer before the outputs; 0: none
+  # regression: the target's train mean and std per output (DatasetInfo.targets)
+  target_mean: tuple[float, ...] = ()
+  target_std: tuple[float, ...] = ()
 
 
 class MAPHead(nnx.Module):
@@ -87,7 +93,12 @@ class Head(nnx.Module):
   def __call__(self, pooled: jax.Array) -> dict[str, jax.Array]:
     if self.spec.pre_logits:
       pooled = jnp.tanh(self.pre_logits(pooled))
-    return {k: self.outputs[k](pooled) for k in self.spec.labels}
+    out = {k: self.outputs[k](pooled) for k in self.spec.labels}
+    if self.spec.kind == "regression":  # in the target's units (constants, not parameters)
+      std, mean = self.spec.target_std or (1.0,), self.spec.target_mean or (0.0,)
+      out = {k: z * jnp.asarray(std, z.dtype) + jnp.asarray(mean, z.dtype)
+             for k, z in out.items()}
+    return out
 
 
 def loss(spec: HeadSpec, logits: dict[str, jax.Array], batch: dict, label_smoothing: float = 0.0
@@ -96,7 +107,11 @@ def loss(spec: HeadSpec, logits: dict[str, jax.Array], batch: dict, label_smooth
   per_head = []
   for k, c in zip(spec.labels, spec.num_classes):
     z = logits[k].astype(jnp.float32)
-    if spec.kind == "multilabel":
+    if spec.kind == "regression":  # squared error in units of the target's std
+      target = batch[k].astype(jnp.float32).reshape(z.shape)
+      std = jnp.asarray(spec.target_std or (1.0,), jnp.float32)
+      per_head.append(jnp.square((z - target) / std).mean(-1))
+    elif spec.kind == "multilabel":
       target = batch[k].astype(jnp.float32)  # multi-hot (B, C)
       per_head.append(optax.sigmoid_binary_cross_entropy(z, target).mean(-1))
     else:

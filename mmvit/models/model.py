@@ -141,7 +141,8 @@ def from_description(desc: dict, *, seed: int = 0, **overrides) -> Model:
   for name, t in desc["tasks"].items():
     h = t["head"]
     head = HeadSpec(h["kind"], tuple(h["labels"]), tuple(h["num_classes"]), h.get("pool"),
-                    h.get("pre_logits", 0))
+                    h.get("pre_logits", 0), tuple(h.get("target_mean", ())),
+                    tuple(h.get("target_std", ())))
     fusion = FusionSpec(**t["fusion"]) if t.get("fusion") else None
     tasks[name] = (tuple(t["modalities"]), head, fusion)
   return Model(spec, toks, tasks, rngs=nnx.Rngs(params=seed))
