@@ -94,6 +94,8 @@ EARLY_STOPPING_MODES = ("auto", "max", "min")
 MODEL_DEFAULTS = dict(
     width=REQUIRED, depth=REQUIRED, num_heads=REQUIRED, mlp_dim=REQUIRED, dropout=0.0,
     attention_dropout=0.0, stochastic_depth=0.0, pool="token", adapter_depth=0,
+    # PolyViT's blocks after the shared ones: per modality, then per task (before its head)
+    post_adapter_depth=0, task_depth=0,
     # width of a tanh representation layer before each head's outputs (big_vision rep_size;
     # 0: none); a task's None pre_logits takes this
     pre_logits=0,
@@ -326,7 +328,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _int(m[f], f"model.{f}", 1 if f != "depth" else 0)
   if m.width % m.num_heads:
     raise ConfigError(f"model.width={m.width}: expected a multiple of model.num_heads={m.num_heads}")
-  _int(m.get("adapter_depth", MODEL_DEFAULTS["adapter_depth"]), "model.adapter_depth", 0)
+  for f in ("adapter_depth", "post_adapter_depth", "task_depth"):
+    _int(m.get(f, MODEL_DEFAULTS[f]), f"model.{f}", 0)
   for f in ("dropout", "attention_dropout", "stochastic_depth"):
     _float(m.get(f, 0.0), f"model.{f}", 0.0, 1.0, hi_open=True)
   _choice(m.get("pool", MODEL_DEFAULTS["pool"]), "model.pool", POOLS)

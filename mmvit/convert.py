@@ -700,13 +700,15 @@ def to_vit(params: Mapping, *, task: str, modality: str, label: str | None = Non
     if cls is not None:
       out["cls"] = cls
   enc = params["encoder"]
-  # The modality's path through the model: its adapter blocks (PolyViT's modality-specific
-  # layers), then the shared ones; a reader maps them back with layer ranges.
-  adapters = params.get("adapters", {}).get(modality, {})
-  blocks = [adapters[f"encoderblock_{i}"] for i in range(
-      sum(1 for k in adapters if k.startswith("encoderblock_")))]
-  blocks += [enc[f"encoderblock_{i}"] for i in range(
-      sum(1 for k in enc if k.startswith("encoderblock_")))]
+  # The task's path through the model: its modality's adapter blocks (PolyViT's
+  # modality-specific layers), the shared ones, its modality's post-adapter blocks and its own
+  # task blocks; a reader maps them back with layer ranges.
+  def stack(tree):
+    return [tree[f"encoderblock_{i}"] for i in range(
+        sum(1 for k in tree if k.startswith("encoderblock_")))]
+  blocks = (stack(params.get("adapters", {}).get(modality, {})) + stack(enc)
+            + stack(params.get("post_adapters", {}).get(modality, {}))
+            + stack(params.get("task_blocks", {}).get(task, {})))
   inverse = {v: k for k, v in _VIT_JAX_BLOCK.items()}
   for l, block in enumerate(blocks):
     for path, v in _flatten(block).items():

@@ -23,7 +23,8 @@ from flax import nnx
 from mmvit import config as config_lib, data as data_lib, evaluate, optim, schedules, sharding
 from mmvit import steps as steps_lib, tasks as tasks_lib
 from mmvit.data.synthetic import SyntheticData
-from mmvit.models.model import Model, ModelSpec, count, split_groups, task_groups
+from mmvit.models.model import (PER_MODALITY, PER_TASK, Model, ModelSpec, count, split_groups,
+                                task_groups)
 
 log = logging.getLogger("mmvit")
 
@@ -126,9 +127,9 @@ def parameter_report(groups: dict[str, dict], task_groups_: dict[str, tuple[str,
   modality, per_task = {}, {}
   for g, c in counts.items():
     top, _, name = g.partition(".")
-    if top in ("tokenizers", "adapters", "stream_encoders"):
+    if top in PER_MODALITY:
       modality[name] = modality.get(name, 0) + c
-    elif top in ("heads", "bottlenecks"):
+    elif top in PER_TASK:
       per_task[name] = per_task.get(name, 0) + c
   single = {t: sum(counts[g] for g in gs) for t, gs in task_groups_.items()}
   return {"total": total, "shared": counts["shared"], "fraction_shared": counts["shared"] / total,

@@ -34,7 +34,7 @@ from mmvit.convert import ConversionError, TokenizerInfo
 from mmvit.convert import _flatten as _flat, _unflatten as _tree
 
 INFLATIONS = ("average", "central", "repeat")
-_STACKS = ("shared", "stream_encoders", "adapters")
+_STACKS = ("shared", "stream_encoders", "adapters", "post_adapters", "task_blocks")
 # Parts of a group that one side may have and the other not (fresh or skipped, reported).
 OPTIONAL = ("encoder_norm", "pre_logits", "map")
 _OPTIONAL = OPTIONAL

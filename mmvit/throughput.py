@@ -42,7 +42,9 @@ def forward_flops(spec, tokenizers: list, fusion, head, pool: str) -> int:
   d, m = spec.width, spec.mlp_dim
   sizes = [t.num_tokens for t in tokenizers]
   total = sum(2 * t.num_patches * t.patch_dim * d for t in tokenizers)
-  total += spec.adapter_depth * sum(block_flops(n, n, d, m) for n in sizes)
+  # modality blocks before and after the shared ones, and the task's blocks: each stream alone
+  extra = spec.adapter_depth + spec.post_adapter_depth + spec.task_depth
+  total += extra * sum(block_flops(n, n, d, m) for n in sizes)
   kind = "late" if fusion is None or len(sizes) == 1 else fusion.kind
   fuse_from = spec.depth if kind == "late" else fusion.layer
   for layer in range(spec.depth):

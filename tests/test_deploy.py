@@ -31,9 +31,12 @@ def tree_digest(path):
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, data_dir):
-  """A co-trained tiny run: image, video_digit and audio."""
+  """A co-trained tiny run: image, video_digit and audio, with a modality block after the
+  shared ones and a task block before each head (PolyViT's)."""
   wd = str(tmp_path_factory.mktemp("run"))
-  train.run(tiny_config(steps=2, data_dir=data_dir), wd)
+  c = tiny_config(steps=2, data_dir=data_dir)
+  c.model.post_adapter_depth = c.model.task_depth = 1
+  train.run(c, wd)
   return wd
 
 
@@ -55,7 +58,8 @@ def test_surgery_keeps_what_the_kept_tasks_read_and_their_outputs(run, tmp_path)
   assert surgery.main([f"--workdir={run}", "--keep=modality:image", f"--out={out}"]) == 0
   small = inference.load(out)
   assert list(small.tasks) == ["image"]
-  assert sorted(small.groups) == ["heads.image", "shared", "tokenizers.image"]
+  assert sorted(small.groups) == ["heads.image", "post_adapters.image", "shared",
+                                  "task_blocks.image", "tokenizers.image"]
   assert count(small.groups) < count(full.groups)
   x = inputs_for(full, "image", 4)
   a, b = logits(full, "image", x), logits(small, "image", x)
@@ -67,6 +71,7 @@ def test_a_cut_model_is_fine_tuned_through_init_from(run, tmp_path, data_dir):
   out = str(tmp_path / "cut")
   assert surgery.main([f"--workdir={run}", "--keep=task:image", f"--out={out}"]) == 0
   c = tiny_config(steps=2, data_dir=data_dir)
+  c.model.post_adapter_depth = c.model.task_depth = 1  # the run's model, as `run` trains it
   c.tasks = ml_collections.ConfigDict({"image": c.tasks.image.to_dict()})
   c.schedule = dict(kind="alternating")
   c.init_from = dict(workdir=out, groups="*")

@@ -108,3 +108,28 @@ def test_metrics_top1_top5_map_and_joint_accuracy():
                         {"a": np.array([[1, 0], [1, 0]]), "b": np.array([[1, 0], [0, 1]])},
                         {"a": np.array([0, 0]), "b": np.array([0, 0])})
   assert mh == {"a/top1": 1.0, "b/top1": 0.5, "joint_top1": 0.5}
+
+
+def test_one_encoder_pass_per_modality_then_each_task_blocks_and_head_equal_each_task_alone():
+  """Seed claim 23 with PolyViT's blocks after the shared ones: encode_modality (tokenizer,
+  adapters, shared, the modality's post-adapter blocks) once, then each task's predict_head
+  (its task blocks, the final norm, its head) gives that task's own forward pass, and two tasks
+  of one modality differ only by their blocks and heads."""
+  from mmvit.models.model import Model, ModelSpec
+  spec = ModelSpec(width=16, depth=2, num_heads=2, mlp_dim=32, adapter_depth=1,
+                   post_adapter_depth=1, task_depth=2, pool="gap")
+  tok = TokenizerSpec("image", "image", (16, 16, 1), (4, 4))
+  heads_ = {t: (("image",), heads.HeadSpec("multiclass", ("label",), (c,)), None)
+            for t, c in (("digits", 10), ("parity", 2))}
+  m = Model(spec, {"image": tok}, heads_, rngs=nnx.Rngs(0))
+  for t in heads_:  # non-zero heads, so the outputs say something
+    k = m.heads[t].outputs["label"].kernel
+    k[...] = jax.random.normal(jax.random.key(len(t)), k.shape)
+  batch = {"image": jax.random.normal(jax.random.key(1), (3, 16, 16, 1))}
+  x = m.encode_modality("image", batch)
+  for t in heads_:
+    (alone,) = m(t, batch)
+    (shared,) = m.predict_head(t, [x], has_cls=True)
+    np.testing.assert_allclose(shared["label"], alone["label"], atol=1e-6)
+  assert sorted(k for k in nnx.to_pure_dict(nnx.state(m, nnx.Param))["task_blocks"]) == [
+      "digits", "parity"]

@@ -30,7 +30,13 @@ def model(kind="bottleneck", **spec_kw):
   spec = ModelSpec(width=32, depth=3, num_heads=4, mlp_dim=64, **spec_kw)
   tasks = {"av": (("video", "audio"), HEAD, FUSIONS[kind]),
            "video": (("video",), HEAD, None)}
-  return Model(spec, TOKS, tasks, rngs=nnx.Rngs(0))
+  m = Model(spec, TOKS, tasks, rngs=nnx.Rngs(0))
+  # Heads start at zero (as in big_vision), which passes the encoder no gradient: comparisons
+  # of gradients would check only the heads. Trained-like heads make every gradient count.
+  for t, head in m.heads.items():
+    k = head.outputs["label"].kernel
+    k[...] = 0.02 * jax.random.normal(jax.random.key(len(t)), k.shape)
+  return m
 
 
 def batch():
@@ -50,20 +56,31 @@ def loss_and_grads(m, task, key=None, rate=0.0):
   return jax.value_and_grad(f)(params)
 
 
+# Scan against loop and one attention kernel against another sum in other orders: the worst
+# relative gradient difference measured here was 1.2e-6 (about half float32's spacing at the
+# largest gradient); 4e-6 leaves room for another machine's rounding.
+ROUNDING = 4e-6
+
+
 def max_diff(a, b):
+  """The largest difference of two trees, relative to the largest magnitude in `a` (at least 1):
+  gradients reach ~25 here, where float32's spacing is 2e-6, and two computations that sum in
+  another order differ by a few of those."""
+  scale = max(1.0, max(float(jnp.max(jnp.abs(x))) for x in jax.tree.leaves(a)))
   return max(float(jnp.max(jnp.abs(x - y))) for x, y in
-             zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+             zip(jax.tree.leaves(a), jax.tree.leaves(b))) / scale
 
 
 @pytest.mark.parametrize("kind", list(FUSIONS))
 def test_the_xla_attention_kernel_gives_the_einsum_outputs_and_gradients(kind):
   """jax.nn.dot_product_attention (implementation='xla') against the explicit einsum, in every
-  fusion kind (bottleneck and full-pairwise attend over more keys than queries), to 1e-6."""
+  fusion kind (bottleneck and full-pairwise attend over more keys than queries): losses to
+  1e-6, gradients to ROUNDING."""
   for task in ("av", "video"):
     (l0, g0), (l1, g1) = (loss_and_grads(model(kind, attention=a), task)
                           for a in ("einsum", "xla"))
     assert abs(float(l0) - float(l1)) <= 1e-6
-    assert max_diff(g0, g1) <= 1e-6
+    assert max_diff(g0, g1) <= ROUNDING
 
 
 def test_with_attention_dropout_a_training_step_runs_the_einsum_kernel():
@@ -78,12 +95,12 @@ def test_with_attention_dropout_a_training_step_runs_the_einsum_kernel():
 @pytest.mark.parametrize("policy", [p for p in REMAT_POLICIES if p != "none"])
 def test_rematerialisation_leaves_outputs_and_gradients_unchanged(policy):
   """Each policy recomputes some activations in the backward pass; stochastic depth's
-  per-layer keys are reused, so the gradients are those of the plain step (to 1e-6)."""
+  per-layer keys are reused, so the gradients are those of the plain step (to ROUNDING)."""
   key = jax.random.key(1)
   (l0, g0), (l1, g1) = (loss_and_grads(model(remat=r), "av", key, rate=0.3)
                         for r in ("none", policy))
   assert abs(float(l0) - float(l1)) <= 1e-6
-  assert max_diff(g0, g1) <= 1e-6
+  assert max_diff(g0, g1) <= ROUNDING
 
 
 def test_rematerialisation_is_in_the_compiled_backward_pass():

@@ -11,7 +11,8 @@ from jax.sharding import PartitionSpec as P
 
 from mmvit import checkpointing, config as config_lib, convert, sharding, train
 from mmvit.models.encoder import layout_of, to_loop, to_scan
-from tests.test_precision_and_kernels import FUSIONS, batch, loss_and_grads, max_diff, model
+from tests.test_precision_and_kernels import (FUSIONS, ROUNDING, batch, loss_and_grads,
+                                              max_diff, model)
 from tests.test_sharding import FakeMesh
 from tests.tiny import tiny_config
 
@@ -27,14 +28,31 @@ def scan_twin(loop_model, kind, **kw):
 @pytest.mark.parametrize("rate", [0.0, 0.3])
 def test_scan_and_loop_give_equal_losses_and_gradients(kind, rate):
   """Every fusion kind (bottleneck and joint share weights, full-pairwise has a stream stack of
-  its own), stochastic depth's per-layer rates and keys included: to 1e-6."""
+  its own), stochastic depth's per-layer rates and keys included: losses to 1e-6, gradients to
+  float32 rounding (ROUNDING, relative to the largest)."""
   loop_m = model(kind)
   scan_m = scan_twin(loop_m, kind)
   for task in ("av", "video"):
     (l0, g0), (l1, g1) = (loss_and_grads(m, task, jax.random.key(2), rate)
                           for m in (loop_m, scan_m))
     assert abs(float(l0) - float(l1)) <= 1e-6
-    assert max_diff(nnx.to_pure_dict(g0), to_loop(nnx.to_pure_dict(g1))) <= 1e-6
+    assert max_diff(nnx.to_pure_dict(g0), to_loop(nnx.to_pure_dict(g1))) <= ROUNDING
+
+
+def test_modality_and_task_blocks_after_the_shared_ones_scan_as_the_loop_does():
+  """The post-adapter and task stacks (PolyViT's blocks before each head) in both layouts,
+  stochastic depth on: equal losses (1e-6) and gradients (ROUNDING), through a fusion task too."""
+  extra = dict(adapter_depth=1, post_adapter_depth=2, task_depth=1)
+  loop_m = model("bottleneck", **extra)
+  scan_m = scan_twin(loop_m, "bottleneck", **extra)
+  for task in ("av", "video"):
+    (l0, g0), (l1, g1) = (loss_and_grads(m, task, jax.random.key(5), 0.2)
+                          for m in (loop_m, scan_m))
+    assert abs(float(l0) - float(l1)) <= 1e-6
+    g0, g1 = nnx.to_pure_dict(g0), to_loop(nnx.to_pure_dict(g1))
+    assert max_diff(g0, g1) <= ROUNDING
+    assert np.abs(np.asarray(g0["task_blocks"][task]["encoderblock_0"]["MlpBlock_0"]["Dense_0"]
+                             ["kernel"])).max() > 0  # the blocks train
 
 
 @pytest.mark.parametrize("policy", ["full", "dots"])
@@ -43,7 +61,7 @@ def test_rematerialised_scan_keeps_the_gradients(policy):
   scan_m = scan_twin(loop_m, "bottleneck", remat=policy)
   (l0, g0), (l1, g1) = (loss_and_grads(m, "av", jax.random.key(4), 0.2) for m in (loop_m, scan_m))
   assert abs(float(l0) - float(l1)) <= 1e-6
-  assert max_diff(nnx.to_pure_dict(g0), to_loop(nnx.to_pure_dict(g1))) <= 1e-6
+  assert max_diff(nnx.to_pure_dict(g0), to_loop(nnx.to_pure_dict(g1))) <= ROUNDING
 
 
 def test_the_layouts_convert_exactly_both_ways():

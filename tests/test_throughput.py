@@ -26,7 +26,8 @@ HEAD = HeadSpec("multiclass", ("label",), (10,))
 def test_the_analytic_flop_count_is_what_xla_compiles_for_a_training_step(kind, layer):
   """3 x forward matmul FLOPs x batch, against XLA's cost analysis of the compiled
   forward-and-backward step, within 10% (the rest is element-wise work)."""
-  spec = ModelSpec(width=128, depth=3, num_heads=4, mlp_dim=512, adapter_depth=1)
+  spec = ModelSpec(width=128, depth=3, num_heads=4, mlp_dim=512, adapter_depth=1,
+                   post_adapter_depth=1, task_depth=1)
   mods = ("video", "audio") if kind else ("video",)
   f = fusion.FusionSpec(kind, layer, 4, True) if kind else None
   model = nnx.eval_shape(lambda: Model(spec, {m: TOKS[m] for m in mods},

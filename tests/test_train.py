@@ -21,12 +21,14 @@ def copy(tree):
 
 @pytest.mark.parametrize("adapter_depth", [0, 1])
 def test_a_step_of_task_a_gives_task_b_no_update_no_momentum_drift_no_decay(adapter_depth):
-  """Parameter groups: an image step touches shared + image tokenizer (+ image adapter) + image
-  head only. The audio head has non-zero Adam moments (an audio step ran first) and weight decay
-  is on, so any update of its group would move it."""
+  """Parameter groups: an image step touches shared + image tokenizer (+ image adapter, post-
+  adapter and task blocks) + image head only. The audio head has non-zero Adam moments (an audio
+  step ran first) and weight decay is on, so any update of its group would move it."""
   data = FakeData()
   cfg = tiny_config()
   cfg.model.adapter_depth = adapter_depth
+  cfg.model.post_adapter_depth = adapter_depth
+  cfg.model.task_depth = adapter_depth
   exp = train.build(cfg, data=data)
   state = exp.state
   batch = {n: next(data.train_iterator(t.dataset, batch_size=8, seed=1))
@@ -40,8 +42,9 @@ def test_a_step_of_task_a_gives_task_b_no_update_no_momentum_drift_no_decay(adap
   others = ("heads.audio", "tokenizers.audio", "heads.video_digit", "tokenizers.video")
   own = ("shared", "tokenizers.image", "heads.image")
   if adapter_depth:
-    others += ("adapters.audio", "adapters.video")
-    own += ("adapters.image",)
+    others += ("adapters.audio", "adapters.video", "post_adapters.audio", "post_adapters.video",
+               "task_blocks.audio", "task_blocks.video_digit")
+    own += ("adapters.image", "post_adapters.image", "task_blocks.image")
   for g in others:
     assert leaves_equal(before["params"][g], after["params"][g]), g
     assert leaves_equal(before["opt"][g], after["opt"][g]), g

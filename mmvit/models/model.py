@@ -1,9 +1,15 @@
-"""The one model: tokenizers[modality], adapters[modality], a shared encoder, heads[task].
+"""The one model: tokenizers[modality], adapters[modality], a shared encoder,
+post_adapters[modality], task_blocks[task], heads[task].
+
+A stream runs: tokenizer -> adapter blocks (its modality's) -> the shared blocks (fused from
+L_f for a fusion task) -> post-adapter blocks (its modality's) -> task blocks (its task's) ->
+the shared final norm -> the task's head. The PolyViT seed's modality- and task-specific
+blocks before and after the shared ones; each stack is optional (depth 0).
 
 Every parameter lives under a top-level collection, and its group (what a training
 step may update) is read off its path: `encoder` -> "shared", `tokenizers/<m>` ->
-"tokenizers.<m>", `adapters/<m>`, `stream_encoders/<m>` likewise, `bottlenecks/<t>` ->
-"bottlenecks.<t>", `heads/<t>` -> "heads.<t>".
+"tokenizers.<m>", `adapters/<m>`, `stream_encoders/<m>`, `post_adapters/<m>` likewise,
+`bottlenecks/<t>` -> "bottlenecks.<t>", `task_blocks/<t>` and `heads/<t>` likewise.
 """
 
 from __future__ import annotations
@@ -29,6 +35,8 @@ class ModelSpec:
   num_heads: int
   mlp_dim: int
   adapter_depth: int = 0
+  post_adapter_depth: int = 0  # blocks per modality after the shared ones
+  task_depth: int = 0          # blocks per task after those, before its head
   pool: str = "token"  # for heads that do not set their own (HeadSpec.pool)
   dropout: float = 0.0
   attention_dropout: float = 0.0
@@ -42,7 +50,8 @@ class ModelSpec:
   def from_config(cls, m) -> ModelSpec:
     """From a completed config's model (mmvit.config.complete)."""
     return cls(width=m.width, depth=m.depth, num_heads=m.num_heads, mlp_dim=m.mlp_dim,
-               adapter_depth=m.adapter_depth, pool=m.pool, dropout=m.dropout,
+               adapter_depth=m.adapter_depth, post_adapter_depth=m.post_adapter_depth,
+               task_depth=m.task_depth, pool=m.pool, dropout=m.dropout,
                attention_dropout=m.attention_dropout, dtype=m.dtype, param_dtype=m.param_dtype,
                attention=m.attention, remat=m.remat, scan=m.scan)
 
@@ -75,6 +84,11 @@ class Model(nnx.Module):
                                      for m in own})
     self.bottlenecks = nnx.Dict({t: Bottleneck(f.tokens, spec.width, rngs=rngs, **dt)
                                  for t, f in self.fusion.items() if f.kind == "bottleneck"})
+    self.post_adapters = nnx.Dict({m: Stack(spec.post_adapter_depth, *block_args, rngs=rngs,
+                                            **sk)
+                                   for m in tokenizers} if spec.post_adapter_depth else {})
+    self.task_blocks = nnx.Dict({t: Stack(spec.task_depth, *block_args, rngs=rngs, **sk)
+                                 for t in tasks} if spec.task_depth else {})
     # Heads compute in float32 (logits and losses in float32 whatever the compute dtype).
     self.heads = nnx.Dict({t: Head(h, spec.width, rngs=rngs, param_dtype=spec.param_dtype,
                                    pool=h.pool or spec.pool, num_heads=spec.num_heads,
@@ -107,12 +121,26 @@ class Model(nnx.Module):
               else self.encoder for m in mods]
     z = self.bottlenecks[task](streams[0].shape[0]) if task in self.bottlenecks else None
     outs = fusion_lib.encode(streams, stacks, fusion_spec, z, key=keys[1], **kw)
-    outs = [self.encoder.encoder_norm(x).astype(jnp.float32) for x in outs]
-    return self.predict_head(task, outs, self.tokenizers[mods[0]].spec.class_token)
+    if spec.post_adapter_depth:  # keys apart from the ones above: old runs keep their draws
+      outs = [self._blocks(self.post_adapters[m], x, keys[0], 1000 + i, kw)
+              for i, (m, x) in enumerate(zip(mods, outs))]
+    return self.predict_head(task, outs, self.tokenizers[mods[0]].spec.class_token,
+                             key=keys[0], **kw)
 
-  def predict_head(self, task: str, outs: list[jax.Array], has_cls: bool
-                   ) -> list[dict[str, jax.Array]]:
-    """The task's head on the encoder's (normed, float32) output streams."""
+  @staticmethod
+  def _blocks(stack, x, key, salt: int, kw: dict):
+    k = None if key is None else jax.random.fold_in(key, salt)
+    (x,) = fusion_lib.encode([x], [stack], None, key=k, **kw)
+    return x
+
+  def predict_head(self, task: str, outs: list[jax.Array], has_cls: bool, *,
+                   key: jax.Array | None = None, **kw) -> list[dict[str, jax.Array]]:
+    """The task's blocks, the final norm and the head on the output streams of the shared
+    (and post-adapter) blocks; `key` None: evaluation mode."""
+    if self.spec.task_depth:
+      outs = [self._blocks(self.task_blocks[task], x, key, 2000 + i, kw)
+              for i, x in enumerate(outs)]
+    outs = [self.encoder.encoder_norm(x).astype(jnp.float32) for x in outs]
     head = self.heads[task]
     if head.pool == "token":
       return [head(x[:, 0]) for x in outs]
@@ -120,15 +148,17 @@ class Model(nnx.Module):
                                              axis=1)))]
 
   def encode_modality(self, modality: str, batch: dict[str, jax.Array]) -> jax.Array:
-    """One modality through its tokenizer, adapters and the shared encoder, evaluation mode:
-    what every unfused task of that modality reads (seed claim 23: run it once, then every
-    head)."""
+    """One modality through its tokenizer, adapters, the shared encoder and its post-adapter
+    blocks, evaluation mode: what every unfused task of that modality reads (seed claim 23:
+    run it once, then every task's `predict_head`)."""
     tok = self.tokenizers[modality]
     x = tok(batch[tok.spec.input_key])
     if self.spec.adapter_depth:
       (x,) = fusion_lib.encode([x], [self.adapters[modality]], None, key=None)
     (x,) = fusion_lib.encode([x], [self.encoder], None, None, key=None)
-    return self.encoder.encoder_norm(x).astype(jnp.float32)
+    if self.spec.post_adapter_depth:
+      (x,) = fusion_lib.encode([x], [self.post_adapters[modality]], None, key=None)
+    return x
 
 
 def from_description(desc: dict, *, seed: int = 0, **overrides) -> Model:
@@ -159,8 +189,8 @@ def group_of(path: tuple[str, ...]) -> str:
   return f"{path[0]}.{path[1]}"
 
 
-PER_MODALITY = ("tokenizers", "adapters", "stream_encoders")
-PER_TASK = ("bottlenecks", "heads")
+PER_MODALITY = ("tokenizers", "adapters", "stream_encoders", "post_adapters")
+PER_TASK = ("bottlenecks", "task_blocks", "heads")
 
 
 def task_groups(all_groups, modalities: tuple[str, ...], task: str) -> tuple[str, ...]:
