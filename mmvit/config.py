@@ -21,7 +21,8 @@ from ml_collections.config_flags import tuple_parser
 from mmvit.models.fusion import KINDS as FUSION_KINDS, FusionSpec
 from mmvit.models.encoder import ATTENTION_KERNELS, REMAT_POLICIES
 from mmvit.models.heads import HEAD_KINDS, POOLS
-from mmvit.models.tokenizers import KINDS as TOKENIZER_KINDS
+from mmvit.models.tokenizers import GRID_RANK as TOKENIZER_GRID_RANK, KINDS as TOKENIZER_KINDS
+from mmvit.models.tokenizers import POSEMBS
 from mmvit.schedules import KINDS as SCHEDULE_KINDS
 from mmvit.sharding import LOGICAL_NAMES, MESH_AXES, PRESETS
 
@@ -100,6 +101,9 @@ MODEL_DEFAULTS = dict(
     # 0: none); a task's None pre_logits takes this
     pre_logits=0,
     class_token=True, posemb_includes_cls=False, tokenizers=REQUIRED,
+    # position embeddings: 'learn' (a parameter) or 'sincos' (a fixed table, n-D sin-cos; 2D is
+    # big_vision's sincos2d); the class token first, or last (class_token_last)
+    posemb="learn", class_token_last=False,
     # Precision: compute in `dtype`, store parameters (and the optimizer state) in
     # `param_dtype`; layer-norm statistics, softmax, logits and losses are float32 always.
     dtype="float32", param_dtype="float32",
@@ -175,6 +179,28 @@ def _check_optimizer_fields(d, where: str, defaults: dict) -> None:
     if v is not None:
       _float(v, f"{where}.{f}", 0.0, None if f == "weight_decay" else 1.0,
              hi_open=f != "weight_decay")
+
+
+def _check_positions(m) -> None:
+  """posemb, class_token_last and the widths a fixed sin-cos table needs."""
+  posemb = _choice(m.get("posemb", MODEL_DEFAULTS["posemb"]), "model.posemb", POSEMBS)
+  last = m.get("class_token_last", MODEL_DEFAULTS["class_token_last"])
+  if not isinstance(last, bool):
+    raise ConfigError(f"model.class_token_last={show(last)}: expected True or False")
+  cls = m.get("class_token", MODEL_DEFAULTS["class_token"])
+  inside = m.get("posemb_includes_cls", MODEL_DEFAULTS["posemb_includes_cls"])
+  if last and not cls:
+    raise ConfigError("model.class_token_last=True needs model.class_token=True")
+  if (last or posemb == "sincos") and inside:
+    raise ConfigError(f"model.posemb_includes_cls=True: the class token's position is the first "
+                      f"row of a learned table; it does not go with "
+                      f"{'class_token_last=True' if last else 'posemb=' + repr(posemb)}")
+  if posemb == "sincos":
+    for name, t in (m.get("tokenizers") or {}).items():
+      r = TOKENIZER_GRID_RANK.get(t.get("kind") if hasattr(t, "get") else None)
+      if r and (m.width % (2 * r) or m.width < 4 * r):
+        raise ConfigError(f"model.posemb='sincos': model.width={m.width} must be a multiple of "
+                          f"{2 * r} (and >= {4 * r}) for tokenizers.{name}, a rank-{r} grid")
 
 
 def complete(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -340,6 +366,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _choice(m.get("remat", MODEL_DEFAULTS["remat"]), "model.remat", tuple(REMAT_POLICIES))
   if not isinstance(m.get("scan", MODEL_DEFAULTS["scan"]), bool):
     raise ConfigError(f"model.scan={show(m.scan)}: expected True or False")
+  _check_positions(m)
   if m.get("attention") == "cudnn" and m.get("dtype", "float32") != "bfloat16":
     raise ConfigError("model.attention='cudnn' needs model.dtype='bfloat16' (cuDNN's fused "
                       "attention takes no float32)")

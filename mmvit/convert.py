@@ -85,18 +85,12 @@ def load_npz(path) -> Reference:
 
 
 def sincos_2d(h: int, w: int, width: int, temperature: float = 10_000.0) -> np.ndarray:
-  """Fixed 2D sin-cos position table (1, h*w, width) in big_vision's `posemb='sincos2d'` layout:
-  rows in row-major (y, x) order, features [sin(x w), cos(x w), sin(y w), cos(y w)] over
-  width/4 frequencies w = temperature**-(k / (width/4 - 1))."""
-  if width % 4:
-    raise ConversionError(f"sincos2d position embeddings need width % 4 == 0, got {width}")
-  q = width // 4
-  freq = 1.0 / temperature ** (np.arange(q, dtype=np.float64) / (q - 1))
-  ys, xs = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
-  ax = xs.reshape(-1, 1) * freq
-  ay = ys.reshape(-1, 1) * freq
-  table = np.concatenate([np.sin(ax), np.cos(ax), np.sin(ay), np.cos(ay)], axis=1)
-  return table[None].astype(np.float32)
+  """big_vision's `posemb='sincos2d'` table (1, h*w, width): models.tokenizers.sincos_table."""
+  from mmvit.models.tokenizers import sincos_table  # noqa: PLC0415
+  try:
+    return sincos_table((h, w), width, temperature).copy()  # the cached table stays as it is
+  except ValueError as e:
+    raise ConversionError(f"sincos2d position embeddings: {e}") from None
 
 
 def _path(p: tuple[str, ...]) -> str:
@@ -684,7 +678,13 @@ def to_vit(params: Mapping, *, task: str, modality: str, label: str | None = Non
   if tok["kernel"].ndim != 4:
     raise ConversionError(f"tokenizers/{modality}/kernel has shape {tok['kernel'].shape}: a ViT "
                           "checkpoint holds a 2D patch kernel (ph, pw, C, D)")
-  pe, cls = tok["posemb"], tok.get("cls")
+  # No posemb: the model's table is the fixed sin-cos one, which big_vision's posemb='sincos2d'
+  # rebuilds from the grid (its readers do too); a class token last is exported first, which
+  # computes the same (attention is permutation-equivariant; positions are the patches').
+  pe, cls = tok.get("posemb"), tok.get("cls")
+  if pe is None and layout == "vit_jax":
+    raise ConversionError(f"tokenizers/{modality} has a fixed sin-cos position table, which "
+                          "the vit_jax layout cannot hold; use layout='big_vision'")
   cls_in = bool(tokenizer is not None and tokenizer.posemb_includes_cls and cls is not None)
   if cls_in:  # mmvit: token 0 = cls + pe[0]
     pe0, pe = pe[:, :1], pe[:, 1:]
@@ -692,7 +692,8 @@ def to_vit(params: Mapping, *, task: str, modality: str, label: str | None = Non
     pe0 = None if cls is None else np.zeros_like(cls)
   out = {"embedding/kernel": tok["kernel"], "embedding/bias": tok["bias"]}
   if layout == "big_vision":
-    out["pos_embedding"] = pe
+    if pe is not None:
+      out["pos_embedding"] = pe
     if cls is not None:
       out["cls"] = cls + pe0
   else:

@@ -153,8 +153,8 @@ class Predictor:
     model = self._merge(state)
     batch = _affine(self.loaded, tasks[0], batch)
     x = model.encode_modality(modality, batch)
-    has_cls = model.tokenizers[modality].spec.class_token
-    return {t: average_logits(model.predict_head(t, [x], has_cls)) for t in tasks}
+    cls_index = model.tokenizers[modality].spec.cls_index
+    return {t: average_logits(model.predict_head(t, [x], cls_index)) for t in tasks}
 
   def task(self, task: str, batch: dict) -> dict:
     return jax.tree.map(np.asarray, self._task(task, self.state, batch))

@@ -93,7 +93,8 @@ def tokenizer_specs(config, infos: dict[str, data_lib.DatasetInfo], tasks_cfg
                         f"shape {shape} is not divisible into patches {patch}")
     specs[name] = TokenizerSpec(
         kind=tok.kind, input_key=key, input_shape=shape, patch=patch,
-        class_token=bool(m.class_token), posemb_includes_cls=bool(m.posemb_includes_cls))
+        class_token=bool(m.class_token), posemb_includes_cls=bool(m.posemb_includes_cls),
+        posemb=m.posemb, cls_last=bool(m.class_token_last))
   return specs
 
 

@@ -171,3 +171,21 @@ def test_a_config_that_spells_out_a_default_is_the_same_run(tmp_path):
 ])
 def test_per_task_optimizer_settings_are_checked_like_the_optimizer_own(edit, msg):
   assert error_of(edit) == msg
+
+
+@pytest.mark.parametrize("edit,msg", [
+    (lambda c: c.model.update(posemb="rope"), "model.posemb='rope': expected one of learn, sincos"),
+    (lambda c: c.model.update(class_token_last=1),
+     "model.class_token_last=1: expected True or False"),
+    (lambda c: c.model.update(class_token_last=True, class_token=False, pool="gap"),
+     "model.class_token_last=True needs model.class_token=True"),
+    (lambda c: c.model.update(posemb="sincos", posemb_includes_cls=True),
+     "model.posemb_includes_cls=True: the class token's position is the first row of a learned "
+     "table; it does not go with posemb='sincos'"),
+    (lambda c: c.model.update(posemb="sincos"),  # width 32, tubelets: a rank-3 grid
+     "model.posemb='sincos': model.width=32 must be a multiple of 6 (and >= 12) for "
+     "tokenizers.video, a rank-3 grid"),
+    (lambda c: c.model.update(task_depth=-1), "model.task_depth=-1: expected an integer >= 0"),
+])
+def test_position_and_block_options_are_checked_at_the_door(edit, msg):
+  assert error_of(edit) == msg

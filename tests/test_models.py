@@ -129,7 +129,53 @@ def test_one_encoder_pass_per_modality_then_each_task_blocks_and_head_equal_each
   x = m.encode_modality("image", batch)
   for t in heads_:
     (alone,) = m(t, batch)
-    (shared,) = m.predict_head(t, [x], has_cls=True)
+    (shared,) = m.predict_head(t, [x], tok.cls_index)
     np.testing.assert_allclose(shared["label"], alone["label"], atol=1e-6)
   assert sorted(k for k in nnx.to_pure_dict(nnx.state(m, nnx.Param))["task_blocks"]) == [
       "digits", "parity"]
+
+
+def test_a_fixed_sincos_position_table_is_no_parameter_and_2d_is_big_vision_sincos2d():
+  from mmvit import convert
+  from mmvit.models.tokenizers import sincos_table
+  t = tokenizer("image", (32, 32, 1), (8, 8), posemb="sincos")
+  params = nnx.to_pure_dict(nnx.state(t, nnx.Param))
+  assert sorted(params) == ["bias", "cls", "kernel"]
+  x = jax.random.normal(jax.random.key(0), (2, 32, 32, 1))
+  tokens = t(x)
+  patches = patchify(x, (8, 8)) @ params["kernel"].reshape(-1, 16) + params["bias"]
+  np.testing.assert_allclose(tokens[:, 1:], patches + sincos_table((4, 4), 16), atol=1e-6)
+  # big_vision's posemb_sincos_2d, written out: y, x = mgrid; [sin x, cos x, sin y, cos y]
+  q = 16 // 4
+  omega = 1.0 / 10_000 ** (np.arange(q) / (q - 1))
+  y, xx = np.mgrid[:4, :4]
+  ax, ay = xx.reshape(-1, 1) * omega, y.reshape(-1, 1) * omega
+  want = np.concatenate([np.sin(ax), np.cos(ax), np.sin(ay), np.cos(ay)], axis=1)[None]
+  np.testing.assert_allclose(sincos_table((4, 4), 16), want, atol=1e-7)
+  np.testing.assert_array_equal(convert.sincos_2d(4, 4, 16), sincos_table((4, 4), 16))
+  assert sincos_table((2, 4, 4), 24).shape == (1, 32, 24)  # tubelets: three axes of 4 each
+  with pytest.raises(ValueError, match="divisible by 6"):
+    sincos_table((2, 4, 4), 16)
+
+
+@pytest.mark.parametrize("pool", ["token", "gap"])
+def test_the_class_token_last_computes_what_the_class_token_first_does(pool):
+  """Attention is permutation-equivariant and the positions live in the patch embeddings, so
+  where the class token sits (the seed allows the first or the last element) changes nothing:
+  the same parameters give the same logits, and the tokenizer puts it at the end."""
+  from mmvit.models.model import Model, ModelSpec
+  spec = ModelSpec(width=16, depth=2, num_heads=2, mlp_dim=32, pool=pool)
+  head = {"t": (("image",), heads.HeadSpec("multiclass", ("label",), (10,)), None)}
+  x = {"image": jax.random.normal(jax.random.key(1), (3, 16, 16, 1))}
+  outs = []
+  for last in (False, True):
+    tok = TokenizerSpec("image", "image", (16, 16, 1), (4, 4), cls_last=last)
+    m = Model(spec, {"image": tok}, head, rngs=nnx.Rngs(0))
+    k = m.heads["t"].outputs["label"].kernel
+    k[...] = jax.random.normal(jax.random.key(2), k.shape)
+    m.tokenizers["image"].cls[...] = jax.random.normal(jax.random.key(3), (1, 1, 16))
+    if last:
+      np.testing.assert_array_equal(m.tokenizers["image"](x["image"])[:, -1],
+                                    jnp.broadcast_to(m.tokenizers["image"].cls[...][0], (3, 16)))
+    outs.append(m("t", x)[0]["label"])
+  np.testing.assert_allclose(outs[0], outs[1], atol=1e-5)

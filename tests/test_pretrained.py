@@ -281,6 +281,40 @@ def test_the_writer_round_trips_whichever_side_holds_the_class_token_position(tm
     assert max_diff(dst("image", {"image": x})[0]["label"], want) <= ATOL, cls_in
 
 
+def test_a_fixed_sincos_model_with_its_class_token_last_is_written_as_a_sincos2d_vit(tmp_path):
+  """No position parameter is written (big_vision's posemb='sincos2d'), the class token goes
+  first; read back into a learned-posemb, class-first model the table is rebuilt exactly and
+  the logits are the source's. The vit_jax layout cannot hold a fixed table: one line."""
+  def model(seed, **tok):
+    spec = ModelSpec(width=32, depth=2, num_heads=2, mlp_dim=64, post_adapter_depth=1,
+                     task_depth=1)
+    m = Model(spec, {"image": TokenizerSpec("image", "image", (16, 16, 3), (4, 4), **tok)},
+              {"image": (("image",), HeadSpec("multiclass", ("label",), (5,)), None)},
+              rngs=nnx.Rngs(seed))
+    leaves, tdef = jax.tree.flatten(nnx.state(m, nnx.Param))
+    keys = jax.random.split(jax.random.key(seed), len(leaves))
+    nnx.update(m, jax.tree.unflatten(tdef, [x + 0.1 * jax.random.normal(k, x.shape)
+                                            for x, k in zip(leaves, keys)]))
+    return m
+  src = model(0, posemb="sincos", cls_last=True)
+  params = nnx.to_pure_dict(nnx.state(src, nnx.Param))
+  flat = convert.to_vit(params, task="image", modality="image",
+                        tokenizer=src.tokenizers["image"].spec)
+  assert "pos_embedding" not in flat and convert.detect_layout(flat) == "big_vision"
+  path = str(tmp_path / "w.npz")
+  convert.save_npz(path, flat)
+  dst = model(1)
+  # The writer put the post-adapter and task blocks after the shared ones, in order.
+  _, rows = pretrained.init_model(dst, dict(file=path, groups="*", group_map=(
+      "shared=shared[0:2]", "post_adapters.*=shared[2:3]", "task_blocks.*=shared[3:4]")))
+  assert {r.param: r.action for r in rows}["tokenizers.image/posemb"] != "fresh"
+  x = np.random.default_rng(0).normal(size=(2, 16, 16, 3)).astype(np.float32)
+  assert max_diff(dst("image", {"image": x})[0]["label"],
+                  src("image", {"image": x})[0]["label"]) <= ATOL
+  with pytest.raises(convert.ConversionError, match="use layout='big_vision'"):
+    convert.to_vit(params, task="image", modality="image", layout="vit_jax")
+
+
 # ---------------------------------------------------------------- groups across names
 
 def test_an_image_vit_initialises_every_stream_and_adapters_by_layer_range(tmp_path):

@@ -124,7 +124,7 @@ class Model(nnx.Module):
     if spec.post_adapter_depth:  # keys apart from the ones above: old runs keep their draws
       outs = [self._blocks(self.post_adapters[m], x, keys[0], 1000 + i, kw)
               for i, (m, x) in enumerate(zip(mods, outs))]
-    return self.predict_head(task, outs, self.tokenizers[mods[0]].spec.class_token,
+    return self.predict_head(task, outs, self.tokenizers[mods[0]].spec.cls_index,
                              key=keys[0], **kw)
 
   @staticmethod
@@ -133,19 +133,20 @@ class Model(nnx.Module):
     (x,) = fusion_lib.encode([x], [stack], None, key=k, **kw)
     return x
 
-  def predict_head(self, task: str, outs: list[jax.Array], has_cls: bool, *,
+  def predict_head(self, task: str, outs: list[jax.Array], cls_index: int | None, *,
                    key: jax.Array | None = None, **kw) -> list[dict[str, jax.Array]]:
     """The task's blocks, the final norm and the head on the output streams of the shared
-    (and post-adapter) blocks; `key` None: evaluation mode."""
+    (and post-adapter) blocks; `cls_index` where the class token is (TokenizerSpec.cls_index;
+    None: none); `key` None: evaluation mode."""
     if self.spec.task_depth:
       outs = [self._blocks(self.task_blocks[task], x, key, 2000 + i, kw)
               for i, x in enumerate(outs)]
     outs = [self.encoder.encoder_norm(x).astype(jnp.float32) for x in outs]
     head = self.heads[task]
     if head.pool == "token":
-      return [head(x[:, 0]) for x in outs]
-    return [head(head.pooled(jnp.concatenate([x[:, 1:] if has_cls else x for x in outs],
-                                             axis=1)))]
+      return [head(x[:, cls_index]) for x in outs]
+    patches = {None: slice(None), 0: slice(1, None), -1: slice(None, -1)}[cls_index]
+    return [head(head.pooled(jnp.concatenate([x[:, patches] for x in outs], axis=1)))]
 
   def encode_modality(self, modality: str, batch: dict[str, jax.Array]) -> jax.Array:
     """One modality through its tokenizer, adapters, the shared encoder and its post-adapter
