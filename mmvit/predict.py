@@ -1,7 +1,7 @@
 r"""Predictions on files, preprocessed exactly as the task's eval split.
 
-  python -m mmvit.predict --workdir=RUN --task=T FILES_OR_FOLDERS...
-  python -m mmvit.predict --workdir=RUN --modality=M FILES_OR_FOLDERS...
+  python -m mmvit.predict --workdir=RUN --task=T FILES_OR_FOLDERS_OR_MANIFESTS...
+  python -m mmvit.predict --workdir=RUN --modality=M FILES_OR_FOLDERS_OR_MANIFESTS...
 
 Each file is decoded as `python -m mmvit.data build` decoded the task's dataset (the rate, fps,
 frame size and JPEG quality stored with it), then run through the task's eval pp ops (with its
@@ -10,7 +10,8 @@ and task: the top-k label names and scores (softmax; sigmoid for multi-label), p
 
 `--modality` runs every task that reads that modality alone, with the encoder run once per
 input and every head applied to its output (PolyViT claim 23). A folder is searched for media
-files recursively. A file that cannot be read or decoded gets an `error` line; the others are
+files recursively; a manifest (.csv or .jsonl, as `python -m mmvit.data build --manifest`
+reads) lists them in its image/audio/video column, relative to the manifest's folder. A file that cannot be read or decoded gets an `error` line; the others are
 still predicted, and the exit status is 1 at the end. Nothing in the workdir is changed.
 """
 
@@ -49,12 +50,31 @@ def media_kinds(loaded: inference.Loaded, task: str) -> tuple[str, ...]:
   return tuple(media["modalities"]) + (("audio",) if media.get("audio_track") else ())
 
 
+def manifest_files(path: str, kind: str) -> list[str]:
+  """The `kind` column of a build manifest, paths relative to its folder made absolute."""
+  from mmvit.data import build  # noqa: PLC0415
+  base = os.path.dirname(os.path.abspath(path))
+  out = []
+  try:
+    for i, row in build._rows(path):  # pylint: disable=protected-access
+      v = row.get(kind)
+      if not isinstance(v, str) or not v:
+        raise PredictError(f"{path} row {i}: no {kind} path (the task reads {kind} files)")
+      out.append(v if os.path.isabs(v) else os.path.join(base, v))
+  except build.BuildError as e:
+    raise PredictError(str(e)) from None
+  return out
+
+
 def list_files(paths: list[str], kinds: tuple[str, ...]) -> list[str]:
-  """Files as given, and media files of `kinds` under folders (sorted)."""
+  """Files as given, media files of `kinds` under folders (sorted), and the files a manifest
+  lists (in its column of the first of `kinds`)."""
   exts = tuple(e for k in kinds if k in EXTENSIONS for e in EXTENSIONS[k])
   out = []
   for p in paths:
-    if os.path.isdir(p):
+    if os.path.isfile(p) and p.lower().endswith((".csv", ".jsonl")):
+      out += manifest_files(p, kinds[0])
+    elif os.path.isdir(p):
       for root, _, files in sorted(os.walk(p)):
         out += [os.path.join(root, f) for f in sorted(files)
                 if f.lower().endswith(exts) and not f.startswith(".")]

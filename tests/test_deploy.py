@@ -176,3 +176,25 @@ def test_predict_on_the_test_files_gives_the_runs_own_test_accuracy(media, tmp_p
   assert np.mean(np.array(top1) == np.array(labels)) == pytest.approx(test_top1, abs=1e-9)
   names = loaded.task("main")["label_names"]["label"]
   assert preds[0]["top_k"]["label"][0]["name"] == names[top1[0]]
+
+
+def test_a_manifest_lists_the_files_predict_reads(media, tmp_path):
+  """A build manifest's image column, relative to its folder, gives the files; a row without
+  one is a one-line error naming the row."""
+  import make_media
+  from mmvit import predict
+  folder = media.make("photos", n=120)
+  files = predict.list_files([folder], ("image",))[:5]
+  rows = [dict(image=os.path.relpath(f, folder), label="x") for f in files]
+  path = make_media.write_manifest(os.path.join(str(tmp_path), "m.csv"), rows)
+  os.symlink(folder, tmp_path / "photos")
+  rel = make_media.write_manifest(
+      str(tmp_path / "r.jsonl"), [dict(image=os.path.join("photos", r["image"])) for r in rows])
+  assert predict.manifest_files(path, "image") == [
+      os.path.join(str(tmp_path), r["image"]) for r in rows]
+  assert predict.list_files([rel], ("image",)) == [
+      os.path.join(str(tmp_path), "photos", r["image"]) for r in rows]
+  bad = make_media.write_manifest(str(tmp_path / "b.csv"), [dict(image="", label="x")])
+  with pytest.raises(predict.PredictError) as e:
+    predict.list_files([bad], ("image",))
+  assert str(e.value) == f"{bad} row 2: no image path (the task reads image files)"
