@@ -32,8 +32,9 @@ def test_unknown_tokenizer_kind():
 
 
 def test_unknown_task_type():
-  msg = error_of(lambda c: setattr(c.tasks.audio, "head", "regression"))
-  assert "tasks.audio.head='regression'" in msg and "multiclass, multilabel, multihead" in msg
+  msg = error_of(lambda c: setattr(c.tasks.audio, "head", "ranking"))
+  assert msg == ("tasks.audio.head='ranking': expected one of multiclass, multilabel, multihead, "
+                 "regression")
 
 
 def test_unknown_schedule():

@@ -531,3 +531,18 @@ def test_a_notice_before_the_first_step_of_a_resumed_run_stops_it_after_one_step
   assert code == 0, out[-3000:]
   saved = re.findall(r"\[(\d)\] preempted: saved step (\d+) to", out)
   assert sorted(saved) == [("0", "5"), ("1", "5")], out[-3000:]
+
+
+def test_a_wall_clock_budget_stops_every_process_after_the_same_step(tmp_path, data_dir):
+  """config.max_wall_time with several processes: they compare clocks every
+  stopping.WALL_CHECK_EVERY steps (one all-gather), so all stop, save and evaluate after the
+  same step, even though each process's own clock ran out at another time."""
+  from mmvit import stopping
+  out = launch(tmp_path / "w", 2, 2, "--config=tests/tiny_config_file.py:weighted",
+               "--config.max_wall_time=0.001", data_dir=data_dir)
+  stops = re.findall(r"\[(\d)\] .*max_wall_time=0.001s reached at step (\d+)", out)
+  assert sorted(p for p, _ in stops) == ["0", "1"], out[-3000:]
+  assert {int(s) for _, s in stops} == {stopping.WALL_CHECK_EVERY}
+  with open(tmp_path / "w" / "results.json") as f:
+    assert json.load(f)["stopped"] == "max_wall_time"
+  assert str(stopping.WALL_CHECK_EVERY) in os.listdir(tmp_path / "w" / "checkpoints")

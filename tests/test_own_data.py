@@ -93,6 +93,24 @@ def test_mp4_clips_with_their_audio_train_a_bottleneck_fusion_task(media, av_cli
   out = train.run(c, str(tmp_path / "w"))
   reached("mp4 + audio track, bottleneck fusion", out["test"]["main"])
   assert out["test"]["main"]["top1"] >= 0.85, out["test"]
+  # predict on the test split's mp4 files (frames and audio track decoded as the build did,
+  # the eval window of both): the run's own test top-1
+  from mmvit import inference, predict
+  folder = media.make("clips", n_per_digit=20)
+  records = data.data_source(av_clips, "test", media.data_dir)
+  files, labels = [], []
+  for i in range(len(records)):
+    r = records[i]
+    rel = r["path"].decode() if isinstance(r["path"], bytes) else str(r["path"])
+    files.append(os.path.join(folder, rel))
+    labels.append(int(r["label"]))
+  lines = []
+  ok, failed = predict.run(inference.load(str(tmp_path / "w")), files, task="main", k=1,
+                           batch_size=8, emit=lines.append)
+  assert (ok, failed) == (len(files), 0)
+  top1 = [json.loads(line)["top_k"]["label"][0]["class"] for line in lines]
+  assert np.mean(np.array(top1) == np.array(labels)) == pytest.approx(
+      out["test"]["main"]["top1"], abs=1e-9)
 
 
 def test_a_video_dataset_without_av_windows_takes_a_multi_view_test(media, av_clips, tmp_path):
