@@ -41,6 +41,18 @@ class Media:
       self._made[key] = path
     return self._made[key]
 
+  def split_files(self, name, split, folder, label="label"):
+    """(files, labels) of a built dataset's split: each record's stored path joined to the
+    folder it was built from, and its label (as stored)."""
+    records = data.data_source(name, split, self.data_dir)
+    files, labels = [], []
+    for i in range(len(records)):
+      r = records[i]
+      rel = r["path"].decode() if isinstance(r["path"], bytes) else str(r["path"])
+      files.append(os.path.join(folder, rel))
+      labels.append(r[label])
+    return files, labels
+
   def build(self, name, *args):
     """`python -m mmvit.data build` in-process, once per name; returns the dataset name."""
     from mmvit.data import __main__ as cli  # noqa: PLC0415

@@ -147,7 +147,7 @@ def test_predict_on_the_test_files_gives_the_runs_own_test_accuracy(media, tmp_p
   the run's own test evaluation classified their records."""
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   from configs import own_data
-  from mmvit import data, predict
+  from mmvit import predict
   folder = media.make("photos", n=120)
   name = media.build("own_photos", f"--images={folder}", "--ratios=0.6,0.1,0.3")
   c = own_data.get_config(f"image,{name},steps=30")
@@ -155,13 +155,7 @@ def test_predict_on_the_test_files_gives_the_runs_own_test_accuracy(media, tmp_p
   c.log_every = 0
   wd = str(tmp_path / "w")
   test_top1 = train.run(c, wd)["test"]["main"]["top1"]
-  records = data.data_source(name, "test", media.data_dir)
-  files, labels = [], []
-  for i in range(len(records)):
-    r = records[i]
-    rel = r["path"].decode() if isinstance(r["path"], bytes) else str(r["path"])
-    files.append(os.path.join(folder, rel))
-    labels.append(int(r["label"]))
+  files, labels = media.split_files(name, "test", folder)
   lines = []
   loaded = inference.load(wd)
   ok, failed = predict.run(loaded, files + [str(tmp_path / "missing.png")], task="main",

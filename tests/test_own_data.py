@@ -96,14 +96,7 @@ def test_mp4_clips_with_their_audio_train_a_bottleneck_fusion_task(media, av_cli
   # predict on the test split's mp4 files (frames and audio track decoded as the build did,
   # the eval window of both): the run's own test top-1
   from mmvit import inference, predict
-  folder = media.make("clips", n_per_digit=20)
-  records = data.data_source(av_clips, "test", media.data_dir)
-  files, labels = [], []
-  for i in range(len(records)):
-    r = records[i]
-    rel = r["path"].decode() if isinstance(r["path"], bytes) else str(r["path"])
-    files.append(os.path.join(folder, rel))
-    labels.append(int(r["label"]))
+  files, labels = media.split_files(av_clips, "test", media.make("clips", n_per_digit=20))
   lines = []
   ok, failed = predict.run(inference.load(str(tmp_path / "w")), files, task="main", k=1,
                            batch_size=8, emit=lines.append)
@@ -218,17 +211,15 @@ def test_a_numeric_manifest_column_trains_a_regression_head(media, tmp_path):
   assert test["mae"] ** 2 <= test["mse"]
   # predict on the test split's files: values in pixels, the run's own test MSE
   from mmvit import inference, predict
-  records = data.data_source(name, "test", media.data_dir)
-  rels = [r["path"].decode() if isinstance(r["path"], bytes) else str(r["path"])
-          for r in (records[i] for i in range(len(records)))]
-  truth = {str(tmp_path / "disks" / rel): radii[int(rel[:3])] for rel in rels}
+  files, stored = media.split_files(name, "test", str(tmp_path / "disks"), label="radius")
+  truth = dict(zip(files, np.asarray(stored, np.float64)))
   lines = []
   ok, failed = predict.run(inference.load(str(tmp_path / "w")), list(truth), task="main",
                            batch_size=16, emit=lines.append)
   assert (ok, failed) == (len(truth), 0)
   preds = [json.loads(line) for line in lines]
   err = [p["top_k"]["radius"][0] - truth[p["file"]] for p in preds]
-  # the stored targets are the manifest's 3-decimal text, so 1e-5 relative
+  # predict rounds its values to 6 decimals; the run computed its MSE from float32 logits
   assert np.mean(np.square(err)) == pytest.approx(test["mse"], rel=1e-4)
 
 
