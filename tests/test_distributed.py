@@ -533,10 +533,12 @@ def test_a_notice_before_the_first_step_of_a_resumed_run_stops_it_after_one_step
   assert sorted(saved) == [("0", "5"), ("1", "5")], out[-3000:]
 
 
+@pytest.mark.slow
 def test_a_wall_clock_budget_stops_every_process_after_the_same_step(tmp_path, data_dir):
   """config.max_wall_time with several processes: they compare clocks every
   stopping.WALL_CHECK_EVERY steps (one all-gather), so all stop, save and evaluate after the
-  same step, even though each process's own clock ran out at another time."""
+  same step, even though each process's own clock ran out at another time. (The rule itself
+  is in the default suite: test_stopping.py.)"""
   from mmvit import stopping
   out = launch(tmp_path / "w", 2, 2, "--config=tests/tiny_config_file.py:weighted",
                "--config.max_wall_time=0.001", data_dir=data_dir)

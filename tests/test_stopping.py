@@ -14,7 +14,8 @@ from mmvit.config import ConfigError
 from tests.fakes import FakeData
 from tests.tiny import tiny_config
 
-TOTAL = 4 + 5 + 6  # the tiny config's steps (image, video_digit, audio)
+STEPS = 2
+TOTAL = STEPS + (STEPS + 1) + (STEPS + 2)  # the tiny config's steps (image, video_digit, audio)
 
 
 def same(a, b):
@@ -34,7 +35,7 @@ def saved_steps(workdir):
 
 def test_early_stopping_saves_evaluates_and_a_rerun_trains_no_further(tmp_path):
   wd = str(tmp_path / "run")
-  cfg = tiny_config(eval_every=1, early_stopping=never_better(2))
+  cfg = tiny_config(steps=STEPS, eval_every=1, early_stopping=never_better(2))
   out = train.run(cfg, wd, data=FakeData())
   assert out["stopped"] == "early_stopping" and out["steps"] == 3
   assert out["early_stopping"]["best_step"] == 1 and out["early_stopping"]["bad"] == 2
@@ -51,7 +52,7 @@ def test_early_stopping_saves_evaluates_and_a_rerun_trains_no_further(tmp_path):
 def test_a_run_resumed_between_evaluations_stops_where_the_uninterrupted_one_does(tmp_path):
   """The rule's history rides in the checkpoint; the evaluation at the step a run was cut at
   (skipped there, since that step ended it) is made on resume."""
-  cfg = tiny_config(eval_every=1, early_stopping=never_better(4))
+  cfg = tiny_config(steps=STEPS, eval_every=1, early_stopping=never_better(4))
   full = train.run(cfg, str(tmp_path / "full"), data=FakeData())
   train.run(cfg, str(tmp_path / "cut"), data=FakeData(), stop_at=2)
   resumed = train.run(cfg, str(tmp_path / "cut"), data=FakeData())
@@ -62,16 +63,36 @@ def test_a_run_resumed_between_evaluations_stops_where_the_uninterrupted_one_doe
 
 def test_max_wall_time_saves_evaluates_and_a_rerun_continues_exactly(tmp_path):
   wd = str(tmp_path / "run")
-  cfg = tiny_config(max_wall_time=1e-9)  # spent by the first step
+  cfg = tiny_config(steps=STEPS, max_wall_time=1e-9)  # spent by the first step
   first = train.run(cfg, wd, data=FakeData())
   assert first["stopped"] == "max_wall_time" and first["steps"] == 1 and first["test"]
   assert saved_steps(wd) == [1]
   assert train.run(cfg, wd, data=FakeData())["steps"] == 2  # a new budget per rerun
   cfg.max_wall_time = None
   rest = train.run(cfg, wd, data=FakeData())
-  whole = train.run(tiny_config(), str(tmp_path / "whole"), data=FakeData())
+  whole = train.run(tiny_config(steps=STEPS), str(tmp_path / "whole"), data=FakeData())
   assert rest["steps"] == TOTAL and rest["stopped"] is None
   assert same(whole["state"], rest["state"])
+
+
+def test_several_processes_stop_together_every_few_steps(monkeypatch):
+  """With several processes a budget is checked only every WALL_CHECK_EVERY steps of the run,
+  and one all-gather tells all of them: any process out of time stops every process there."""
+  from mmvit import distributed, stopping
+  monkeypatch.setattr(stopping.jax, "process_count", lambda: 2)
+  answers = {"mine": "0", "theirs": "1"}
+  asked = []
+
+  def gather(value):
+    asked.append(value)
+    return [value, answers["theirs"]]
+  monkeypatch.setattr(distributed, "gather_strings", gather)
+  clock = stopping.WallClock(3600.0)  # this process has time left
+  assert not clock.reached(stopping.WALL_CHECK_EVERY - 1) and not asked
+  assert clock.reached(stopping.WALL_CHECK_EVERY) and asked == ["0"]
+  answers["theirs"] = "0"
+  assert not clock.reached(2 * stopping.WALL_CHECK_EVERY)
+  assert not stopping.WallClock(None).reached(stopping.WALL_CHECK_EVERY)
 
 
 @pytest.mark.parametrize("edit,msg", [
