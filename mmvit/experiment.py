@@ -224,9 +224,8 @@ def check_batch(task: tasks_lib.Task, batch: dict, specs: dict, step: int,
       raise data_lib.DataError(f"{where}: batch has no label {key!r}")
     y = np.asarray(y)
     if task.head.kind == "regression":
-      ok_shape = y.reshape(rows, -1).shape == (rows, classes) if y.size == rows * classes and (
-          y.ndim and y.shape[0] == rows) else False
-      ok_shape = ok_shape and np.issubdtype(y.dtype, np.floating)
+      ok_shape = (np.issubdtype(y.dtype, np.floating) and y.ndim >= 1 and y.shape[0] == rows
+                  and y.size == rows * classes)
       bad = ~np.isfinite(y.reshape(rows, -1)).all(-1) if ok_shape else None
       want = f"finite floats, {classes} per record"
     elif task.head.kind == "multilabel":

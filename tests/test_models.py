@@ -130,6 +130,7 @@ def test_one_encoder_pass_per_modality_then_each_task_blocks_and_head_equal_each
   for t in heads_:
     (alone,) = m(t, batch)
     (shared,) = m.predict_head(t, [x], tok.cls_index)
+    # the same ops in the same order on the same inputs: equal up to XLA's fusion choices
     np.testing.assert_allclose(shared["label"], alone["label"], atol=1e-6)
   assert sorted(k for k in nnx.to_pure_dict(nnx.state(m, nnx.Param))["task_blocks"]) == [
       "digits", "parity"]
@@ -144,6 +145,7 @@ def test_a_fixed_sincos_position_table_is_no_parameter_and_2d_is_big_vision_sinc
   x = jax.random.normal(jax.random.key(0), (2, 32, 32, 1))
   tokens = t(x)
   patches = patchify(x, (8, 8)) @ params["kernel"].reshape(-1, 16) + params["bias"]
+  # 16-term float32 dot products of O(1) values: rounding ~1e-7
   np.testing.assert_allclose(tokens[:, 1:], patches + sincos_table((4, 4), 16), atol=1e-6)
   # big_vision's posemb_sincos_2d, written out: y, x = mgrid; [sin x, cos x, sin y, cos y]
   q = 16 // 4
@@ -151,6 +153,7 @@ def test_a_fixed_sincos_position_table_is_no_parameter_and_2d_is_big_vision_sinc
   y, xx = np.mgrid[:4, :4]
   ax, ay = xx.reshape(-1, 1) * omega, y.reshape(-1, 1) * omega
   want = np.concatenate([np.sin(ax), np.cos(ax), np.sin(ay), np.cos(ay)], axis=1)[None]
+  # both computed in float64; the table is then rounded to float32 (values <= 1: 6e-8)
   np.testing.assert_allclose(sincos_table((4, 4), 16), want, atol=1e-7)
   np.testing.assert_array_equal(convert.sincos_2d(4, 4, 16), sincos_table((4, 4), 16))
   assert sincos_table((2, 4, 4), 24).shape == (1, 32, 24)  # tubelets: three axes of 4 each
@@ -178,4 +181,6 @@ def test_the_class_token_last_computes_what_the_class_token_first_does(pool):
       np.testing.assert_array_equal(m.tokenizers["image"](x["image"])[:, -1],
                                     jnp.broadcast_to(m.tokenizers["image"].cls[...][0], (3, 16)))
     outs.append(m("t", x)[0]["label"])
+  # the softmax sums run over the tokens in another order: float32 rounding on logits of
+  # magnitude ~5 (unit-normal head kernels over 16 features) is ~1e-6
   np.testing.assert_allclose(outs[0], outs[1], atol=1e-5)

@@ -221,6 +221,17 @@ def test_a_numeric_manifest_column_trains_a_regression_head(media, tmp_path):
   err = [p["top_k"]["radius"][0] - truth[p["file"]] for p in preds]
   # predict rounds its values to 6 decimals; the run computed its MSE from float32 logits
   assert np.mean(np.square(err)) == pytest.approx(test["mse"], rel=1e-4)
+  # the batch door: a target that is not a finite number is one line naming the record
+  exp = train.build(c)
+  (task,) = exp.tasks
+  shape, dtype = info.features["image"]
+  batch = {"image": np.zeros((task.batch_size,) + shape, dtype),
+           "radius": np.ones(task.batch_size, np.float32)}
+  batch["radius"][1] = np.nan
+  with pytest.raises(data.DataError) as e:
+    train.check_batch(task, batch, exp.tokenizer_specs, 0)
+  assert str(e.value) == ("task main step 0: label 'radius' of record 1 is nan, expected finite "
+                          "floats, 1 per record")
 
 
 def test_a_head_that_does_not_match_its_label_is_refused_at_the_door(media, tmp_path):
