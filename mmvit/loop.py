@@ -525,8 +525,8 @@ def _run(closing: contextlib.ExitStack, config, workdir, *, devices, stop_at, da
         if stopper is not None and stopper.update(done, evals):
           stop = "early_stopping"
       if stop is None and done != end and wall.reached(done - start):
-        log.warning("config.max_wall_time=%ss reached at step %d: saving and evaluating; rerun the "
-                 "same command to continue", cfg.max_wall_time, done)
+        log.warning("config.max_wall_time=%ss reached at step %d: saving and evaluating; "
+                    "rerun the same command to continue", cfg.max_wall_time, done)
         stop = "max_wall_time"
       if ckpt_every and done % ckpt_every == 0 and done != end and stop is None:
         _check_finite(exp, state, max_skips, ckpt)

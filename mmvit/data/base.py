@@ -15,6 +15,11 @@ class DataError(ValueError):
   """A dataset is unknown, missing, empty, damaged or misused (one line, naming it)."""
 
 
+# The doc of a float target feature `python -m mmvit.data build --targets` writes; readers
+# know a regression target by it.
+TARGET_DOC = 'regression target'
+
+
 @dataclasses.dataclass(frozen=True)
 class DatasetInfo:
   """What a dataset looks like after preprocessing.

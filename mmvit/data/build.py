@@ -41,7 +41,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from mmvit.data.base import SPLITS, DataError
+from mmvit.data.base import SPLITS, TARGET_DOC, DataError
 
 EXTENSIONS = {
     'image': ('.jpg', '.jpeg', '.png', '.webp'),
@@ -482,9 +482,6 @@ def _decode(job):
 
 
 # ------------------------------------------------------------ building -----
-
-TARGET_DOC = 'regression target'  # the doc of a build's float target feature (tfds_dir reads it)
-
 
 def target_stats(train: list[Item], targets) -> dict[str, dict[str, list[float]]]:
   """Target -> mean and std over the train split's rows (the regression head predicts in

@@ -15,14 +15,13 @@ import os
 import re
 
 from mmvit.data import base, ops
-from mmvit.data.base import DataError
+from mmvit.data.base import TARGET_DOC, DataError
 
 _NAME = re.compile(r'^[a-z][a-z0-9_]*$')
 _SPEC = re.compile(r'^tfds:(?P<name>[a-z][a-z0-9_]*)(?:/(?P<config>[\w.-]+))?'
                    r'(?::(?P<version>\d+\.\d+\.\d+))?$')
 _VERSION = re.compile(r'^\d+\.\d+\.\d+$')
 MULTI_HOT_DOC = 'multi-hot'  # the doc of a build's multi-label feature
-TARGET_DOC = 'regression target'  # the doc of a build's float target (build.TARGET_DOC)
 
 
 def valid_name(name: str) -> bool:

@@ -113,8 +113,7 @@ class Model(nnx.Module):
       tok = self.tokenizers[m]
       x = tok(batch[tok.spec.input_key])
       if spec.adapter_depth:
-        k = None if keys[0] is None else jax.random.fold_in(keys[0], i)
-        (x,) = fusion_lib.encode([x], [self.adapters[m]], None, key=k, **kw)
+        x = self._blocks(self.adapters[m], x, keys[0], i, kw)
       streams.append(x)
     first = self.task_modalities[task][0]
     stacks = [self.stream_encoders[m] if m != first and m in self.stream_encoders
@@ -129,6 +128,7 @@ class Model(nnx.Module):
 
   @staticmethod
   def _blocks(stack, x, key, salt: int, kw: dict):
+    """One stream through a stack of its own; its key is fold_in(key, salt)."""
     k = None if key is None else jax.random.fold_in(key, salt)
     (x,) = fusion_lib.encode([x], [stack], None, key=k, **kw)
     return x
@@ -155,10 +155,10 @@ class Model(nnx.Module):
     tok = self.tokenizers[modality]
     x = tok(batch[tok.spec.input_key])
     if self.spec.adapter_depth:
-      (x,) = fusion_lib.encode([x], [self.adapters[modality]], None, key=None)
-    (x,) = fusion_lib.encode([x], [self.encoder], None, None, key=None)
+      x = self._blocks(self.adapters[modality], x, None, 0, {})
+    x = self._blocks(self.encoder, x, None, 0, {})
     if self.spec.post_adapter_depth:
-      (x,) = fusion_lib.encode([x], [self.post_adapters[modality]], None, key=None)
+      x = self._blocks(self.post_adapters[modality], x, None, 0, {})
     return x
 
 
