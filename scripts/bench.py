@@ -1,7 +1,7 @@
 r"""Speed, memory and compile figures of issue 13, each measured in one run and printed as
 ratios (timings never live in tests):
 
-  uv run python scripts/bench.py [--only=peak,mfu,attention,remat,bf16,cotrain,host]
+  uv run python scripts/bench.py [--only=peak,mfu,attention,remat,bf16,cotrain,switch,host]
       [--peer=DIR] [--rounds=5] [--out=FILE.json]
 
 * peak       this machine's float32 matmul throughput (the CPU's MFU denominator);
@@ -23,6 +23,8 @@ ratios (timings never live in tests):
 * cotrain    the demo's steps: a co-training run that switches task every step against the
              same steps task by task (means of interleaved rounds), and recompilations after
              warm-up (must be 0);
+* switch     where co-training's cost falls: each demo step's time after each other task's
+             step, against after its own (median of 8 per pair, mean of --rounds rounds);
 * host       the demo's training loop for 300 steps: the share of its wall time spent outside
              the compiled steps, with the input thread (prefetch=2) and without (prefetch=0),
              against the same steps in the schedule's order on placed batches (dispatched as
@@ -368,6 +370,40 @@ def bench_cotrain(args):
       f"{save / mean_step:.2f} mean steps (median of 5)", save_steps=save / mean_step)
 
 
+def bench_switch(args):
+  cfg = config_lib.load(os.path.join(ROOT, "configs/demo.py"))
+  exp = experiment.build(cfg)
+  rng = np.random.default_rng(0)
+  with exp.layout():
+    batches = {t.name: random_batch(exp, t, rng) for t in exp.tasks}
+  box = {"s": exp.state}
+  names = [t.name for t in exp.tasks]
+
+  def step(name):
+    with exp.layout():
+      box["s"], m = exp.train_steps[name](box["s"], batches[name], jnp.int32(0))
+    return m["loss"]
+  for n in names:
+    jax.block_until_ready(step(n))
+  times: dict = {}
+  for _ in range(args.rounds):
+    for target in names:
+      for before in names:
+        ts = []
+        for _ in range(8):
+          jax.block_until_ready(step(before))
+          t0 = time.perf_counter()
+          jax.block_until_ready(step(target))
+          ts.append(time.perf_counter() - t0)
+        times.setdefault((target, before), []).append(statistics.median(ts))
+  ratios = {}
+  for target in names:
+    alone = statistics.mean(times[target, target])
+    ratios[target] = {b: statistics.mean(times[target, b]) / alone for b in names if b != target}
+    say("switch", f"{target} ({alone * 1e3:.1f} ms after itself): " + ", ".join(
+        f"after {b} {r:.3f}" for b, r in ratios[target].items()), **{target: ratios[target]})
+
+
 def bench_host(args):
   cfg = config_lib.load(os.path.join(ROOT, "configs/demo.py"))
   steps = 300
@@ -421,7 +457,7 @@ def bench_host(args):
 def main():
   p = argparse.ArgumentParser()
   p.add_argument("--only", default="mfu,ceiling,attention,remat,bf16,bf16_curves,scan,cotrain,"
-                 "host")
+                 "switch,host")
   p.add_argument("--peer", default=None, help="a directory with peer_vit.py (big_vision)")
   p.add_argument("--rounds", type=int, default=5)
   p.add_argument("--out", default=None)
@@ -431,7 +467,7 @@ def main():
   print(f"devices: {jax.device_count()} x {jax.devices()[0].device_kind}", flush=True)
   peak = bench_peak(args)
   for name in ("mfu", "ceiling", "attention", "remat", "bf16", "bf16_curves", "scan", "cotrain",
-               "host"):
+               "switch", "host"):
     if name in only:
       if name in ("mfu", "ceiling"):
         globals()[f"bench_{name}"](args, peak)
