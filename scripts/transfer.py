@@ -115,7 +115,7 @@ def main(argv=None):
     t0 = time.perf_counter()
     res = train.run(c, pre)
     timings["pretrain_s"] = time.perf_counter() - t0
-    print(f"pretrain image ({a.source}): {c.test_split} "
+    print(f"pretrain image ({a.source}): {c.get('test_split', 'test')} "
           f"{res['test']['image']['top1']:.4f}", flush=True)
     subprocess.run([sys.executable, "-m", "mmvit.convert", f"--workdir={pre}", "--task=image",
                     f"--out={npz}"], check=True)
