@@ -314,22 +314,29 @@ def bench_bf16_curves(args):
       curve_max_rel_diff=rel, curves={k: list(map(float, v)) for k, v in curves.items()})
 
 
-def bench_cotrain(args):
+def demo_steps():
+  """(experiment, task names, step(name) -> loss, state box) of the demo: one placed random
+  batch per task, one state through every task's steps (each donates its input); every step
+  compiled and run once."""
   cfg = config_lib.load(os.path.join(ROOT, "configs/demo.py"))
   exp = experiment.build(cfg)
   rng = np.random.default_rng(0)
   with exp.layout():
     batches = {t.name: random_batch(exp, t, rng) for t in exp.tasks}
-  state = {"s": exp.state}
-  step_no = jnp.int32(0)
+  box = {"s": exp.state}
   names = [t.name for t in exp.tasks]
 
   def step(name):
     with exp.layout():
-      state["s"], m = exp.train_steps[name](state["s"], batches[name], step_no)
+      box["s"], m = exp.train_steps[name](box["s"], batches[name], jnp.int32(0))
     return m["loss"]
   for n in names:
     jax.block_until_ready(step(n))
+  return exp, names, step, box
+
+
+def bench_cotrain(args):
+  exp, names, step, state = demo_steps()
   traces = dict(exp.traces)
   n = 12
   single, mixed = {k: [] for k in names}, {k: [] for k in names}
@@ -371,20 +378,7 @@ def bench_cotrain(args):
 
 
 def bench_switch(args):
-  cfg = config_lib.load(os.path.join(ROOT, "configs/demo.py"))
-  exp = experiment.build(cfg)
-  rng = np.random.default_rng(0)
-  with exp.layout():
-    batches = {t.name: random_batch(exp, t, rng) for t in exp.tasks}
-  box = {"s": exp.state}
-  names = [t.name for t in exp.tasks]
-
-  def step(name):
-    with exp.layout():
-      box["s"], m = exp.train_steps[name](box["s"], batches[name], jnp.int32(0))
-    return m["loss"]
-  for n in names:
-    jax.block_until_ready(step(n))
+  _, names, step, _ = demo_steps()
   times: dict = {}
   for _ in range(args.rounds):
     for target in names:
