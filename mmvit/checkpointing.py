@@ -39,7 +39,7 @@ log = logging.getLogger("mmvit")
 HARMLESS_FIELDS = ("log_every", "eval_every", "eval_batch_size", "checkpoint_every",
                    "keep_checkpoints", "data_dir", "mesh", "mesh_dcn", "sharding",
                    "model.attention", "model.remat", "compilation_cache_dir", "peak_tflops",
-                   "prefetch", "max_wall_time", "early_stopping")
+                   "prefetch", "data_threads", "max_wall_time", "early_stopping")
 
 
 class CheckpointError(ValueError):

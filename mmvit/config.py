@@ -65,6 +65,10 @@ DEFAULTS = dict(
     init_from=None,         # one dict(workdir, step, groups) or a list of them
     cache_data=False,
     data_workers=None,      # grain worker processes per task (None/0: in the main process)
+    # Without workers: grain's threads per training iterator. None: none when the loop's
+    # input thread (prefetch > 0) makes the batches on a machine of at most 4 cores, where
+    # a pool's threads cost twice the CPU and compete with XLA for it; else 2.
+    data_threads=None,
     # The trailing value_range / normalize ops of a task's pp strings run in the compiled
     # step on the stored integers, so uint8 batches cross processes and reach the device.
     data_affine_on_device=True,
@@ -339,6 +343,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.get("data_workers") is not None:
     _int(config.data_workers, "config.data_workers", 0, 256)
   _int(config.get("prefetch", DEFAULTS["prefetch"]), "config.prefetch", 0, 64)
+  if config.get("data_threads") is not None:
+    _int(config.data_threads, "config.data_threads", 0, 64)
   peak = config.get("peak_tflops")
   if peak is not None and (isinstance(peak, bool) or not isinstance(peak, (int, float))
                            or not peak > 0):

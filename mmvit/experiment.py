@@ -382,11 +382,22 @@ def shard_kwargs(mesh, rows: int) -> dict:
   return {"shard": (blocks[0] if len(blocks) == 1 else blocks, count)} if count > 1 else {}
 
 
+def data_threads(config) -> int:
+  """config.data_threads, or its default: none where the loop's input thread makes the batches
+  on a machine of at most 4 cores (a pool there doubles the pipeline's CPU, taken from XLA:
+  scripts/bench.py --only=pipeline), else 2."""
+  if config.get("data_threads") is not None:
+    return int(config.data_threads)
+  return 0 if config.get("prefetch", 2) and (os.cpu_count() or 1) <= 4 else 2
+
+
 def train_iterators(exp: Experiment) -> dict:
   cfg = exp.config
+  threads = data_threads(cfg)
   return {t.name: exp.data.train_iterator(
       t.dataset, batch_size=t.batch_size, seed=task_seed(cfg.seed, t.index),
       data_dir=cfg.data_dir, split=t.train_split, augment=dict(t.augment) or None,
-      cache=bool(cfg.cache_data), **t.data_kwargs(), **shard_kwargs(exp.mesh, t.batch_size),
+      cache=bool(cfg.cache_data), threads=threads, **t.data_kwargs(),
+      **shard_kwargs(exp.mesh, t.batch_size),
       **({"workers": int(cfg.data_workers)} if cfg.data_workers else {}))
       for t in exp.tasks}

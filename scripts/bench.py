@@ -1,7 +1,7 @@
 r"""Speed, memory and compile figures of issue 13, each measured in one run and printed as
 ratios (timings never live in tests):
 
-  uv run python scripts/bench.py [--only=peak,mfu,attention,remat,bf16,cotrain,switch,host]
+  uv run python scripts/bench.py [--only=peak,mfu,attention,remat,bf16,cotrain,switch,pipeline,host]
       [--peer=DIR] [--rounds=5] [--out=FILE.json]
 
 * peak       this machine's float32 matmul throughput (the CPU's MFU denominator);
@@ -24,9 +24,14 @@ ratios (timings never live in tests):
              same steps task by task (means of interleaved rounds), and recompilations after
              warm-up (must be 0);
 * switch     where co-training's cost falls: each demo step's time after each other task's
-             step, against after its own (median of 8 per pair, mean of --rounds rounds);
+             step, and after stand-ins as long as the longest step (idle cores, matmuls on
+             both cores, 768 MB written), against after its own (median of 8 per pair, mean
+             of --rounds rounds);
+* pipeline   CPU time per batch of each demo task's training pipeline, with grain's pool of 2
+             threads and with none (config.data_threads), in one run;
 * host       the demo's training loop for 300 steps: the share of its wall time spent outside
-             the compiled steps, with the input thread (prefetch=2) and without (prefetch=0),
+             the compiled steps, with the input thread (prefetch=2; grain threads by default
+             and 2) and without (prefetch=0), two interleaved rounds,
              against the same steps in the schedule's order on placed batches (dispatched as
              the loop dispatches them: the host's own share), and against each task's steps
              alone (which adds the cost of switching tasks, `cotrain`).
@@ -379,13 +384,30 @@ def bench_cotrain(args):
 
 def bench_switch(args):
   _, names, step, _ = demo_steps()
+  # Stand-ins for a long step before: idle cores for as long, both cores busy with matmuls on
+  # 1 MB for as long, or 768 MB written (a working set far beyond the caches).
+  big = jnp.ones((64 * 2**20,), jnp.float32)
+  touch = jax.jit(lambda x: x * 1.0001)
+  small = jnp.ones((512, 512), jnp.float32)
+  longest = max(names, key=lambda n: _seconds(lambda: step(n)))
+  length = statistics.median(_seconds(lambda: step(longest)) for _ in range(3))
+  reps = max(1, round(length / _seconds(lambda: jax.jit(lambda x: x @ x)(small))))
+
+  @jax.jit
+  def busy(x):
+    return jax.lax.fori_loop(0, reps, lambda i, y: jnp.tanh(y @ x), x)
+  jax.block_until_ready(busy(small))
+  probes = {"idle": lambda: time.sleep(length),
+            "matmuls": lambda: jax.block_until_ready(busy(small)),
+            "768 MB written": lambda: [jax.block_until_ready(touch(big)) for _ in range(3)]}
+  befores = {**{n: (lambda n=n: jax.block_until_ready(step(n))) for n in names}, **probes}
   times: dict = {}
   for _ in range(args.rounds):
     for target in names:
-      for before in names:
+      for before, fn in befores.items():
         ts = []
         for _ in range(8):
-          jax.block_until_ready(step(before))
+          fn()
           t0 = time.perf_counter()
           jax.block_until_ready(step(target))
           ts.append(time.perf_counter() - t0)
@@ -393,21 +415,43 @@ def bench_switch(args):
   ratios = {}
   for target in names:
     alone = statistics.mean(times[target, target])
-    ratios[target] = {b: statistics.mean(times[target, b]) / alone for b in names if b != target}
+    ratios[target] = {b: statistics.mean(times[target, b]) / alone for b in befores
+                      if b != target}
     say("switch", f"{target} ({alone * 1e3:.1f} ms after itself): " + ", ".join(
         f"after {b} {r:.3f}" for b, r in ratios[target].items()), **{target: ratios[target]})
+  say("switch", f"(stand-ins last {length * 1e3:.0f} ms, as a {longest} step)")
+
+
+def bench_pipeline(args):
+  """CPU seconds per batch of each demo task's training pipeline (every thread of this
+  process), with grain's thread pool and with none: the same batches either way."""
+  cfg = config_lib.load(os.path.join(ROOT, "configs/demo.py"))
+  exp = experiment.build(cfg)
+  cost: dict = {}
+  for _ in range(args.rounds):
+    for threads in (2, 0):
+      with exp.config.unlocked():
+        exp.config.data_threads = threads
+      for name, it in experiment.train_iterators(exp).items():
+        for _ in range(3):  # fill the pool, open the files
+          next(it)
+        time.sleep(1)  # the pools of the tasks before have filled their buffers
+        t0 = time.process_time()
+        for _ in range(20):
+          next(it)
+        cost.setdefault((name, threads), []).append((time.process_time() - t0) / 20)
+  names = [t.name for t in exp.tasks]
+  ratios = {n: statistics.mean(cost[n, 0]) / statistics.mean(cost[n, 2]) for n in names}
+  say("pipeline", "CPU per training batch, no pool / grain's pool of 2 threads: " + ", ".join(
+      f"{n} {statistics.mean(cost[n, 0]) * 1e3:.1f} / {statistics.mean(cost[n, 2]) * 1e3:.1f} "
+      f"ms = {ratios[n]:.2f}" for n in names),
+      ms_no_pool={n: statistics.mean(cost[n, 0]) * 1e3 for n in names},
+      ms_pool_2={n: statistics.mean(cost[n, 2]) * 1e3 for n in names}, ratios=ratios)
 
 
 def bench_host(args):
   cfg = config_lib.load(os.path.join(ROOT, "configs/demo.py"))
   steps = 300
-  out = {}
-  for depth in (2, 0):
-    c = cfg.copy_and_resolve_references()
-    with c.unlocked():
-      c.prefetch, c.log_every = depth, steps
-    summary = loop.run(c, None, stop_at=steps)
-    out[depth] = summary
   # The compiled steps alone, on placed batches, in the run's task mix.
   exp = experiment.build(cfg)
   counts = {}
@@ -425,33 +469,54 @@ def bench_host(args):
         box["s"], m = exp.train_steps[t.name](box["s"], b, jnp.int32(0))
         return m["loss"]
       pure += timed(f, 20) * counts.get(t.name, 0)
-    # The same steps in the schedule's order, dispatched back to back as the loop does (it
-    # blocks only to log): what the loop would take with no host work at all.
     batches = {t.name: random_batch(exp, t, rng) for t in exp.tasks}
-    order = [exp.schedule.tasks_at(s)[0] for s in range(steps)]
+  order = [exp.schedule.tasks_at(s)[0] for s in range(steps)]
 
-    def in_order():
+  def in_order():
+    """The same steps in the schedule's order, dispatched back to back as the loop does (it
+    blocks only to log): what the loop would take with no host work at all."""
+    with exp.layout():
       for s, n in enumerate(order):
         box["s"], m = exp.train_steps[n](box["s"], batches[n], jnp.int32(s))
       return m["loss"]
-    jax.block_until_ready(in_order())
-    ordered = statistics.median(_seconds(in_order) for _ in range(3)) / steps
-  for depth, summary in out.items():
-    wall = summary["throughput"]["steps_per_s"]
+  jax.block_until_ready(in_order())
+
+  # (input thread, grain threads); None: the default (experiment.data_threads). Two rounds,
+  # each also timing the steps in order, since this machine's speed drifts between minutes.
+  variants = [(2, None), (2, 2), (0, None)]
+  out: dict = {}
+  ordered = []
+  for _ in range(2):
+    ordered.append(_seconds(in_order) / steps)
+    for depth, threads in variants:
+      c = cfg.copy_and_resolve_references()
+      with c.unlocked():
+        c.prefetch, c.log_every, c.data_threads = depth, steps, threads
+      summary = loop.run(c, None, stop_at=steps)
+      out.setdefault((depth, threads), []).append(summary["throughput"]["steps_per_s"])
+  ordered = statistics.mean(ordered)
+  for (depth, threads), rates in out.items():
+    wall = statistics.mean(rates)
     timed_steps = steps - len(exp.tasks)  # each task's first step compiles and is excluded
     share = 1 - pure * timed_steps / steps / (timed_steps / wall)
     own = 1 - ordered * wall
-    say("host", f"demo loop, prefetch={depth}: {wall:.2f} steps/s; share of the loop's time "
-        f"outside compiled steps {own:.1%} against the steps in the loop's order "
-        f"({1 / ordered:.2f} steps/s), {share:.1%} against each task's steps alone",
-        **{f"share_prefetch_{depth}": own, f"share_vs_tasks_alone_prefetch_{depth}": share,
-           f"steps_per_s_prefetch_{depth}": wall, "steps_per_s_in_order": 1 / ordered})
+    used = experiment.data_threads(ml_collections.ConfigDict(
+        dict(prefetch=depth, data_threads=threads)))
+    label = f"prefetch={depth}, data_threads={used}" + (" (default)" if threads is None else "")
+    say("host", f"demo loop, {label}: {wall:.2f} steps/s (runs: "
+        f"{', '.join(f'{r:.2f}' for r in rates)}); share of the loop's time outside compiled "
+        f"steps {own:.1%} against the steps in the loop's order ({1 / ordered:.2f} steps/s), "
+        f"{share:.1%} against each task's steps alone",
+        **{f"share_prefetch_{depth}_threads_{used}": own,
+           f"share_vs_tasks_alone_prefetch_{depth}_threads_{used}": share,
+           f"steps_per_s_prefetch_{depth}_threads_{used}": wall,
+           "steps_per_s_in_order": 1 / ordered})
 
 
 def main():
   p = argparse.ArgumentParser()
   p.add_argument("--only", default="mfu,ceiling,attention,remat,bf16,bf16_curves,scan,cotrain,"
-                 "switch,host")
+                 "switch,pipeline,host")
   p.add_argument("--peer", default=None, help="a directory with peer_vit.py (big_vision)")
   p.add_argument("--rounds", type=int, default=5)
   p.add_argument("--out", default=None)
@@ -461,7 +526,7 @@ def main():
   print(f"devices: {jax.device_count()} x {jax.devices()[0].device_kind}", flush=True)
   peak = bench_peak(args)
   for name in ("mfu", "ceiling", "attention", "remat", "bf16", "bf16_curves", "scan", "cotrain",
-               "switch", "host"):
+               "switch", "pipeline", "host"):
     if name in only:
       if name in ("mfu", "ceiling"):
         globals()[f"bench_{name}"](args, peak)

@@ -92,7 +92,7 @@ class FakeData:
       raise DataError(f"{name}: split {split!r}: cannot read record 0 of /fake/{name}-{split}")
 
   def train_iterator(self, name, *, batch_size, seed, data_dir=None, split="train",
-                     augment=None, cache=False):
+                     augment=None, cache=False, threads=2):
     self.iterators_made += 1
     return FakeIterator(name, batch_size, seed)
 

@@ -3,9 +3,10 @@ model is built or compiled."""
 
 import os
 
+import ml_collections
 import pytest
 
-from mmvit import train
+from mmvit import experiment, train
 from mmvit.config import ConfigError
 from tests.fakes import FakeData
 from tests.tiny import tiny_config
@@ -55,6 +56,22 @@ def test_cache_data_must_be_a_bool():
 def test_data_affine_on_device_must_be_a_bool():
   msg = error_of(lambda c: setattr(c, "data_affine_on_device", 1))
   assert msg == "config.data_affine_on_device=1: expected True or False"
+
+
+def test_data_threads_is_checked_and_defaults_to_none_behind_the_input_thread_on_few_cores(
+    monkeypatch):
+  assert error_of(lambda c: setattr(c, "data_threads", 1.5)) == (
+      "config.data_threads=1.5: expected an integer >= 0 and <= 64")
+  c = ml_collections.ConfigDict(dict(prefetch=2, data_threads=None))
+  monkeypatch.setattr(os, "cpu_count", lambda: 2)
+  assert experiment.data_threads(c) == 0
+  c.prefetch = 0  # the loop itself waits for the batch: a pool makes it ahead
+  assert experiment.data_threads(c) == 2
+  monkeypatch.setattr(os, "cpu_count", lambda: 96)
+  c.prefetch = 2
+  assert experiment.data_threads(c) == 2
+  c.data_threads = 5
+  assert experiment.data_threads(c) == 5
 
 
 @pytest.mark.parametrize("edit,msg", [

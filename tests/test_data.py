@@ -277,6 +277,21 @@ def test_records_cached_in_memory_give_the_same_batches(name, data_dir):
   assert_same_batches(take(read, 2), take(resumed, 2))
 
 
+def test_grain_threads_change_neither_the_batches_nor_the_iterator_states(data_dir):
+  """threads=0 makes the elements in the caller, threads=2 in a pool: the same batches, and a
+  state saved under one continues under the other (data_threads is a harmless field)."""
+  kw = dict(batch_size=8, seed=5, data_dir=data_dir, augment={'speed': 0.15})
+  pool = data.train_iterator('digits_audio', threads=2, **kw)
+  inline = data.train_iterator('digits_audio', threads=0, **kw)
+  assert_same_batches(take(pool, 3), take(inline, 3))
+  assert pool.get_state() == inline.get_state()
+  resumed = data.train_iterator('digits_audio', threads=0, **kw)
+  resumed.set_state(pool.get_state())
+  assert_same_batches(take(pool, 2), take(resumed, 2))
+  with pytest.raises(data.DataError, match=r'^threads must be an int in \[0, 256\], got -1$'):
+    data.train_iterator('digits_audio', threads=-1, **kw)
+
+
 @pytest.mark.parametrize('name,augment', [
     ('digits_image', None),
     ('digits_image', {'noise_std': 0.1, 'max_shift': 2}),

@@ -330,11 +330,12 @@ def max_views(name: str, pp: dict | None = None, device_affine: bool = False) ->
 
 # ------------------------------------------------------------ pipelines ----
 
-def _read_options():
+def _read_options(threads: int = 2):
   import grain  # pylint: disable=g-import-not-at-top
 
-  # Small pools: this runs on 2-core machines next to the training process.
-  return grain.ReadOptions(num_threads=2, prefetch_buffer_size=128)
+  # Small pools: this runs on 2-core machines next to the training process. With no thread
+  # the elements are made in the caller, one after another, with no buffer.
+  return grain.ReadOptions(num_threads=threads, prefetch_buffer_size=128 if threads else 0)
 
 
 def _check_int(what: str, value: Any, lo: int, hi: int | None = None) -> int:
@@ -349,7 +350,7 @@ def train_iterator(name: str, *, batch_size: int, seed: int,
                    data_dir: str | None = None, split: str = 'train',
                    augment: dict | None = None, pp: dict | None = None,
                    cache: bool = False, workers: int = 0, device_affine: bool = False,
-                   shard: tuple[int, int] = (0, 1)) -> grain.DatasetIterator:
+                   shard: tuple[int, int] = (0, 1), threads: int = 2) -> grain.DatasetIterator:
   """Infinite, shuffled, batched iterator over a split (default 'train').
 
   Each epoch is reshuffled; order and augmentations are a deterministic
@@ -372,6 +373,11 @@ def train_iterator(name: str, *, batch_size: int, seed: int,
     split: split to read.
     workers: processes that read and preprocess elements (grain's mp_prefetch; 0: threads
       of this process). Batches are the same for any number.
+    threads: with no workers, grain's threads that make elements ahead of the caller (0: the
+      caller makes them, one after another). Batches and iterator states are the same for
+      any number; a pool costs CPU (a 2-core machine: twice the CPU per batch, measured in
+      scripts/bench.py --only=pipeline), so a caller that is itself a background thread
+      (the loop's prefetch) may do better with none.
     cache: hold the split's stored records in memory (as big_vision's `cache_raw`): reading
       and unpacking records was half of the pipeline's time here (64 shifted digits_video
       clips: 19.9 ms per batch read, 9.2 ms cached). Batches are the same with or without.
@@ -411,6 +417,7 @@ def train_iterator(name: str, *, batch_size: int, seed: int,
   batch_size = _check_int('batch_size', batch_size, 1)
   seed = _check_int('seed', seed, 0, 2**32 - 1)
   workers = _check_int('workers', workers, 0, 256)
+  threads = _check_int('threads', threads, 0, 256)
   blocks, count = _check_shard(shard, batch_size)
   augment, pp = _validated(name, augment, pp, device_affine)
   records = (_records_in_memory(name, split, data_dir) if cache else
@@ -422,7 +429,8 @@ def train_iterator(name: str, *, batch_size: int, seed: int,
         ds.map(t))
   ds, batch_size = _process_rows(ds, batch_size, blocks, count)
   if not workers:
-    return iter(ds.to_iter_dataset(_read_options()).batch(batch_size, drop_remainder=True))
+    return iter(ds.to_iter_dataset(_read_options(threads)).batch(batch_size,
+                                                                 drop_remainder=True))
   from absl import flags  # noqa: PLC0415
   if not flags.FLAGS.is_parsed():  # grain's workers read its flags (defaults outside absl.app)
     flags.FLAGS.mark_as_parsed()
