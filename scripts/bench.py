@@ -31,10 +31,12 @@ ratios (timings never live in tests):
              threads and with none (config.data_threads), in one run;
 * host       the demo's training loop for 300 steps: the share of its wall time spent outside
              the compiled steps, with the input thread (prefetch=2; grain threads by default
-             and 2) and without (prefetch=0), two interleaved rounds,
-             against the same steps in the schedule's order on placed batches (dispatched as
-             the loop dispatches them: the host's own share), and against each task's steps
-             alone (which adds the cost of switching tasks, `cotrain`).
+             and 2) and without (prefetch=0), two interleaved rounds, against the same
+             steps in the schedule's order on placed batches (dispatched as the loop
+             dispatches them: the host's own share) and against each task's steps alone
+             (which adds the cost of switching tasks, `cotrain`); and each kind of
+             thread's CPU (XLA's pool, grain's pools, the input thread, the main thread)
+             over each run's last 60%, read from /proc, in cores.
 Inputs are random batches of the datasets' shapes (config.datasets: mmvit.data.synthetic)
 except in `host`, which reads the real digits suite.
 """
@@ -449,6 +451,74 @@ def bench_pipeline(args):
       ms_pool_2={n: statistics.mean(cost[n, 2]) * 1e3 for n in names}, ratios=ratios)
 
 
+class ThreadCPU:
+  """CPU seconds of this process's threads, sampled from /proc every 0.5 s (Linux), by kind:
+  XLA's compute pool, grain's pools, the loop's input thread, the main thread, the rest."""
+
+  def __init__(self):
+    import threading  # noqa: PLC0415
+    self.samples: list = []
+    self._stop = threading.Event()
+    self._thread = threading.Thread(target=self._run, daemon=True, name="bench-cpu")
+
+  def _kind(self, tid: int, comm: str, names: dict) -> str:
+    name = names.get(tid, "")
+    if "XLA" in comm or "Eigen" in comm:
+      return "XLA pool"
+    if name.startswith("grain"):
+      return "grain pools"
+    if name == "mmvit-prefetch":
+      return "input thread"
+    if tid == os.getpid():
+      return "main thread"
+    return "other"
+
+  def _run(self):
+    import threading  # noqa: PLC0415
+    tick = os.sysconf("SC_CLK_TCK")
+    while not self._stop.is_set():
+      names = {t.native_id: t.name for t in threading.enumerate()}
+      now = {}
+      for tid in os.listdir("/proc/self/task"):
+        try:
+          with open(f"/proc/self/task/{tid}/comm") as f:
+            comm = f.read().strip()
+          with open(f"/proc/self/task/{tid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+          continue
+        now[int(tid)] = (self._kind(int(tid), comm, names),
+                         (int(fields[11]) + int(fields[12])) / tick)
+      self.samples.append((time.perf_counter(), now))
+      self._stop.wait(0.5)
+
+  def __enter__(self):
+    self._thread.start()
+    return self
+
+  def __exit__(self, *exc):
+    self._stop.set()
+    self._thread.join()
+
+  def cores(self, start_fraction: float = 0.4) -> dict[str, float]:
+    """Cores used by each kind over the samples after `start_fraction` of the span (past the
+    compiles), and 'idle' of os.cpu_count()."""
+    t0, t1 = self.samples[0][0], self.samples[-1][0]
+    first = next(s for s in self.samples if s[0] >= t0 + start_fraction * (t1 - t0))
+    last = self.samples[-1]
+    span = last[0] - first[0]
+    out: dict[str, float] = {}
+    seen: dict[int, tuple[str, float]] = {}
+    for _, now in [s for s in self.samples if s[0] >= first[0]]:
+      for tid, (kind, cpu) in now.items():
+        seen[tid] = (kind, cpu)  # a thread's last reading, even if it ended before `last`
+    for tid, (kind, cpu) in seen.items():
+      before = first[1].get(tid, (kind, 0.0))[1]
+      out[kind] = out.get(kind, 0.0) + (cpu - before) / span
+    out["idle"] = (os.cpu_count() or 1) - sum(out.values())
+    return out
+
+
 def bench_host(args):
   cfg = config_lib.load(os.path.join(ROOT, "configs/demo.py"))
   steps = 300
@@ -485,6 +555,7 @@ def bench_host(args):
   # each also timing the steps in order, since this machine's speed drifts between minutes.
   variants = [(2, None), (2, 2), (0, None)]
   out: dict = {}
+  cores: dict = {}  # (depth, threads) -> kind -> cores over the run's last 60%, per round
   ordered = []
   for _ in range(2):
     ordered.append(_seconds(in_order) / steps)
@@ -492,8 +563,11 @@ def bench_host(args):
       c = cfg.copy_and_resolve_references()
       with c.unlocked():
         c.prefetch, c.log_every, c.data_threads = depth, steps, threads
-      summary = loop.run(c, None, stop_at=steps)
+      with ThreadCPU() as cpu:
+        summary = loop.run(c, None, stop_at=steps)
       out.setdefault((depth, threads), []).append(summary["throughput"]["steps_per_s"])
+      for kind, n in cpu.cores().items():
+        cores.setdefault((depth, threads), {}).setdefault(kind, []).append(n)
   ordered = statistics.mean(ordered)
   for (depth, threads), rates in out.items():
     wall = statistics.mean(rates)
@@ -511,6 +585,10 @@ def bench_host(args):
            f"share_vs_tasks_alone_prefetch_{depth}_threads_{used}": share,
            f"steps_per_s_prefetch_{depth}_threads_{used}": wall,
            "steps_per_s_in_order": 1 / ordered})
+    use = {k: statistics.mean(v) for k, v in cores[depth, threads].items()}
+    say("host", "  CPU over the last 60% of each run, in cores: " + ", ".join(
+        f"{k} {v:.2f}" for k, v in sorted(use.items(), key=lambda kv: -kv[1])),
+        **{f"cores_prefetch_{depth}_threads_{used}": use})
 
 
 def main():

@@ -375,7 +375,7 @@ def train_iterator(name: str, *, batch_size: int, seed: int,
       of this process). Batches are the same for any number.
     threads: with no workers, grain's threads that make elements ahead of the caller (0: the
       caller makes them, one after another). Batches and iterator states are the same for
-      any number; a pool costs CPU (a 2-core machine: twice the CPU per batch, measured in
+      any number; a pool costs CPU (a 2-core machine: 1.4-4.2x the CPU per batch, measured in
       scripts/bench.py --only=pipeline), so a caller that is itself a background thread
       (the loop's prefetch) may do better with none.
     cache: hold the split's stored records in memory (as big_vision's `cache_raw`): reading
