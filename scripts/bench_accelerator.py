@@ -2,7 +2,7 @@ r"""Issue 13's accelerator figures in one short run, for a machine lent with a G
 papers' ViT-B steps in bfloat16 with the fused attention kernel, their MFU, and memory per
 remat policy.
 
-  python scripts/bench_accelerator.py --out=$OUT/accelerator.json [--batch=8] [--budget=420]
+  python scripts/bench_accelerator.py --out=$OUT/accelerator.json [--batch=32] [--budget=420]
   python scripts/bench_accelerator.py --tiny      # a dry run of every case on a CPU
 
 Cases, in order (each is skipped once --budget seconds have passed, and the JSON is written
@@ -96,7 +96,7 @@ def case(name: str, cfg, task: str, peak: float) -> dict:
 
 def main():
   p = argparse.ArgumentParser()
-  p.add_argument("--batch", type=int, default=8)
+  p.add_argument("--batch", type=int, default=32)
   p.add_argument("--budget", type=float, default=420.0)
   p.add_argument("--tiny", action="store_true", help="tiny widths: a dry run on a CPU")
   p.add_argument("--out", default=None)
