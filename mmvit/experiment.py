@@ -384,11 +384,12 @@ def shard_kwargs(mesh, rows: int) -> dict:
 
 def data_threads(config) -> int:
   """config.data_threads, or its default: none where the loop's input thread makes the batches
-  on a machine of at most 4 cores (a pool there doubles the pipeline's CPU, taken from XLA:
-  scripts/bench.py --only=pipeline), else 2."""
+  on a machine of at most 4 cores (a pool there took 1.4-4.2x the pipeline's CPU per batch,
+  CPU that XLA lacks: scripts/bench.py --only=pipeline), else 2."""
   if config.get("data_threads") is not None:
     return int(config.data_threads)
-  return 0 if config.get("prefetch", 2) and (os.cpu_count() or 1) <= 4 else 2
+  prefetch = config.get("prefetch", config_lib.DEFAULTS["prefetch"])
+  return 0 if prefetch and (os.cpu_count() or 1) <= 4 else 2
 
 
 def train_iterators(exp: Experiment) -> dict:
