@@ -392,8 +392,7 @@ def step_memory(exp: Experiment, key: str, state, batches, step: int) -> dict:
     m = fn.lower(state, arg, step_arr).compile().memory_analysis()
   except Exception:  # noqa: BLE001  (a backend without the analysis: nothing to report)
     return {}
-  out = {k: int(getattr(m, f"{k}_size_in_bytes", 0) or 0)
-         for k in ("argument", "output", "temp", "alias")}
+  out = throughput.compiled_memory(m)
   log.info("compiled step %s per device: arguments %s, outputs %s (%s aliased), "
            "temporaries %s", key, _mib(out["argument"]), _mib(out["output"]),
            _mib(out["alias"]), _mib(out["temp"]))

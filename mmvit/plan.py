@@ -72,8 +72,7 @@ def plan(config, *, devices=None, quiet: bool = False) -> dict[str, dict]:
       mem = compiled.memory_analysis()
       cost = compiled.cost_analysis()
       cost = cost[0] if isinstance(cost, list) else cost
-      size = {k: int(getattr(mem, f"{k}_size_in_bytes", 0) or 0)
-              for k in ("argument", "output", "temp", "alias")}
+      size = throughput.compiled_memory(mem)
       groups = sorted({g for t in tasks for g in exp.groups[t.name]})
       work = sum((throughput.task_work(exp.model_spec, t, exp.tokenizer_specs) for t in tasks),
                  throughput.Work(0, 0, 0.0))
@@ -81,7 +80,7 @@ def plan(config, *, devices=None, quiet: bool = False) -> dict[str, dict]:
           "params": sum(count(exp.state["params"][g]) for g in groups),
           "model_gflops": work.flops / 1e9, "xla_gflops": float(cost.get("flops", 0)) / 1e9,
           **{f"{k}_bytes": v for k, v in size.items()},
-          "peak_bytes": size["argument"] + size["output"] - size["alias"] + size["temp"],
+          "peak_bytes": throughput.peak_bytes(size),
           "compile_s": seconds}
       if not quiet:
         log.info("planned %s in %.1f s", key, seconds)

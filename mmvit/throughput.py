@@ -129,6 +129,19 @@ def matmul_flops_per_s(n: int, seconds: float) -> float:
   return best
 
 
+def compiled_memory(analysis) -> dict[str, int]:
+  """Bytes per device of a compiled step's arguments, outputs, temporaries and the outputs
+  aliased to (donated) arguments, from XLA's memory_analysis(); 0 where a backend omits one."""
+  return {k: int(getattr(analysis, f"{k}_size_in_bytes", 0) or 0)
+          for k in ("argument", "output", "temp", "alias")}
+
+
+def peak_bytes(sizes: dict[str, int]) -> int:
+  """A compiled step's peak per device: what it holds at once (aliased outputs reuse their
+  arguments' buffers)."""
+  return sizes["argument"] + sizes["output"] - sizes["alias"] + sizes["temp"]
+
+
 def summary(work: Work, seconds: float, steps: int, devices: int, peak_tflops: float) -> dict:
   """Rates over `steps` steps that did `work` in all in `seconds`."""
   if seconds <= 0 or not steps:

@@ -50,6 +50,7 @@ import logging
 import os
 import statistics
 import sys
+import threading
 import time
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -456,7 +457,6 @@ class ThreadCPU:
   XLA's compute pool, grain's pools, the loop's input thread, the main thread, the rest."""
 
   def __init__(self):
-    import threading  # noqa: PLC0415
     self.samples: list = []
     self._stop = threading.Event()
     self._thread = threading.Thread(target=self._run, daemon=True, name="bench-cpu")
@@ -474,7 +474,6 @@ class ThreadCPU:
     return "other"
 
   def _run(self):
-    import threading  # noqa: PLC0415
     tick = os.sysconf("SC_CLK_TCK")
     while not self._stop.is_set():
       names = {t.native_id: t.name for t in threading.enumerate()}

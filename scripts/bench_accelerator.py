@@ -65,9 +65,7 @@ def case(name: str, cfg, task: str, peak: float) -> dict:
   t0 = time.perf_counter()
   s = Stepper(cfg, task)  # builds, places a random batch and compiles the step
   compile_s = time.perf_counter() - t0
-  mem = s.compiled.memory_analysis()
-  size = {k: int(getattr(mem, f"{k}_size_in_bytes", 0) or 0)
-          for k in ("argument", "output", "temp", "alias")}
+  size = throughput.compiled_memory(s.compiled.memory_analysis())
   for _ in range(2):
     jax.block_until_ready(s())
   times = []
@@ -81,7 +79,7 @@ def case(name: str, cfg, task: str, peak: float) -> dict:
   gib = 2 ** 30
   row = {"compile_s": compile_s, "step_s": step, "loss": float(loss),
          "temp_gib": size["temp"] / gib,
-         "peak_gib": (size["argument"] + size["output"] - size["alias"] + size["temp"]) / gib,
+         "peak_gib": throughput.peak_bytes(size) / gib,
          "device_peak_so_far_gib": stats.get("peak_bytes_in_use", 0) / gib,
          "tflops_per_device": rates["tflops_per_device"], "mfu": rates["mfu"]}
   print(f"{name:34s} compile {compile_s:6.1f} s  step {step * 1e3:8.1f} ms  "
