@@ -113,6 +113,33 @@ class Experiment:
     return {t.name: t for t in self.tasks}
 
 
+# Task fields its compiled steps do not hold: those that name it or say where its examples come
+# from, and those its train step takes as arguments (steps.task_args). Tasks that differ only
+# here run one program.
+UNSHARED_FIELDS = ("name", "index", "dataset", "num_train", "train_split", "steps",
+                   "label_names", "lr", "warmup_steps")
+
+
+def step_signature(task: tasks_lib.Task, *, groups: tuple[str, ...], settings: dict,
+                   params: dict, param_sh: dict) -> tuple:
+  """What the task's compiled train and eval steps depend on, with its per-task groups named
+  by their kind: its other fields (modalities, head, batch size, pp, loss weight, ...) and the
+  groups it reads with their optimizer settings, parameter shapes, dtypes and shardings.
+  Equal signatures share one jitted step (steps.TaskStep); the batch shapes then follow from
+  the modalities' tokenizers, and a member whose inputs came in another dtype would get a
+  second program from jit (traced under the representative's name)."""
+  own = {f"{top}.{task.name}": f"{top}.*" for top in PER_TASK}
+  fields = dataclasses.replace(task, **{f: None for f in UNSHARED_FIELDS})
+  layout = []
+  for g in groups:
+    leaves = jax.tree_util.tree_leaves_with_path(params[g])
+    shardings = jax.tree.leaves(param_sh[g])
+    layout.append((own.get(g, g), repr(sorted(settings[g].to_dict().items())), tuple(
+        (jax.tree_util.keystr(p), tuple(x.shape), str(x.dtype), str(sh))
+        for (p, x), sh in zip(leaves, shardings))))
+  return (fields, tuple(layout))
+
+
 def build_model(config, tasks, tok_specs, seed: int) -> Model:
   spec = ModelSpec.from_config(config.model)
   heads = {t.name: (t.modalities, t.head, t.fusion) for t in tasks}
@@ -330,16 +357,42 @@ def build(config: ml_collections.ConfigDict, *, devices=None, data=None,
       horizon=schedule.batches_per_task(), seed=config.seed, grad_clip=o.grad_clip_norm,
       base_lr=float(o.lr), warmup_steps=int(o.warmup_steps), lr_schedule=o.lr_schedule,
       num_steps=schedule.num_steps, traces=traces, rules=rules)
+  # Tasks of one signature run the program of the first of them (steps.TaskStep).
+  first: dict = {}
+  for t in tasks:
+    sig = step_signature(t, groups=groups[t.name], settings=settings, params=params,
+                         param_sh=param_sh)
+    first.setdefault(sig, []).append(t)
+  shares = {t.name: ts[0] for ts in first.values() for t in ts}
+  for ts in first.values():
+    if len(ts) > 1:
+      log.info("tasks %s run the compiled steps of %s (same shapes, groups and settings)",
+               ", ".join(t.name for t in ts[1:]), ts[0].name)
+
+  def own_pairs(task) -> tuple[tuple[str, str], ...]:
+    r = shares[task.name]
+    return tuple((f"{top}.{task.name}", f"{top}.{r.name}") for top in PER_TASK
+                 if r is not task and f"{top}.{task.name}" in params)
+
   eval_cache: dict = {}
 
   def make_eval_step(task, views: int = 1, drop: tuple[str, ...] = ()):
-    """Built once per (task, views, drop)."""
-    if (task.name, views, drop) not in eval_cache:
-      eval_cache[task.name, views, drop] = steps_lib.jit_eval_step(ctx, task, views, drop,
-                                                                   param_sh, rep)
-    return eval_cache[task.name, views, drop]
+    """Built once per (representative, views, drop)."""
+    r = shares[task.name]
+    if (r.name, views, drop) not in eval_cache:
+      eval_cache[r.name, views, drop] = steps_lib.jit_eval_step(ctx, r, views, drop, param_sh,
+                                                                rep)
+    return steps_lib.EvalStep(task.name, eval_cache[r.name, views, drop], own_pairs(task))
 
-  train_steps = {t.name: steps_lib.jit_train_step(ctx, t, state_sh, rep) for t in tasks}
+  jitted = {t.name: steps_lib.jit_train_step(ctx, t, state_sh, rep)
+            for t in tasks if shares[t.name] is t}
+  train_steps = {}
+  for t in tasks:
+    r = shares[t.name]
+    counts = ((t.name, r.name),) if r is not t else ()
+    args = steps_lib.task_args(ctx, t)
+    args = {k: jnp.asarray(v, jnp.float32 if k == "lr" else jnp.int32) for k, v in args.items()}
+    train_steps[t.name] = steps_lib.TaskStep(t.name, jitted[r.name], args, own_pairs(t), counts)
   eval_steps = {t.name: make_eval_step(t, t.eval_views) for t in tasks}
   acc = (steps_lib.jit_accumulated_step(ctx, state_sh, rep) if schedule.kind == "accumulated"
          else None)

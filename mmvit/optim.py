@@ -53,11 +53,13 @@ def group_transform(o) -> optax.GradientTransformation:
   return optax.chain(base, optax.add_decayed_weights(wd, mask))
 
 
-def lr_at(count: jax.Array, base_lr: float, warmup: int, total: int, kind: str) -> jax.Array:
-  """Linear warm-up over `warmup` steps, then constant / linear / cosine decay to 0 at `total`."""
+def lr_at(count: jax.Array, base_lr, warmup, total, kind: str) -> jax.Array:
+  """Linear warm-up over `warmup` steps, then constant / linear / cosine decay to 0 at `total`.
+  `base_lr`, `warmup` and `total` may be traced (tasks that share a step pass their own)."""
   count = jnp.asarray(count, jnp.float32)
-  warm = jnp.minimum(1.0, (count + 1.0) / max(warmup, 1)) if warmup else 1.0
-  frac = jnp.clip((count - warmup) / max(total - warmup, 1), 0.0, 1.0)
+  warmup = jnp.asarray(warmup, jnp.float32)
+  warm = jnp.where(warmup > 0, jnp.minimum(1.0, (count + 1.0) / jnp.maximum(warmup, 1.0)), 1.0)
+  frac = jnp.clip((count - warmup) / jnp.maximum(total - warmup, 1.0), 0.0, 1.0)
   if kind == "cosine":
     decay = 0.5 * (1.0 + jnp.cos(jnp.pi * frac))
   elif kind == "linear":

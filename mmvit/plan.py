@@ -53,7 +53,9 @@ def abstract_batch(exp, task) -> dict:
 def plan(config, *, devices=None, quiet: bool = False) -> dict[str, dict]:
   """Step key -> {params, model_gflops (the global step's), xla_gflops (XLA's cost analysis of
   one device's program, which counts a scanned body once), argument/output/temp/alias bytes,
-  peak_bytes (arguments + outputs - aliased + temporaries, per device), compile_s}."""
+  peak_bytes (arguments + outputs - aliased + temporaries, per device), compile_s}; a task
+  that runs another's executable (steps.TaskStep) has that task's row, `shares` naming it and
+  compile_s 0."""
   exp = experiment.build(config, devices=devices, abstract=True)
   step = jax.ShapeDtypeStruct((), jnp.int32)
   keys = ([("accumulated", None)] if exp.accumulated_step is not None else
@@ -66,6 +68,9 @@ def plan(config, *, devices=None, quiet: bool = False) -> dict[str, dict]:
         tasks = exp.tasks
       else:
         fn, batch, tasks = exp.train_steps[key], abstract_batch(exp, task), [task]
+        if fn.shares_with:  # the representative's executable: nothing more to compile
+          rows[key] = {**rows[fn.shares_with], "compile_s": 0.0, "shares": fn.shares_with}
+          continue
       t0 = time.perf_counter()
       compiled = fn.lower(exp.state, batch, step).compile()
       seconds = time.perf_counter() - t0
@@ -94,8 +99,8 @@ def table(rows: dict[str, dict], mesh_shape: dict) -> str:
            f"{'peak GiB/dev':>12s} {'temp GiB':>9s} {'compile s':>9s}"]
   for k, r in rows.items():
     lines.append(f"{k:24s} {r['params']:12,d} {r['model_gflops']:11.1f} {r['xla_gflops']:10.1f} "
-                 f"{r['peak_bytes'] / gib:12.2f} {r['temp_bytes'] / gib:9.2f} "
-                 f"{r['compile_s']:9.1f}")
+                 f"{r['peak_bytes'] / gib:12.2f} {r['temp_bytes'] / gib:9.2f}"
+                 + (f" {'= ' + r['shares']:>9s}" if "shares" in r else f" {r['compile_s']:9.1f}"))
   total = sum(r["compile_s"] for r in rows.values())
   lines.append(f"compile time, all steps: {total:.1f} s")
   return "\n".join(lines)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -104,10 +105,11 @@ def forward_loss(ctx: StepContext, task: tasks_lib.Task, params_all, batch, key)
   return loss * task.loss_weight, (loss, acc)
 
 
-def task_grads(ctx: StepContext, task: tasks_lib.Task, params, batch, step):
-  """Gradients of the task's weighted loss with respect to the groups its step updates."""
+def task_grads(ctx: StepContext, task: tasks_lib.Task, params, batch, step, index=None):
+  """Gradients of the task's weighted loss with respect to the groups its step updates.
+  `index`: the task index its keys derive from (an argument where tasks share the step)."""
   trainable = {g: params[g] for g in ctx.groups[task.name]}
-  key = derive_key(ctx.seed, step, task.index)
+  key = derive_key(ctx.seed, step, task.index if index is None else index)
   fn = lambda tr: forward_loss(ctx, task, {**params, **tr}, batch, key)
   (_, (loss, acc)), grads = jax.value_and_grad(fn, has_aux=True)(trainable)
   return grads, loss, acc
@@ -134,24 +136,31 @@ def apply_updates(tx, state, grads, lrs):
   return new_params, new_opt
 
 
-def task_lr(ctx: StepContext, task: tasks_lib.Task, count):
+def task_args(ctx: StepContext, task: tasks_lib.Task) -> dict:
+  """What of a task its train step takes as arguments, not constants: its index (its keys, the
+  guard) and its lr schedule's numbers, so tasks alike in all else share one program."""
+  return {"index": task.index, "lr": task.lr, "warmup": task.warmup_steps,
+          "horizon": ctx.horizon[task.name]}
+
+
+def task_lr(task: tasks_lib.Task, count, args: dict):
   """The task's lr at its own step count (its warm-up and schedule over its own batches)."""
-  return optim.lr_at(count, task.lr, task.warmup_steps, ctx.horizon[task.name],
-                     task.lr_schedule)
+  return optim.lr_at(count, args["lr"], args["warmup"], args["horizon"], task.lr_schedule)
 
 
-def train_step(ctx: StepContext, task: tasks_lib.Task, state, batch, step):
-  """One update from one task's batch: only the groups the task reads change."""
+def train_step(ctx: StepContext, task: tasks_lib.Task, state, batch, step, args):
+  """One update from one task's batch: only the groups the task reads change. `args`: the
+  task's `task_args`, traced (tasks of one signature run one program; TaskStep)."""
   ctx.count_trace(task.name)
-  grads, loss, acc = task_grads(ctx, task, state["params"], batch, step)
+  grads, loss, acc = task_grads(ctx, task, state["params"], batch, step, args["index"])
   grads, gnorm = optim.clip_by_global_norm(grads, ctx.grad_clip)
   c = state["counts"][task.name]
-  lr = task_lr(ctx, task, c)
+  lr = task_lr(task, c, args)
   new_params, new_opt = apply_updates(ctx.tx, state, grads, {g: lr for g in grads})
   counts = {**state["counts"], task.name: c + 1}
   new_state = {"params": new_params, "opt": new_opt, "counts": counts}
   finite = jnp.isfinite(loss) & jnp.isfinite(gnorm)
-  new_state = guarded(state, new_state, finite, step, task.index)
+  new_state = guarded(state, new_state, finite, step, args["index"])
   return new_state, {"loss": loss, "accuracy": acc, "grad_norm": gnorm, "lr": lr}
 
 
@@ -173,8 +182,9 @@ def accumulated_step(ctx: StepContext, state, batches, step):
   lrs = {}
   for g in total:
     owners = ctx.owners[g]
-    lrs[g] = (task_lr(ctx, by_name[owners[0]], state["counts"][owners[0]])
-              if len(owners) == 1 else base)
+    t = by_name[owners[0]]
+    lrs[g] = (task_lr(t, state["counts"][t.name], task_args(ctx, t)) if len(owners) == 1
+              else base)
   new_params, new_opt = apply_updates(ctx.tx, state, total, lrs)
   counts = {k: c + 1 for k, c in state["counts"].items()}
   metrics.update(loss=sum(metrics[f"{t.name}/loss"] * t.loss_weight for t in ctx.tasks),
@@ -219,7 +229,7 @@ def _under_rules(ctx: StepContext, fn):
 
 def jit_train_step(ctx: StepContext, task, state_sh, rep):
   return jax.jit(_under_rules(ctx, functools.partial(train_step, ctx, task)),
-                 in_shardings=(state_sh, None, rep), out_shardings=(state_sh, rep),
+                 in_shardings=(state_sh, None, rep, rep), out_shardings=(state_sh, rep),
                  donate_argnums=(0,))
 
 
@@ -232,3 +242,90 @@ def jit_accumulated_step(ctx: StepContext, state_sh, rep):
 def jit_eval_step(ctx: StepContext, task, views, drop, param_sh, rep):
   return jax.jit(_under_rules(ctx, functools.partial(eval_step, ctx, task, views, drop)),
                  in_shardings=(param_sh, None), out_shardings=rep)
+
+
+# ------------------------------------------------------------ shared executables -------------
+# Tasks of one signature (experiment.step_signature: the same shapes, groups layout, optimizer
+# settings and hyperparameters, but for their names and lr schedules, which are arguments) run
+# one compiled program, that of the first of them, the representative: a member's per-task groups (its head, bottleneck, task blocks)
+# and its count are swapped into the representative's places in the state going in and back
+# coming out. The swap renames dict keys; no array moves.
+
+def swapped(tree: dict, pairs: tuple[tuple[str, str], ...]) -> dict:
+  """`tree` with the keys of each pair exchanged (an involution: swapped twice is `tree`)."""
+  if not pairs:
+    return tree
+  out = dict(tree)
+  for a, b in pairs:
+    out[a], out[b] = tree[b], tree[a]
+  return out
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class TaskStep:
+  """Task `name`'s train step, `(state, batch, step) -> (state, metrics)`: `fn` (jit of
+  `train_step` for its signature's representative) called with the task's `args` (task_args,
+  placed) and its groups in the representative's places (`groups`, `counts`: the key pairs to
+  swap; none for the representative itself). `lower(...).compile()` gives the executable with
+  the same call."""
+  name: str
+  fn: Callable
+  args: dict
+  groups: tuple[tuple[str, str], ...] = ()
+  counts: tuple[tuple[str, str], ...] = ()
+
+  @property
+  def shares_with(self) -> str | None:
+    """The task whose program this one runs (None: its own)."""
+    return self.counts[0][1] if self.counts else None
+
+  def swap(self, state: dict) -> dict:
+    if not self.counts:
+      return state
+    return {**state, "params": swapped(state["params"], self.groups),
+            "opt": swapped(state["opt"], self.groups),
+            "counts": swapped(state["counts"], self.counts)}
+
+  def __call__(self, state, batch, step):
+    new, metrics = self.fn(self.swap(state), batch, step, self.args)
+    return self.swap(new), metrics
+
+  def lower(self, state, batch, step):
+    return _Lowered(self.fn.lower(self.swap(state), batch, step, self.args), self)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class _Lowered:
+  lowered: object
+  step: TaskStep
+
+  def compile(self):
+    return _Compiled(self.lowered.compile(), self.step)
+
+  def __getattr__(self, name):  # as_text, cost_analysis, ...
+    return getattr(self.lowered, name)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class _Compiled:
+  compiled: object
+  step: TaskStep
+
+  def __call__(self, state, batch, step):
+    new, metrics = self.compiled(self.step.swap(state), batch, step, self.step.args)
+    return self.step.swap(new), metrics
+
+  def __getattr__(self, name):  # memory_analysis, cost_analysis, ...
+    return getattr(self.compiled, name)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class EvalStep:
+  """Task `name`'s eval step `(params, batch) -> logits`: `fn` (its representative's) with the
+  task's groups in the representative's places."""
+  name: str
+  fn: Callable
+  groups: tuple[tuple[str, str], ...] = ()
+
+  def __call__(self, params, batch):
+    return self.fn(swapped(params, self.groups), batch)

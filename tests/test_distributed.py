@@ -428,9 +428,9 @@ LONG = ["--config=tests/tiny_config_file.py:weighted,30", "--config.mesh.data=2"
         "--config.mesh.fsdp=2", "--config.checkpoint_every=8", "--config.keep_checkpoints=20"]
 
 
-@pytest.mark.parametrize("notice", [
-    "sigterm_to_both", pytest.param("sigterm_to_process_1", marks=pytest.mark.slow),
-    pytest.param("ctrl_c_to_both", marks=pytest.mark.slow)])
+# With -m slow (CI's 15 minutes); one process's SIGTERM save is in test_fault_tolerance.
+@pytest.mark.slow
+@pytest.mark.parametrize("notice", ["sigterm_to_both", "sigterm_to_process_1", "ctrl_c_to_both"])
 def test_a_preemption_notice_saves_one_common_step_and_every_process_exits_0(tmp_path,
                                                                             data_dir, notice):
   """SIGTERM to every process (a pod's maintenance event), to one of them, or a Ctrl-C to all:

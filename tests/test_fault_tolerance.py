@@ -31,11 +31,22 @@ def leaves_equal(a, b):
              for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
 
+class References(dict):
+  """Uninterrupted runs (in a subprocess, as the killed ones) by schedule, each made when a test
+  first asks for it (the default suite needs only the weighted one)."""
+
+  def __init__(self, tmp):
+    super().__init__()
+    self.tmp = tmp
+
+  def __missing__(self, kind):
+    self[kind] = kill_resume.finish(str(self.tmp / kind), kind, 3)
+    return self[kind]
+
+
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
-  """Uninterrupted runs (in a subprocess, as the killed ones) for two schedules."""
-  tmp = tmp_path_factory.mktemp("ref")
-  return {k: kill_resume.finish(str(tmp / k), k, 3) for k in ("weighted", "accumulated")}
+  return References(tmp_path_factory.mktemp("ref"))
 
 
 @pytest.mark.parametrize("kind,at", [

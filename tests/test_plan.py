@@ -67,11 +67,12 @@ def test_a_bad_declared_dataset_is_one_line(edit, msg):
   assert str(e.value) == msg
 
 
-def test_the_plan_command_prints_a_row_per_step(tmp_path):
+def test_the_plan_command_prints_a_row_per_step_and_names_shared_executables(tmp_path):
   cfg_file = tmp_path / "planned.py"
   cfg_file.write_text(
       "import sys\nsys.path.insert(0, %r)\nfrom tests.tiny import declared_config\n"
-      "def get_config(arg=None):\n  return declared_config()\n" % ROOT)
+      "def get_config(arg=None):\n  c = declared_config()\n"
+      "  c.tasks.image2 = c.tasks.image.to_dict()\n  return c\n" % ROOT)
   env = {**os.environ, "JAX_PLATFORMS": "cpu"}
   out = subprocess.run([sys.executable, "-m", "mmvit.plan", f"--config={cfg_file}",
                         "--config.model.remat=dots"], cwd=ROOT, env=env, capture_output=True,
@@ -80,6 +81,8 @@ def test_the_plan_command_prints_a_row_per_step(tmp_path):
   lines = out.stdout.splitlines()
   assert any(line.startswith("image ") for line in lines)
   assert any(line.startswith("audio ") for line in lines)
+  # A task alike but for its name runs image's executable: nothing more compiled.
+  assert [line.split()[-2:] for line in lines if line.startswith("image2 ")] == [["=", "image"]]
   assert lines[-1].startswith("compile time, all steps:")
   bad = subprocess.run([sys.executable, "-m", "mmvit.plan", f"--config={cfg_file}",
                         "--config.model.remat=some"], cwd=ROOT, env=env, capture_output=True,

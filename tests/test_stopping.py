@@ -49,6 +49,7 @@ def test_early_stopping_saves_evaluates_and_a_rerun_trains_no_further(tmp_path):
   assert train.run(cfg, wd, data=FakeData())["steps"] == TOTAL
 
 
+@pytest.mark.slow  # CI's 15 minutes: the rerun above already resumes an early-stopped run
 def test_a_run_resumed_between_evaluations_stops_where_the_uninterrupted_one_does(tmp_path):
   """The rule's history rides in the checkpoint; the evaluation at the step a run was cut at
   (skipped there, since that step ended it) is made on resume."""
