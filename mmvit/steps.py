@@ -247,9 +247,10 @@ def jit_eval_step(ctx: StepContext, task, views, drop, param_sh, rep):
 # ------------------------------------------------------------ shared executables -------------
 # Tasks of one signature (experiment.step_signature: the same shapes, groups layout, optimizer
 # settings and hyperparameters, but for their names and lr schedules, which are arguments) run
-# one compiled program, that of the first of them, the representative: a member's per-task groups (its head, bottleneck, task blocks)
-# and its count are swapped into the representative's places in the state going in and back
-# coming out. The swap renames dict keys; no array moves.
+# one compiled program, that of the first of them, the representative: a member's per-task
+# groups (its head, bottleneck, task blocks) and its count are swapped into the
+# representative's places in the state going in and back coming out. The swap renames dict
+# keys; no array moves.
 
 def swapped(tree: dict, pairs: tuple[tuple[str, str], ...]) -> dict:
   """`tree` with the keys of each pair exchanged (an involution: swapped twice is `tree`)."""
@@ -265,26 +266,21 @@ def swapped(tree: dict, pairs: tuple[tuple[str, str], ...]) -> dict:
 class TaskStep:
   """Task `name`'s train step, `(state, batch, step) -> (state, metrics)`: `fn` (jit of
   `train_step` for its signature's representative) called with the task's `args` (task_args,
-  placed) and its groups in the representative's places (`groups`, `counts`: the key pairs to
-  swap; none for the representative itself). `lower(...).compile()` gives the executable with
-  the same call."""
+  placed) and, where it runs the program of task `shares_with`, its groups and count in that
+  task's places (`groups`: the group name pairs to swap). `lower(...).compile()` gives the
+  executable with the same call."""
   name: str
   fn: Callable
   args: dict
   groups: tuple[tuple[str, str], ...] = ()
-  counts: tuple[tuple[str, str], ...] = ()
-
-  @property
-  def shares_with(self) -> str | None:
-    """The task whose program this one runs (None: its own)."""
-    return self.counts[0][1] if self.counts else None
+  shares_with: str | None = None
 
   def swap(self, state: dict) -> dict:
-    if not self.counts:
+    if self.shares_with is None:
       return state
     return {**state, "params": swapped(state["params"], self.groups),
             "opt": swapped(state["opt"], self.groups),
-            "counts": swapped(state["counts"], self.counts)}
+            "counts": swapped(state["counts"], ((self.name, self.shares_with),))}
 
   def __call__(self, state, batch, step):
     new, metrics = self.fn(self.swap(state), batch, step, self.args)
