@@ -389,10 +389,8 @@ def build(config: ml_collections.ConfigDict, *, devices=None, data=None,
   train_steps = {}
   for t in tasks:
     r = shares[t.name]
-    args = steps_lib.task_args(ctx, t)
-    args = {k: jnp.asarray(v, jnp.float32 if k == "lr" else jnp.int32) for k, v in args.items()}
-    train_steps[t.name] = steps_lib.TaskStep(t.name, jitted[r.name], args, own_pairs(t),
-                                             None if r is t else r.name)
+    train_steps[t.name] = steps_lib.TaskStep(t.name, jitted[r.name], steps_lib.task_args(ctx, t),
+                                             own_pairs(t), None if r is t else r.name)
   eval_steps = {t.name: make_eval_step(t, t.eval_views) for t in tasks}
   acc = (steps_lib.jit_accumulated_step(ctx, state_sh, rep) if schedule.kind == "accumulated"
          else None)

@@ -139,8 +139,9 @@ def apply_updates(tx, state, grads, lrs):
 def task_args(ctx: StepContext, task: tasks_lib.Task) -> dict:
   """What of a task its train step takes as arguments, not constants: its index (its keys, the
   guard) and its lr schedule's numbers, so tasks alike in all else share one program."""
-  return {"index": task.index, "lr": task.lr, "warmup": task.warmup_steps,
-          "horizon": ctx.horizon[task.name]}
+  i32 = lambda v: jnp.asarray(v, jnp.int32)
+  return {"index": i32(task.index), "lr": jnp.asarray(task.lr, jnp.float32),
+          "warmup": i32(task.warmup_steps), "horizon": i32(ctx.horizon[task.name])}
 
 
 def task_lr(task: tasks_lib.Task, count, args: dict):
