@@ -81,6 +81,12 @@ DEFAULTS = dict(
     # JAX's persistent compilation cache (None: `jax_cache` beside the data dir; '' turns it
     # off): a rerun, resume or other process with the same steps loads them compiled.
     compilation_cache_dir=None,
+    # Which tasks run one compiled train and eval step: 'exact' (default): tasks alike but for
+    # their names and lr schedules; 'pad_classes': also classification heads that differ only
+    # in their class counts, run padded to the widest with the extra classes masked (values
+    # equal to their own programs' up to float rounding, not bit for bit); 'none': a program
+    # per task.
+    share_steps="exact",
     # Datasets this machine does not hold, by their shapes: {name: dict(features, num_classes,
     # splits, multilabel)}; their tasks read random batches (mmvit.data.synthetic): planning
     # and benchmarking paper-sized configs.
@@ -91,6 +97,7 @@ DEFAULTS = dict(
     # Stop when a validation metric stops improving (EARLY_STOPPING_DEFAULTS; None: off).
     early_stopping=None,
 )
+SHARE_STEPS = ("none", "exact", "pad_classes")
 # metric 'task/name' of the eval_every evaluations (name as logged: top1, mAP, mse...);
 # stop after `patience` evaluations without an improvement of more than min_delta; mode
 # 'auto' maximises accuracies and mAP and minimises errors (mse, mae).
@@ -350,6 +357,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
                            or not peak > 0):
     raise ConfigError(f"config.peak_tflops={show(peak)}: expected a positive number of "
                       "TFLOP/s per device, or None")
+  _choice(config.get("share_steps", DEFAULTS["share_steps"]), "config.share_steps",
+          SHARE_STEPS)
   cache = config.get("compilation_cache_dir")
   if cache is not None and not isinstance(cache, str):
     raise ConfigError(f"config.compilation_cache_dir={show(cache)}: expected a folder, '' "

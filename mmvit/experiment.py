@@ -23,6 +23,7 @@ from flax import nnx
 from mmvit import config as config_lib, data as data_lib, evaluate, optim, schedules, sharding
 from mmvit import steps as steps_lib, tasks as tasks_lib
 from mmvit.data.synthetic import SyntheticData
+from mmvit.models import heads as heads_lib
 from mmvit.models.model import (PER_MODALITY, PER_TASK, Model, ModelSpec, count, split_groups,
                                 task_groups)
 
@@ -121,21 +122,31 @@ UNSHARED_FIELDS = ("name", "index", "dataset", "num_train", "train_split", "step
 
 
 def step_signature(task: tasks_lib.Task, *, groups: tuple[str, ...], settings: dict,
-                   params: dict, param_sh: dict) -> tuple:
+                   params: dict, param_sh: dict, pad_classes: bool = False) -> tuple:
   """What the task's compiled train and eval steps depend on, with its per-task groups named
   by their kind: its other fields (modalities, head, batch size, pp, loss weight, ...) and the
   groups it reads with their optimizer settings, parameter shapes, dtypes and shardings.
   Equal signatures share one jitted step (steps.TaskStep); the batch shapes then follow from
   the modalities' tokenizers, and a member whose inputs came in another dtype would get a
-  second program from jit (traced under the representative's name)."""
+  second program from jit (traced under the representative's name). `pad_classes`: a head of
+  heads.PADDABLE_KINDS is named without its class counts (they are padded: steps.ClassPad)."""
   own = {f"{top}.{task.name}": f"{top}.*" for top in PER_TASK}
+  pad = pad_classes and task.head.kind in heads_lib.PADDABLE_KINDS
   fields = dataclasses.replace(task, **{f: None for f in UNSHARED_FIELDS})
+  if pad:
+    fields = dataclasses.replace(fields, head=dataclasses.replace(task.head, num_classes=None))
   layout = []
   for g in groups:
     leaves = jax.tree_util.tree_leaves_with_path(params[g])
     shardings = jax.tree.leaves(param_sh[g])
+    classes = pad and g == f"heads.{task.name}"
+
+    def shape(p, x, classes=classes):
+      s = tuple(x.shape)
+      return s[:-1] + ("classes",) if classes and heads_lib.is_class_axis(
+          steps_lib.key_names(p)) else s
     layout.append((own.get(g, g), repr(sorted(settings[g].to_dict().items())), tuple(
-        (jax.tree_util.keystr(p), tuple(x.shape), str(x.dtype), str(sh))
+        (jax.tree_util.keystr(p), shape(p, x), str(x.dtype), str(sh))
         for (p, x), sh in zip(leaves, shardings))))
   return (fields, tuple(layout))
 
@@ -357,17 +368,52 @@ def build(config: ml_collections.ConfigDict, *, devices=None, data=None,
       horizon=schedule.batches_per_task(), seed=config.seed, grad_clip=o.grad_clip_norm,
       base_lr=float(o.lr), warmup_steps=int(o.warmup_steps), lr_schedule=o.lr_schedule,
       num_steps=schedule.num_steps, traces=traces, rules=rules)
-  # Tasks of one signature run the program of the first of them (steps.TaskStep).
+  # Tasks of one signature run the program of the first of them (steps.TaskStep), traced
+  # with each label's widest class count among them (config.share_steps='pad_classes').
   first: dict = {}
   for t in tasks:
-    sig = step_signature(t, groups=groups[t.name], settings=settings, params=params,
-                         param_sh=param_sh)
+    sig = (t.name,) if config.share_steps == "none" else step_signature(
+        t, groups=groups[t.name], settings=settings, params=params, param_sh=param_sh,
+        pad_classes=config.share_steps == "pad_classes")
     first.setdefault(sig, []).append(t)
   shares = {t.name: ts[0] for ts in first.values() for t in ts}
+  task_by_name = {t.name: t for t in tasks}
+  traced_as: dict = {}  # representative -> the Task its programs are traced with
+  widths: dict = {}     # task -> label -> the program's class count, where padded
   for ts in first.values():
+    r = ts[0]
+    w = tuple(max(cs) for cs in zip(*(t.head.num_classes for t in ts)))
+    traced_as[r.name] = r
+    if any(t.head.num_classes != w for t in ts):
+      traced_as[r.name] = dataclasses.replace(r, head=dataclasses.replace(r.head, num_classes=w))
+      widths.update({t.name: dict(zip(r.head.labels, w)) for t in ts})
     if len(ts) > 1:
-      log.info("tasks %s run the compiled steps of %s (same shapes, groups and settings)",
-               ", ".join(t.name for t in ts[1:]), ts[0].name)
+      log.info("tasks %s run the compiled steps of %s (same shapes, groups and settings%s)",
+               ", ".join(t.name for t in ts[1:]), r.name,
+               f"; heads padded to {', '.join(map(str, w))} classes" if r.name in widths else "")
+
+  def class_pad(task) -> steps_lib.ClassPad | None:
+    """The heads of the task's group narrower than its program's, in their places as the
+    task's program takes the state (its own head and its representative's swapped), between
+    the two shapes. Every head of the group is padded, not only the task's: the program holds
+    the whole state, so each place must have one shape whichever member runs."""
+    w = widths.get(task.name)
+    if w is None:
+      return None
+    r = shares[task.name]
+    place = {t.name: f"heads.{t.name}" for t in tasks if shares[t.name] is r}
+    place[task.name], place[r.name] = f"heads.{r.name}", f"heads.{task.name}"
+    sds = lambda tree: jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree)
+    own, padded, shs = ({"params": {}, "opt": {}} for _ in range(3))
+    for name, at in place.items():
+      g = f"heads.{name}"
+      if dict(zip(task_by_name[name].head.labels, task_by_name[name].head.num_classes)) == w:
+        continue
+      wide = steps_lib.padded_head(params[g], w)
+      own["params"][at], own["opt"][at] = sds(params[g]), sds(opt[g])
+      padded["params"][at], padded["opt"][at] = wide, jax.eval_shape(tx[g].init, wide)
+      shs["params"][at], shs["opt"][at] = param_sh[g], opt_sh[g]
+    return steps_lib.ClassPad(own=own, padded=padded, shardings=shs)
 
   def own_pairs(task) -> tuple[tuple[str, str], ...]:
     r = shares[task.name]
@@ -380,17 +426,21 @@ def build(config: ml_collections.ConfigDict, *, devices=None, data=None,
     """Built once per (representative, views, drop)."""
     r = shares[task.name]
     if (r.name, views, drop) not in eval_cache:
-      eval_cache[r.name, views, drop] = steps_lib.jit_eval_step(ctx, r, views, drop, param_sh,
-                                                                rep)
-    return steps_lib.EvalStep(task.name, eval_cache[r.name, views, drop], own_pairs(task))
+      eval_cache[r.name, views, drop] = steps_lib.jit_eval_step(ctx, traced_as[r.name], views,
+                                                                drop, param_sh, rep)
+    return steps_lib.EvalStep(task.name, eval_cache[r.name, views, drop], own_pairs(task),
+                              pads[task.name], dict(zip(task.head.labels, task.head.num_classes))
+                              if task.name in widths else None)
 
-  jitted = {t.name: steps_lib.jit_train_step(ctx, t, state_sh, rep)
+  pads = {t.name: class_pad(t) for t in tasks}
+  jitted = {t.name: steps_lib.jit_train_step(ctx, traced_as[t.name], state_sh, rep)
             for t in tasks if shares[t.name] is t}
   train_steps = {}
   for t in tasks:
     r = shares[t.name]
-    train_steps[t.name] = steps_lib.TaskStep(t.name, jitted[r.name], steps_lib.task_args(ctx, t),
-                                             own_pairs(t), None if r is t else r.name)
+    train_steps[t.name] = steps_lib.TaskStep(
+        t.name, jitted[r.name], steps_lib.task_args(ctx, t, padded=t.name in widths),
+        own_pairs(t), None if r is t else r.name, pads[t.name])
   eval_steps = {t.name: make_eval_step(t, t.eval_views) for t in tasks}
   acc = (steps_lib.jit_accumulated_step(ctx, state_sh, rep) if schedule.kind == "accumulated"
          else None)

@@ -55,12 +55,16 @@ def plan(config, *, devices=None, quiet: bool = False) -> dict[str, dict]:
   one device's program, which counts a scanned body once), argument/output/temp/alias bytes,
   peak_bytes (arguments + outputs - aliased + temporaries, per device), compile_s}; a task
   that runs another's executable (steps.TaskStep) has that task's row, `shares` naming it and
-  compile_s 0."""
+  compile_s that of its padded head's resizes (steps.ClassPad), else 0."""
   exp = experiment.build(config, devices=devices, abstract=True)
   step = jax.ShapeDtypeStruct((), jnp.int32)
   keys = ([("accumulated", None)] if exp.accumulated_step is not None else
           [(t.name, t) for t in exp.tasks])
   rows = {}
+
+  def reads(tasks) -> int:  # the parameters the step reads (a member: its own head's)
+    return sum(count(exp.state["params"][g])
+               for g in sorted({g for t in tasks for g in exp.groups[t.name]}))
   with exp.layout():
     for key, task in keys:
       if task is None:
@@ -68,21 +72,22 @@ def plan(config, *, devices=None, quiet: bool = False) -> dict[str, dict]:
         tasks = exp.tasks
       else:
         fn, batch, tasks = exp.train_steps[key], abstract_batch(exp, task), [task]
-        if fn.shares_with:  # the representative's executable: nothing more to compile
-          rows[key] = {**rows[fn.shares_with], "compile_s": 0.0, "shares": fn.shares_with}
+        if fn.shares_with:  # the representative's executable: only a padded head's resizes
+          rows[key] = {**rows[fn.shares_with], "params": reads(tasks),
+                       "compile_s": fn.pad.compile() if fn.pad else 0.0,
+                       "shares": fn.shares_with}
           continue
       t0 = time.perf_counter()
       compiled = fn.lower(exp.state, batch, step).compile()
-      seconds = time.perf_counter() - t0
+      seconds = time.perf_counter() - t0 + (fn.pad.compile() if task is not None and fn.pad else 0.0)
       mem = compiled.memory_analysis()
       cost = compiled.cost_analysis()
       cost = cost[0] if isinstance(cost, list) else cost
       size = throughput.compiled_memory(mem)
-      groups = sorted({g for t in tasks for g in exp.groups[t.name]})
       work = sum((throughput.task_work(exp.model_spec, t, exp.tokenizer_specs) for t in tasks),
                  throughput.Work(0, 0, 0.0))
       rows[key] = {
-          "params": sum(count(exp.state["params"][g]) for g in groups),
+          "params": reads(tasks),
           "model_gflops": work.flops / 1e9, "xla_gflops": float(cost.get("flops", 0)) / 1e9,
           **{f"{k}_bytes": v for k, v in size.items()},
           "peak_bytes": throughput.peak_bytes(size),

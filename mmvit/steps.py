@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import time
 from collections.abc import Callable
 
 import jax
@@ -80,21 +81,23 @@ def device_pp(task: tasks_lib.Task, mode: str, batch: dict) -> dict:
   return out
 
 
-def forward_loss(ctx: StepContext, task: tasks_lib.Task, params_all, batch, key):
-  """(weighted loss, (loss, accuracy)) of one task's batch."""
+def forward_loss(ctx: StepContext, task: tasks_lib.Task, params_all, batch, key, classes=None):
+  """(weighted loss, (loss, accuracy)) of one task's batch. `classes`: label -> the real class
+  count where the head runs padded to a wider one (ClassPad), else None."""
   model = nnx.merge(ctx.graphdef, join_groups(params_all))
   batch = device_pp(task, "train", batch)
   mix_key, key = jax.random.split(key)
   batch, lam = mixup(task, batch, mix_key)
   preds = model(task.name, batch, key=key, drop_path_rate=task.stochastic_depth)
+  preds = [heads_lib.mask_classes(p, classes) for p in preds]
   # With one class token per stream, the training loss is the mean of the streams' losses.
   per_pred = []
   for p in preds:
-    loss_p = heads_lib.loss(task.head, p, batch, task.label_smoothing)
+    loss_p = heads_lib.loss(task.head, p, batch, task.label_smoothing, classes)
     if lam is not None:  # mixed targets: lam * L(y) + (1 - lam) * L(y of the partner)
       partner = {k: batch[k][::-1] for k in task.head.labels}
       loss_p = lam * loss_p + (1 - lam) * heads_lib.loss(task.head, p, partner,
-                                                         task.label_smoothing)
+                                                         task.label_smoothing, classes)
     per_pred.append(loss_p.mean())
   loss = sum(per_pred) / len(per_pred)
   first = task.head.labels[0]
@@ -105,12 +108,14 @@ def forward_loss(ctx: StepContext, task: tasks_lib.Task, params_all, batch, key)
   return loss * task.loss_weight, (loss, acc)
 
 
-def task_grads(ctx: StepContext, task: tasks_lib.Task, params, batch, step, index=None):
+def task_grads(ctx: StepContext, task: tasks_lib.Task, params, batch, step, index=None,
+               classes=None):
   """Gradients of the task's weighted loss with respect to the groups its step updates.
-  `index`: the task index its keys derive from (an argument where tasks share the step)."""
+  `index`: the task index its keys derive from (an argument where tasks share the step);
+  `classes`: forward_loss's."""
   trainable = {g: params[g] for g in ctx.groups[task.name]}
   key = derive_key(ctx.seed, step, task.index if index is None else index)
-  fn = lambda tr: forward_loss(ctx, task, {**params, **tr}, batch, key)
+  fn = lambda tr: forward_loss(ctx, task, {**params, **tr}, batch, key, classes)
   (_, (loss, acc)), grads = jax.value_and_grad(fn, has_aux=True)(trainable)
   return grads, loss, acc
 
@@ -136,12 +141,16 @@ def apply_updates(tx, state, grads, lrs):
   return new_params, new_opt
 
 
-def task_args(ctx: StepContext, task: tasks_lib.Task) -> dict:
+def task_args(ctx: StepContext, task: tasks_lib.Task, padded: bool = False) -> dict:
   """What of a task its train step takes as arguments, not constants: its index (its keys, the
-  guard) and its lr schedule's numbers, so tasks alike in all else share one program."""
+  guard) and its lr schedule's numbers, so tasks alike in all else share one program; and
+  where its head runs padded (ClassPad), each label's real class count."""
   i32 = lambda v: jnp.asarray(v, jnp.int32)
-  return {"index": i32(task.index), "lr": jnp.asarray(task.lr, jnp.float32),
-          "warmup": i32(task.warmup_steps), "horizon": i32(ctx.horizon[task.name])}
+  out = {"index": i32(task.index), "lr": jnp.asarray(task.lr, jnp.float32),
+         "warmup": i32(task.warmup_steps), "horizon": i32(ctx.horizon[task.name])}
+  if padded:
+    out["classes"] = {k: i32(c) for k, c in zip(task.head.labels, task.head.num_classes)}
+  return out
 
 
 def task_lr(task: tasks_lib.Task, count, args: dict):
@@ -153,7 +162,8 @@ def train_step(ctx: StepContext, task: tasks_lib.Task, state, batch, step, args)
   """One update from one task's batch: only the groups the task reads change. `args`: the
   task's `task_args`, traced (tasks of one signature run one program; TaskStep)."""
   ctx.count_trace(task.name)
-  grads, loss, acc = task_grads(ctx, task, state["params"], batch, step, args["index"])
+  grads, loss, acc = task_grads(ctx, task, state["params"], batch, step, args["index"],
+                                args.get("classes"))
   grads, gnorm = optim.clip_by_global_norm(grads, ctx.grad_clip)
   c = state["counts"][task.name]
   lr = task_lr(task, c, args)
@@ -251,7 +261,10 @@ def jit_eval_step(ctx: StepContext, task, views, drop, param_sh, rep):
 # one compiled program, that of the first of them, the representative: a member's per-task
 # groups (its head, bottleneck, task blocks) and its count are swapped into the
 # representative's places in the state going in and back coming out. The swap renames dict
-# keys; no array moves.
+# keys; no array moves. With config.share_steps='pad_classes', heads that differ only in their
+# class counts share too: the program is traced with each label's widest count in the group, a
+# narrower head is zero-padded to it going in and cut back coming out (ClassPad), and its real
+# counts are arguments that mask the extra classes (heads.mask_classes).
 
 def swapped(tree: dict, pairs: tuple[tuple[str, str], ...]) -> dict:
   """`tree` with the keys of each pair exchanged (an involution: swapped twice is `tree`)."""
@@ -263,18 +276,94 @@ def swapped(tree: dict, pairs: tuple[tuple[str, str], ...]) -> dict:
   return out
 
 
+def key_names(path) -> tuple:
+  """A pytree path's keys as plain names."""
+  return tuple(getattr(p, "key", getattr(p, "name", p)) for p in path)
+
+
+def padded_head(head_params, widths: dict):
+  """ShapeDtypeStructs of a head group's parameters with each output layer's class axis at
+  `widths[label]` (heads.is_class_axis)."""
+  def one(path, x):
+    names = key_names(path)
+    shape = tuple(x.shape)
+    if heads_lib.is_class_axis(names):
+      shape = shape[:-1] + (widths[names[1]],)
+    return jax.ShapeDtypeStruct(shape, x.dtype)
+  return jax.tree_util.tree_map_with_path(one, head_params)
+
+
+def _resized(x, shape):
+  """`x` cut or zero-padded at the end of each axis to `shape`."""
+  if tuple(x.shape) == tuple(shape):
+    return x
+  x = x[tuple(slice(0, min(a, b)) for a, b in zip(x.shape, shape))]
+  return jnp.pad(x, [(0, b - a) for a, b in zip(x.shape, shape)])
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class ClassPad:
+  """The narrower heads of a group of tasks that share a program, in the places the program
+  takes them, between the shapes the state holds (`own`) and the program's (`padded`):
+  {"params": {group: tree of ShapeDtypeStruct}, "opt": {...}}. The padded classes are masked, so they get no gradient:
+  their zeros stay zeros under momentum, Adam and weight decay, add nothing to the global
+  gradient norm, and nothing of them is kept."""
+  own: dict
+  padded: dict
+  shardings: dict  # the same keys: the groups' shardings (they name axes, not sizes)
+
+  @functools.cached_property
+  def _fns(self) -> dict:
+    def make(parts, target):
+      shapes = {p: target[p] for p in parts}
+      resize = lambda tree: jax.tree.map(lambda x, t: _resized(x, t.shape), tree, shapes)
+      return jax.jit(resize, out_shardings={p: self.shardings[p] for p in parts})
+    return {(parts, to): make(parts, self.padded if to == "padded" else self.own)
+            for parts in (("opt", "params"), ("params",)) for to in ("padded", "own")}
+
+  def _apply(self, tree: dict, parts: tuple[str, ...], to: str) -> dict:
+    sub = {p: {g: tree[p][g] for g in self.own[p]} for p in parts}
+    if isinstance(jax.tree.leaves(sub)[0], jax.ShapeDtypeStruct):  # lowering (mmvit.plan)
+      target = self.padded if to == "padded" else self.own
+      new = jax.tree.map(lambda x, t: jax.ShapeDtypeStruct(t.shape, t.dtype, sharding=x.sharding),
+                         sub, {p: target[p] for p in parts})
+    else:
+      new = self._fns[parts, to](sub)
+    return {**tree, **{p: {**tree[p], **new[p]} for p in parts}}
+
+  def compile(self) -> float:
+    """Compiles the state's two resizes ahead of the first step (mmvit.plan); the seconds."""
+    t0 = time.perf_counter()
+    parts = ("opt", "params")
+    for to, src in (("padded", self.own), ("own", self.padded)):
+      args = {p: jax.tree.map(lambda t, sh: jax.ShapeDtypeStruct(t.shape, t.dtype, sharding=sh),
+                              src[p], self.shardings[p]) for p in parts}
+      self._fns[parts, to].lower(args).compile()
+    return time.perf_counter() - t0
+
+  def pad(self, state: dict) -> dict:
+    return self._apply(state, ("opt", "params"), "padded")
+
+  def unpad(self, state: dict) -> dict:
+    return self._apply(state, ("opt", "params"), "own")
+
+  def pad_params(self, params: dict) -> dict:
+    return self._apply({"params": params}, ("params",), "padded")["params"]
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class TaskStep:
   """Task `name`'s train step, `(state, batch, step) -> (state, metrics)`: `fn` (jit of
   `train_step` for its signature's representative) called with the task's `args` (task_args,
   placed) and, where it runs the program of task `shares_with`, its groups and count in that
-  task's places (`groups`: the group name pairs to swap). `lower(...).compile()` gives the
-  executable with the same call."""
+  task's places (`groups`: the group name pairs to swap); `pad`: where its head is narrower
+  than the program's. `lower(...).compile()` gives the executable with the same call."""
   name: str
   fn: Callable
   args: dict
   groups: tuple[tuple[str, str], ...] = ()
   shares_with: str | None = None
+  pad: ClassPad | None = None
 
   def swap(self, state: dict) -> dict:
     if self.shares_with is None:
@@ -283,12 +372,21 @@ class TaskStep:
             "opt": swapped(state["opt"], self.groups),
             "counts": swapped(state["counts"], ((self.name, self.shares_with),))}
 
+  def enter(self, state: dict) -> dict:
+    """The state as the program takes it."""
+    state = self.swap(state)
+    return self.pad.pad(state) if self.pad else state
+
+  def leave(self, state: dict) -> dict:
+    """The program's state as the run holds it."""
+    return self.swap(self.pad.unpad(state) if self.pad else state)
+
   def __call__(self, state, batch, step):
-    new, metrics = self.fn(self.swap(state), batch, step, self.args)
-    return self.swap(new), metrics
+    new, metrics = self.fn(self.enter(state), batch, step, self.args)
+    return self.leave(new), metrics
 
   def lower(self, state, batch, step):
-    return _Lowered(self.fn.lower(self.swap(state), batch, step, self.args), self)
+    return _Lowered(self.fn.lower(self.enter(state), batch, step, self.args), self)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -309,8 +407,8 @@ class _Compiled:
   step: TaskStep
 
   def __call__(self, state, batch, step):
-    new, metrics = self.compiled(self.step.swap(state), batch, step, self.step.args)
-    return self.step.swap(new), metrics
+    new, metrics = self.compiled(self.step.enter(state), batch, step, self.step.args)
+    return self.step.leave(new), metrics
 
   def __getattr__(self, name):  # memory_analysis, cost_analysis, ...
     return getattr(self.compiled, name)
@@ -319,10 +417,18 @@ class _Compiled:
 @dataclasses.dataclass(frozen=True, eq=False)
 class EvalStep:
   """Task `name`'s eval step `(params, batch) -> logits`: `fn` (its representative's) with the
-  task's groups in the representative's places."""
+  task's groups in the representative's places; where the program's heads are padded
+  (`classes`: label -> the task's count), the logits cut back to the task's classes."""
   name: str
   fn: Callable
   groups: tuple[tuple[str, str], ...] = ()
+  pad: ClassPad | None = None
+  classes: dict | None = None
 
   def __call__(self, params, batch):
-    return self.fn(swapped(params, self.groups), batch)
+    params = swapped(params, self.groups)
+    logits = self.fn(self.pad.pad_params(params) if self.pad else params, batch)
+    if self.classes:
+      logits = {k: v[..., :self.classes[k]] if k in self.classes else v
+                for k, v in logits.items()}
+    return logits

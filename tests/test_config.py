@@ -53,6 +53,11 @@ def test_cache_data_must_be_a_bool():
   assert msg == "config.cache_data='yes': expected True or False"
 
 
+def test_share_steps_is_one_of_its_kinds():
+  assert error_of(lambda c: setattr(c, "share_steps", "pad")) == (
+      "config.share_steps='pad': expected one of none, exact, pad_classes")
+
+
 def test_data_affine_on_device_must_be_a_bool():
   msg = error_of(lambda c: setattr(c, "data_affine_on_device", 1))
   assert msg == "config.data_affine_on_device=1: expected True or False"

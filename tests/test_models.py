@@ -94,6 +94,29 @@ def test_multilabel_loss_is_sigmoid_bce_and_multihead_averages():
   assert float(loss) == pytest.approx((np.log(2) + 0.0) / 2, abs=1e-4)
 
 
+def test_a_head_padded_to_more_classes_with_its_own_counts_masked_is_the_head_it_pads():
+  """share_steps='pad_classes': padded classes (zero logits here) never win an argmax, and
+  the loss, with label smoothing spread over the real classes, and its gradient with respect
+  to the real logits are those of the unpadded head; the padded logits get no gradient."""
+  spec = heads.HeadSpec("multiclass", ("y",), (3,))
+  wide = heads.HeadSpec("multiclass", ("y",), (8,))
+  z = jnp.array([[-2.0, -1.0, -3.0], [-0.5, -4.0, -0.1]])
+  y = {"y": jnp.array([1, 2])}
+  padded = {"y": jnp.pad(z, ((0, 0), (0, 5)))}
+  classes = {"y": jnp.int32(3)}
+  masked = heads.mask_classes(padded, classes)
+  assert masked["y"].argmax(-1).tolist() == [1, 2]
+  assert padded["y"].argmax(-1).tolist() == [3, 3]  # unmasked, a padded class would win
+  for smoothing in (0.0, 0.1):
+    own = lambda z: heads.loss(spec, {"y": z}, y, smoothing).sum()
+    pad = lambda z: heads.loss(wide, heads.mask_classes({"y": z}, classes), y, smoothing,
+                               classes).sum()
+    np.testing.assert_allclose(pad(padded["y"]), own(z), rtol=1e-6)
+    g_own, g_pad = jax.grad(own)(z), jax.grad(pad)(padded["y"])
+    np.testing.assert_allclose(g_pad[:, :3], g_own, rtol=1e-6, atol=1e-7)
+    assert not np.asarray(g_pad[:, 3:]).any()
+
+
 def test_metrics_top1_top5_map_and_joint_accuracy():
   logits = np.eye(10)[[0, 1, 2, 3]] * 5
   mc = evaluate.metrics(heads.HeadSpec("multiclass", ("y",), (10,)), {"y": logits},

@@ -35,6 +35,20 @@ def test_the_plan_compiles_every_step_and_counts_what_it_reads():
   assert rows["audio"]["params"] > rows["image"]["params"]
 
 
+def test_the_plan_compiles_a_padded_heads_program_once_and_the_members_resizes():
+  """share_steps='pad_classes': an image task of 37 classes beside the 10-class one runs its
+  program (its row names it) and compiles only the resizes of the group's heads."""
+  cfg = declared_config()
+  cfg.share_steps = "pad_classes"
+  cfg.datasets.many = dict(features=dict(image=((32, 32, 1), "float32")),
+                           num_classes=dict(label=37))
+  cfg.tasks.wide = {**cfg.tasks.image.to_dict(), "dataset": "many"}
+  rows = plan.plan(cfg, quiet=True)
+  assert rows["wide"]["shares"] == "image" and "shares" not in rows["image"]
+  assert 0 < rows["wide"]["compile_s"] < rows["image"]["compile_s"]
+  assert rows["wide"]["peak_bytes"] == rows["image"]["peak_bytes"]
+
+
 def test_the_plan_of_the_accumulated_schedule_is_one_step():
   assert set(plan.plan(declared_config(kind="accumulated"), quiet=True)) == {"accumulated"}
 

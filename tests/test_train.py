@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mmvit import experiment, optim, train
+from mmvit import optim, train
 from tests.fakes import FakeData
 from tests.tiny import tiny_config
 
@@ -64,13 +64,12 @@ def test_each_step_compiles_once_and_a_longer_run_never_recompiles(kind):
   assert expected | {f"eval/{t}" for t in ("image", "video_digit", "audio")} == set(out["traces"])
 
 
-def test_tasks_alike_but_for_their_names_share_one_compiled_step_yet_train_as_their_own(
-    monkeypatch):
+def test_tasks_alike_but_for_their_names_share_one_compiled_step_yet_train_as_their_own():
   """Two tasks alike but for their names and lr schedules (same head shape, groups layout,
   optimizer settings and other hyperparameters) run one compiled train step and one eval step,
   the first task's: each still updates only its own head and count, draws its own keys and
   follows its own lr, warm-up and length, and every state and logit is bit-identical to
-  per-task programs (the signature made unique by name)."""
+  per-task programs (share_steps='none')."""
   data = FakeData()
   cfg = tiny_config()
   cfg.tasks.image2 = {**cfg.tasks.image.to_dict(), "lr": 3e-3, "warmup_steps": 1, "steps": 9}
@@ -108,12 +107,58 @@ def test_tasks_alike_but_for_their_names_share_one_compiled_step_yet_train_as_th
       assert lr == pytest.approx(float(want[n](counts[n])), rel=1e-6), n
       counts[n] += 1
 
-  monkeypatch.setattr(experiment, "step_signature", lambda task, **_: task.name)
+  cfg.share_steps = "none"
   own, state_own, logits_own, lrs_own = run()
   assert own.train_steps["image2"].shares_with is None
   assert own.traces == {"image": 1, "image2": 1, "audio": 1, "eval/image": 1, "eval/image2": 1}
   assert leaves_equal(state, state_own)
   assert leaves_equal(logits, logits_own) and lrs == lrs_own
+
+
+def test_heads_that_differ_only_in_class_count_share_one_padded_program_with_pad_classes():
+  """share_steps='pad_classes': two image tasks of 10 and 37 classes (label smoothing on, so
+  the real counts matter; AdamW with weight decay, so padded zeros would drift if they got a
+  gradient) run one train and one eval program, traced at 37 classes. The state keeps each
+  head at its own width, and states, metrics and logits equal those of a program per task up
+  to float rounding. Under the default ('exact') they do not share."""
+  cfg = tiny_config()
+  cfg.datasets = {name: dict(features=dict(image=((32, 32, 1), "float32")),
+                             num_classes=dict(label=n)) for name, n in (("ten", 10), ("many", 37))}
+  cfg.tasks = {name: dict(dataset=d, modalities="image", labels="label", batch_size=8, steps=4,
+                          label_smoothing=0.1) for name, d in (("narrow", "ten"), ("wide", "many"))}
+  rng = np.random.default_rng(0)
+  image = lambda: rng.normal(size=(8, 32, 32, 1)).astype(np.float32)
+  batches = {n: {"image": image(), "label": rng.integers(0, c, 8).astype(np.int32)}
+             for n, c in (("narrow", 10), ("wide", 37))}
+  evaluation = {"image": image(), "label": np.zeros(8, np.int32)}
+  order = ["narrow", "wide", "wide", "narrow", "wide"]
+
+  def run(share):
+    cfg.share_steps = share
+    exp = train.build(cfg)
+    state, metrics = exp.state, []
+    with jax.set_mesh(exp.mesh):
+      for s, n in enumerate(order):
+        state, m = exp.train_steps[n](state, batches[n], jnp.int32(s))
+        metrics.append({k: float(v) for k, v in m.items()})
+      logits = {n: exp.eval_steps[n](state["params"], evaluation) for n in batches}
+    return exp, copy(state), copy(logits), metrics
+
+  padded, state, logits, metrics = run("pad_classes")
+  assert padded.train_steps["wide"].shares_with == "narrow"
+  assert padded.traces == {"narrow": 1, "eval/narrow": 1}
+  assert state["params"]["heads.narrow"]["outputs"]["label"]["kernel"].shape == (32, 10)
+  assert logits["narrow"]["label"].shape == (8, 10) and logits["wide"]["label"].shape == (8, 37)
+  own, state_own, logits_own, metrics_own = run("none")
+  assert own.traces == {"narrow": 1, "wide": 1, "eval/narrow": 1, "eval/wide": 1}
+  for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(state_own)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  for a, b in zip(jax.tree.leaves(logits), jax.tree.leaves(logits_own)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  for a, b in zip(metrics, metrics_own):
+    assert a == pytest.approx(b, rel=1e-5, abs=1e-6)
+  exact, *_ = run("exact")
+  assert exact.train_steps["wide"].shares_with is None
 
 
 def test_accumulated_makes_one_update_from_one_batch_of_every_task():

@@ -101,9 +101,38 @@ class Head(nnx.Module):
     return out
 
 
-def loss(spec: HeadSpec, logits: dict[str, jax.Array], batch: dict, label_smoothing: float = 0.0
-         ) -> jax.Array:
-  """Per-example loss (B,)."""
+# Heads whose outputs may be padded to a wider class axis (config.share_steps='pad_classes'):
+# their labels are class indices, shaped (B,) whatever the count. A multi-hot label's shape is
+# its class count, so multi-label tasks of other counts would still take programs of their own.
+PADDABLE_KINDS = ("multiclass", "multihead")
+# The logit of a padded class: exp() of it is 0 in float32, yet sums of a few stay finite
+# (logits averaged over streams and views).
+MASKED_LOGIT = -1e9
+
+
+def is_class_axis(path: tuple) -> bool:
+  """Whether the last axis of the head parameter at `path` (keys within a head's group) is its
+  class axis: the output layers' kernels and biases."""
+  return bool(path) and path[0] == "outputs"
+
+
+def mask_classes(logits: dict[str, jax.Array], classes: dict | None) -> dict[str, jax.Array]:
+  """Logits of a head padded to a wider class axis, with the classes past each label's own
+  count (`classes`: label -> traced count; None: not padded) set to MASKED_LOGIT: they get
+  no probability, no gradient and never win an argmax."""
+  if classes is None:
+    return logits
+  out = dict(logits)
+  for k, n in classes.items():
+    z = logits[k]
+    out[k] = jnp.where(jnp.arange(z.shape[-1]) < n, z, jnp.asarray(MASKED_LOGIT, z.dtype))
+  return out
+
+
+def loss(spec: HeadSpec, logits: dict[str, jax.Array], batch: dict, label_smoothing: float = 0.0,
+         classes: dict | None = None) -> jax.Array:
+  """Per-example loss (B,). `classes`: each label's real class count where the head is padded
+  (mask_classes has masked the logits; PADDABLE_KINDS): label smoothing spreads over those."""
   per_head = []
   for k, c in zip(spec.labels, spec.num_classes):
     z = logits[k].astype(jnp.float32)
@@ -116,7 +145,11 @@ def loss(spec: HeadSpec, logits: dict[str, jax.Array], batch: dict, label_smooth
       per_head.append(optax.sigmoid_binary_cross_entropy(z, target).mean(-1))
     else:
       target = jax.nn.one_hot(batch[k], c)
-      if label_smoothing:
+      if label_smoothing and classes is None:
         target = optax.smooth_labels(target, label_smoothing)
+      elif label_smoothing:  # spread over the real classes only
+        n = classes[k]
+        valid = (jnp.arange(c) < n).astype(jnp.float32)
+        target = target * (1.0 - label_smoothing) + valid * (label_smoothing / n)
       per_head.append(optax.softmax_cross_entropy(z, target))
   return sum(per_head) / len(per_head)
