@@ -54,8 +54,9 @@ def plan(config, *, devices=None, quiet: bool = False) -> dict[str, dict]:
   """Step key -> {params, model_gflops (the global step's), xla_gflops (XLA's cost analysis of
   one device's program, which counts a scanned body once), argument/output/temp/alias bytes,
   peak_bytes (arguments + outputs - aliased + temporaries, per device), compile_s}; a task
-  that runs another's executable (steps.TaskStep) has that task's row, `shares` naming it and
-  compile_s that of its padded head's resizes (steps.ClassPad), else 0."""
+  that runs another's executable (steps.TaskStep) has that executable's XLA figures and its own
+  params and model GFLOPs, `shares` naming the other task, and compile_s that of its padded
+  heads' resizes (steps.ClassPad), else 0."""
   exp = experiment.build(config, devices=devices, abstract=True)
   step = jax.ShapeDtypeStruct((), jnp.int32)
   keys = ([("accumulated", None)] if exp.accumulated_step is not None else
@@ -65,6 +66,10 @@ def plan(config, *, devices=None, quiet: bool = False) -> dict[str, dict]:
   def reads(tasks) -> int:  # the parameters the step reads (a member: its own head's)
     return sum(count(exp.state["params"][g])
                for g in sorted({g for t in tasks for g in exp.groups[t.name]}))
+
+  def work_of(tasks) -> throughput.Work:  # the model's FLOPs of the tasks' own heads
+    return sum((throughput.task_work(exp.model_spec, t, exp.tokenizer_specs) for t in tasks),
+               throughput.Work(0, 0, 0.0))
   with exp.layout():
     for key, task in keys:
       if task is None:
@@ -74,6 +79,7 @@ def plan(config, *, devices=None, quiet: bool = False) -> dict[str, dict]:
         fn, batch, tasks = exp.train_steps[key], abstract_batch(exp, task), [task]
         if fn.shares_with:  # the representative's executable: only a padded head's resizes
           rows[key] = {**rows[fn.shares_with], "params": reads(tasks),
+                       "model_gflops": work_of(tasks).flops / 1e9,
                        "compile_s": fn.pad.compile() if fn.pad else 0.0,
                        "shares": fn.shares_with}
           continue
@@ -84,8 +90,7 @@ def plan(config, *, devices=None, quiet: bool = False) -> dict[str, dict]:
       cost = compiled.cost_analysis()
       cost = cost[0] if isinstance(cost, list) else cost
       size = throughput.compiled_memory(mem)
-      work = sum((throughput.task_work(exp.model_spec, t, exp.tokenizer_specs) for t in tasks),
-                 throughput.Work(0, 0, 0.0))
+      work = work_of(tasks)
       rows[key] = {
           "params": reads(tasks),
           "model_gflops": work.flops / 1e9, "xla_gflops": float(cost.get("flops", 0)) / 1e9,

@@ -332,10 +332,12 @@ class ClassPad:
     return {**tree, **{p: {**tree[p], **new[p]} for p in parts}}
 
   def compile(self) -> float:
-    """Compiles the state's two resizes ahead of the first step (mmvit.plan); the seconds."""
+    """Seconds to compile the three resizes (the state's both ways, the eval step's params)
+    on abstract shapes, for mmvit.plan; jit's own cache is not filled by this."""
     t0 = time.perf_counter()
-    parts = ("opt", "params")
-    for to, src in (("padded", self.own), ("own", self.padded)):
+    for parts, to, src in ((("opt", "params"), "padded", self.own),
+                           (("opt", "params"), "own", self.padded),
+                           (("params",), "padded", self.own)):
       args = {p: jax.tree.map(lambda t, sh: jax.ShapeDtypeStruct(t.shape, t.dtype, sharding=sh),
                               src[p], self.shardings[p]) for p in parts}
       self._fns[parts, to].lower(args).compile()
@@ -424,11 +426,20 @@ class EvalStep:
   groups: tuple[tuple[str, str], ...] = ()
   pad: ClassPad | None = None
   classes: dict | None = None
+  # (params, padded): an evaluation passes one params dict for all its batches, so its heads
+  # are padded once per evaluation, not per batch.
+  _padded: list = dataclasses.field(default_factory=list, repr=False)
+
+  def _program_params(self, params):
+    if not self.pad:
+      return swapped(params, self.groups)
+    if not self._padded or self._padded[0] is not params:
+      self._padded[:] = [params, self.pad.pad_params(swapped(params, self.groups))]
+    return self._padded[1]
 
   def __call__(self, params, batch):
-    params = swapped(params, self.groups)
-    logits = self.fn(self.pad.pad_params(params) if self.pad else params, batch)
-    if self.classes:
+    logits = self.fn(self._program_params(params), batch)
+    if self.classes:  # the replicated logits cut on the devices, as every process holds them
       logits = {k: v[..., :self.classes[k]] if k in self.classes else v
                 for k, v in logits.items()}
     return logits

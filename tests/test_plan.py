@@ -46,7 +46,10 @@ def test_the_plan_compiles_a_padded_heads_program_once_and_the_members_resizes()
   rows = plan.plan(cfg, quiet=True)
   assert rows["wide"]["shares"] == "image" and "shares" not in rows["image"]
   assert 0 < rows["wide"]["compile_s"] < rows["image"]["compile_s"]
-  assert rows["wide"]["peak_bytes"] == rows["image"]["peak_bytes"]
+  assert rows["wide"]["peak_bytes"] == rows["image"]["peak_bytes"]  # one program
+  # ... but each row counts the task's own head: 27 more classes of width 32, with biases
+  assert rows["wide"]["params"] - rows["image"]["params"] == 27 * 33
+  assert rows["wide"]["model_gflops"] > rows["image"]["model_gflops"]
 
 
 def test_the_plan_of_the_accumulated_schedule_is_one_step():

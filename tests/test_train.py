@@ -116,22 +116,24 @@ def test_tasks_alike_but_for_their_names_share_one_compiled_step_yet_train_as_th
 
 
 def test_heads_that_differ_only_in_class_count_share_one_padded_program_with_pad_classes():
-  """share_steps='pad_classes': two image tasks of 10 and 37 classes (label smoothing on, so
+  """share_steps='pad_classes': image tasks of 10, 37 and 20 classes (label smoothing on, so
   the real counts matter; AdamW with weight decay, so padded zeros would drift if they got a
-  gradient) run one train and one eval program, traced at 37 classes. The state keeps each
-  head at its own width, and states, metrics and logits equal those of a program per task up
-  to float rounding. Under the default ('exact') they do not share."""
+  gradient) run one train and one eval program, traced at 37 classes, the representative
+  narrower than the widest and the third head padded while it waits. The state keeps each
+  head at its own width, and states, metrics and logits (a two-view test too) equal those of
+  a program per task up to float rounding. Under the default ('exact') they do not share."""
   cfg = tiny_config()
-  cfg.datasets = {name: dict(features=dict(image=((32, 32, 1), "float32")),
-                             num_classes=dict(label=n)) for name, n in (("ten", 10), ("many", 37))}
-  cfg.tasks = {name: dict(dataset=d, modalities="image", labels="label", batch_size=8, steps=4,
-                          label_smoothing=0.1) for name, d in (("narrow", "ten"), ("wide", "many"))}
+  sizes = {"narrow": 10, "wide": 37, "mid": 20}
+  cfg.datasets = {f"d{n}": dict(features=dict(image=((32, 32, 1), "float32")),
+                                num_classes=dict(label=n)) for n in sizes.values()}
+  cfg.tasks = {name: dict(dataset=f"d{n}", modalities="image", labels="label", batch_size=8,
+                          steps=4, label_smoothing=0.1) for name, n in sizes.items()}
   rng = np.random.default_rng(0)
   image = lambda: rng.normal(size=(8, 32, 32, 1)).astype(np.float32)
   batches = {n: {"image": image(), "label": rng.integers(0, c, 8).astype(np.int32)}
-             for n, c in (("narrow", 10), ("wide", 37))}
+             for n, c in sizes.items()}
   evaluation = {"image": image(), "label": np.zeros(8, np.int32)}
-  order = ["narrow", "wide", "wide", "narrow", "wide"]
+  order = ["narrow", "wide", "mid", "narrow", "wide", "mid"]
 
   def run(share):
     cfg.share_steps = share
@@ -142,23 +144,31 @@ def test_heads_that_differ_only_in_class_count_share_one_padded_program_with_pad
         state, m = exp.train_steps[n](state, batches[n], jnp.int32(s))
         metrics.append({k: float(v) for k, v in m.items()})
       logits = {n: exp.eval_steps[n](state["params"], evaluation) for n in batches}
+      two_views = {"image": np.stack([evaluation["image"], evaluation["image"][:, ::-1]], 1)}
+      logits["wide/views=2"] = exp.make_eval_step(exp.task_by_name["wide"], 2)(
+          state["params"], two_views)
     return exp, copy(state), copy(logits), metrics
 
   padded, state, logits, metrics = run("pad_classes")
-  assert padded.train_steps["wide"].shares_with == "narrow"
-  assert padded.traces == {"narrow": 1, "eval/narrow": 1}
-  assert state["params"]["heads.narrow"]["outputs"]["label"]["kernel"].shape == (32, 10)
-  assert logits["narrow"]["label"].shape == (8, 10) and logits["wide"]["label"].shape == (8, 37)
+  (first,) = [n for n in sizes if padded.train_steps[n].shares_with is None]
+  assert sizes[first] < 37  # tasks run in sorted order: mid's program, traced at 37 classes
+  assert {padded.train_steps[n].shares_with for n in sizes if n != first} == {first}
+  assert padded.traces == {first: 1, f"eval/{first}": 1, f"eval/{first}/views=2": 1}
+  assert logits["wide/views=2"]["label"].shape == (8, 37)
+  for n, c in sizes.items():
+    assert state["params"][f"heads.{n}"]["outputs"]["label"]["kernel"].shape == (32, c)
+    assert logits[n]["label"].shape == (8, c)
   own, state_own, logits_own, metrics_own = run("none")
-  assert own.traces == {"narrow": 1, "wide": 1, "eval/narrow": 1, "eval/wide": 1}
+  assert own.traces == {**{n: 1 for n in sizes}, **{f"eval/{n}": 1 for n in sizes},
+                        "eval/wide/views=2": 1}
   for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(state_own)):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
   for a, b in zip(jax.tree.leaves(logits), jax.tree.leaves(logits_own)):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
   for a, b in zip(metrics, metrics_own):
     assert a == pytest.approx(b, rel=1e-5, abs=1e-6)
-  exact, *_ = run("exact")
-  assert exact.train_steps["wide"].shares_with is None
+  cfg.share_steps = "exact"
+  assert train.build(cfg).train_steps["wide"].shares_with is None
 
 
 def test_accumulated_makes_one_update_from_one_batch_of_every_task():
