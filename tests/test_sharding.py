@@ -9,15 +9,10 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from mmvit import sharding
+from tests import reordering
+from tests.reordering import TOL  # another mesh splits the tiny model's reductions differently
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-EPS = float(np.finfo(np.float32).eps)
-# Terms reduced into one loss value of the tiny model: batch 8 x 17 tokens x MLP width 64.
-# Summed in another order (another mesh splits these reductions differently), a float32
-# result moves by about sqrt(n) * eps of its scale; measured: 1 eps on losses, ~1 eps of the
-# parameters' scale (and 1e-15 in float64, so the meshes compute the same function).
-TERMS = 8 * 17 * 64
-TOL = np.sqrt(TERMS) * EPS  # ~1.1e-5 relative
 
 
 class FakeMesh:
@@ -78,12 +73,7 @@ def differences(run, ref) -> list[str]:
   losses, want = run["losses"], ref["losses"]
   for i in np.flatnonzero(np.abs(losses - want) > TOL * np.abs(want)):
     bad.append(f"step {i} loss {losses[i]:.8g}, 1 device {want[i]:.8g}")
-  scale = max(float(np.abs(p).max()) for p in ref["params"].values())
-  for path, p in ref["params"].items():
-    err = float(np.abs(run["params"][path] - p).max())
-    if err > TOL * scale:
-      bad.append(f"{path} off by {err:.3g} (tolerance {TOL * scale:.3g})")
-  return bad
+  return bad + reordering.differences(run["params"], ref["params"])
 
 
 def test_every_mesh_trains_what_one_device_trains_up_to_float32_reordering(tmp_path):
