@@ -135,18 +135,17 @@ def step_signature(task: tasks_lib.Task, *, groups: tuple[str, ...], settings: d
   fields = dataclasses.replace(task, **{f: None for f in UNSHARED_FIELDS})
   if pad:
     fields = dataclasses.replace(fields, head=dataclasses.replace(task.head, num_classes=None))
+
+  def shape(g, path, x) -> tuple:
+    if pad and g == f"heads.{task.name}" and heads_lib.is_class_axis(steps_lib.key_names(path)):
+      return tuple(x.shape[:-1]) + ("classes",)
+    return tuple(x.shape)
   layout = []
   for g in groups:
     leaves = jax.tree_util.tree_leaves_with_path(params[g])
     shardings = jax.tree.leaves(param_sh[g])
-    classes = pad and g == f"heads.{task.name}"
-
-    def shape(p, x, classes=classes):
-      s = tuple(x.shape)
-      return s[:-1] + ("classes",) if classes and heads_lib.is_class_axis(
-          steps_lib.key_names(p)) else s
     layout.append((own.get(g, g), repr(sorted(settings[g].to_dict().items())), tuple(
-        (jax.tree_util.keystr(p), shape(p, x), str(x.dtype), str(sh))
+        (jax.tree_util.keystr(p), shape(g, p, x), str(x.dtype), str(sh))
         for (p, x), sh in zip(leaves, shardings))))
   return (fields, tuple(layout))
 
@@ -407,7 +406,7 @@ def build(config: ml_collections.ConfigDict, *, devices=None, data=None,
     own, padded, shs = ({"params": {}, "opt": {}} for _ in range(3))
     for name, at in place.items():
       g = f"heads.{name}"
-      if dict(zip(task_by_name[name].head.labels, task_by_name[name].head.num_classes)) == w:
+      if task_by_name[name].head.class_counts == w:
         continue
       wide = steps_lib.padded_head(params[g], w)
       own["params"][at], own["opt"][at] = sds(params[g]), sds(opt[g])
@@ -429,8 +428,8 @@ def build(config: ml_collections.ConfigDict, *, devices=None, data=None,
       eval_cache[r.name, views, drop] = steps_lib.jit_eval_step(ctx, traced_as[r.name], views,
                                                                 drop, param_sh, rep)
     return steps_lib.EvalStep(task.name, eval_cache[r.name, views, drop], own_pairs(task),
-                              pads[task.name], dict(zip(task.head.labels, task.head.num_classes))
-                              if task.name in widths else None)
+                              pads[task.name],
+                              task.head.class_counts if task.name in widths else None)
 
   pads = {t.name: class_pad(t) for t in tasks}
   jitted = {t.name: steps_lib.jit_train_step(ctx, traced_as[t.name], state_sh, rep)

@@ -74,18 +74,18 @@ def plan(config, *, devices=None, quiet: bool = False) -> dict[str, dict]:
     for key, task in keys:
       if task is None:
         fn, batch = exp.accumulated_step, {t.name: abstract_batch(exp, t) for t in exp.tasks}
-        tasks = exp.tasks
+        tasks, pad = exp.tasks, None
       else:
         fn, batch, tasks = exp.train_steps[key], abstract_batch(exp, task), [task]
+        pad = fn.pad
         if fn.shares_with:  # the representative's executable: only a padded head's resizes
           rows[key] = {**rows[fn.shares_with], "params": reads(tasks),
                        "model_gflops": work_of(tasks).flops / 1e9,
-                       "compile_s": fn.pad.compile() if fn.pad else 0.0,
-                       "shares": fn.shares_with}
+                       "compile_s": pad.compile() if pad else 0.0, "shares": fn.shares_with}
           continue
       t0 = time.perf_counter()
       compiled = fn.lower(exp.state, batch, step).compile()
-      seconds = time.perf_counter() - t0 + (fn.pad.compile() if task is not None and fn.pad else 0.0)
+      seconds = time.perf_counter() - t0 + (pad.compile() if pad else 0.0)
       mem = compiled.memory_analysis()
       cost = compiled.cost_analysis()
       cost = cost[0] if isinstance(cost, list) else cost

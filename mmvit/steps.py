@@ -149,7 +149,7 @@ def task_args(ctx: StepContext, task: tasks_lib.Task, padded: bool = False) -> d
   out = {"index": i32(task.index), "lr": jnp.asarray(task.lr, jnp.float32),
          "warmup": i32(task.warmup_steps), "horizon": i32(ctx.horizon[task.name])}
   if padded:
-    out["classes"] = {k: i32(c) for k, c in zip(task.head.labels, task.head.num_classes)}
+    out["classes"] = {k: i32(c) for k, c in task.head.class_counts.items()}
   return out
 
 
@@ -305,28 +305,31 @@ def _resized(x, shape):
 class ClassPad:
   """The narrower heads of a group of tasks that share a program, in the places the program
   takes them, between the shapes the state holds (`own`) and the program's (`padded`):
-  {"params": {group: tree of ShapeDtypeStruct}, "opt": {...}}. The padded classes are masked, so they get no gradient:
-  their zeros stay zeros under momentum, Adam and weight decay, add nothing to the global
-  gradient norm, and nothing of them is kept."""
+  {"params": {group: tree of ShapeDtypeStruct}, "opt": {...}}. The padded classes are
+  masked, so they get no gradient: their zeros stay zeros under momentum, Adam and weight
+  decay, add nothing to the global gradient norm, and nothing of them is kept."""
   own: dict
   padded: dict
   shardings: dict  # the same keys: the groups' shardings (they name axes, not sizes)
+  # (parts, to what): the state both ways around a train step, the params for an eval step.
+  RESIZES = ((("opt", "params"), "padded"), (("opt", "params"), "own"), (("params",), "padded"))
+
+  def _shapes(self, to: str) -> dict:
+    return self.padded if to == "padded" else self.own
 
   @functools.cached_property
   def _fns(self) -> dict:
-    def make(parts, target):
-      shapes = {p: target[p] for p in parts}
+    def make(parts, to):
+      shapes = {p: self._shapes(to)[p] for p in parts}
       resize = lambda tree: jax.tree.map(lambda x, t: _resized(x, t.shape), tree, shapes)
       return jax.jit(resize, out_shardings={p: self.shardings[p] for p in parts})
-    return {(parts, to): make(parts, self.padded if to == "padded" else self.own)
-            for parts in (("opt", "params"), ("params",)) for to in ("padded", "own")}
+    return {(parts, to): make(parts, to) for parts, to in self.RESIZES}
 
   def _apply(self, tree: dict, parts: tuple[str, ...], to: str) -> dict:
     sub = {p: {g: tree[p][g] for g in self.own[p]} for p in parts}
     if isinstance(jax.tree.leaves(sub)[0], jax.ShapeDtypeStruct):  # lowering (mmvit.plan)
-      target = self.padded if to == "padded" else self.own
       new = jax.tree.map(lambda x, t: jax.ShapeDtypeStruct(t.shape, t.dtype, sharding=x.sharding),
-                         sub, {p: target[p] for p in parts})
+                         sub, {p: self._shapes(to)[p] for p in parts})
     else:
       new = self._fns[parts, to](sub)
     return {**tree, **{p: {**tree[p], **new[p]} for p in parts}}
@@ -335,9 +338,8 @@ class ClassPad:
     """Seconds to compile the three resizes (the state's both ways, the eval step's params)
     on abstract shapes, for mmvit.plan; jit's own cache is not filled by this."""
     t0 = time.perf_counter()
-    for parts, to, src in ((("opt", "params"), "padded", self.own),
-                           (("opt", "params"), "own", self.padded),
-                           (("params",), "padded", self.own)):
+    for parts, to in self.RESIZES:
+      src = self._shapes("own" if to == "padded" else "padded")
       args = {p: jax.tree.map(lambda t, sh: jax.ShapeDtypeStruct(t.shape, t.dtype, sharding=sh),
                               src[p], self.shardings[p]) for p in parts}
       self._fns[parts, to].lower(args).compile()
@@ -440,6 +442,5 @@ class EvalStep:
   def __call__(self, params, batch):
     logits = self.fn(self._program_params(params), batch)
     if self.classes:  # the replicated logits cut on the devices, as every process holds them
-      logits = {k: v[..., :self.classes[k]] if k in self.classes else v
-                for k, v in logits.items()}
+      logits = {k: v[..., :self.classes[k]] for k, v in logits.items()}
     return logits

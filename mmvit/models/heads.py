@@ -43,6 +43,11 @@ class HeadSpec:
   target_mean: tuple[float, ...] = ()
   target_std: tuple[float, ...] = ()
 
+  @property
+  def class_counts(self) -> dict[str, int]:
+    """Label key -> its number of classes."""
+    return dict(zip(self.labels, self.num_classes))
+
 
 class MAPHead(nnx.Module):
   """Multi-head attention pooling, parameter for parameter big_vision's MAPHead: a probe
